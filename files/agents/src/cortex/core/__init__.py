@@ -1,0 +1,1 @@
+"""Pieces shared by the neuron and the gateway: config, errors, wire helpers."""

@@ -1,0 +1,96 @@
+"""Flask helpers shared by the neuron and the gateway: JSON bodies, errors, SSE."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from cortex.core.errors import ApiError, BadRequest, Unauthorized
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status,
+                    mimetype="application/json", headers=headers)
+
+
+def error_response(exc: ApiError) -> Response:
+    return json_response(exc.body(), exc.status, exc.headers())
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a clear 4xx naming the problem and the fix."""
+    ctype = request.mimetype
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise ApiError(f"Content-Type {ctype!r} is not supported; send application/json",
+                       code="unsupported_media_type", status=415,
+                       type="invalid_request_error")
+    raw = request.get_data(cache=True)  # raises RequestEntityTooLarge past the limit
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    if not isinstance(body, dict):
+        raise ApiError("the body must be a JSON object", code="invalid_request_body",
+                       status=422, type="invalid_request_error")
+    return body
+
+
+def install_error_handlers(app: Flask, *, on_error=error_response) -> None:
+    """Every failure leaves as the JSON envelope; nothing falls through as an HTML page."""
+
+    @app.errorhandler(ApiError)
+    def _api(exc: ApiError) -> Response:
+        return on_error(exc)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return on_error(ApiError(f"the body is larger than the {limit}-byte limit",
+                                 code="request_too_large", status=413,
+                                 type="invalid_request_error"))
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.code or 500, "http_error")
+        return on_error(ApiError(f"{exc.name}: {request.method} {request.path}", code=code,
+                                 status=exc.code or 500, type="invalid_request_error"))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return on_error(ApiError(f"internal error: {type(exc).__name__}", code="internal_error"))
+
+
+def bearer_token() -> str:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def require_token(expected: str) -> None:
+    if not expected:
+        return
+    if not hmac.compare_digest(bearer_token().encode(), expected.encode()):
+        raise Unauthorized("missing or wrong bearer token for this neuron "
+                           "(the gateway's neuron token)", code="invalid_api_key")
+
+
+def sse_event(data: Any, event: str | None = None) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+def sse_response(events: Iterable[bytes]) -> Response:
+    return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,58 @@
+"""Small checks for request bodies: each failure is a 422 naming the field and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cortex.core.errors import ApiError
+
+_MISSING = object()
+
+
+def invalid(param: str, message: str) -> ApiError:
+    return ApiError(f"{param}: {message}", code="invalid_request_body", status=422,
+                    type="invalid_request_error", param=param)
+
+
+def get_number(body: dict, key: str, default: Any = None, *, lo: float | None = None,
+               hi: float | None = None, integer: bool = False) -> Any:
+    value = body.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise invalid(key, f"expected {'an integer' if integer else 'a number'}, "
+                           f"got {type(value).__name__}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise invalid(key, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def get_bool(body: dict, key: str, default: bool = False) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise invalid(key, f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def get_str(body: dict, key: str, default: str | None = None) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise invalid(key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def get_stop(body: dict, key: str = "stop", limit: int = 16) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > limit:
+            raise invalid(key, f"at most {limit} stop sequences")
+        return [s for s in value if s]
+    raise invalid(key, "expected a string or a list of strings")

@@ -1,0 +1,1 @@
+"""The neuron: the per-host agent that loads GGUF models and serves inference."""

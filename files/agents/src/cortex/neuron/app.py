@@ -1,0 +1,215 @@
+"""The neuron's Flask app factory: lifecycle, discovery and inference routes."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+import cortex
+from cortex.core.errors import BadRequest
+from cortex.core.http import install_error_handlers, json_body, json_response, require_token
+from cortex.core.validate import get_number, get_str, invalid
+from cortex.neuron import inference
+from cortex.neuron.config import NeuronConfig
+from cortex.neuron.engines import harnesses
+from cortex.neuron.gpu import Devices
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.registry import LoadRequest, Registry
+from cortex.neuron.sources import list_local, parse_model_id
+
+PUBLIC = {"/health", "/version"}
+
+bp = Blueprint("neuron", __name__)
+
+
+class Neuron:
+    """Everything one neuron process holds, hung on `app.extensions["neuron"]`."""
+
+    def __init__(self, cfg: NeuronConfig) -> None:
+        self.cfg = cfg
+        self.started = time.time()
+        self.metrics = NeuronMetrics()
+        self.devices = Devices(cfg.cpu_memory_mb)
+        self.registry = Registry(cfg, self.devices, self.metrics)
+
+
+def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
+    app = Flask("cortex.neuron")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
+    neuron = Neuron(cfg)
+    app.extensions["neuron"] = neuron
+    install_error_handlers(app)
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _auth() -> None:
+        if request.path not in PUBLIC:
+            require_token(cfg.auth_token)
+
+    if prewarm and cfg.default_models:
+        neuron.registry.prewarm(cfg.default_model_specs())
+    return app
+
+
+def _neuron() -> Neuron:
+    return current_app.extensions["neuron"]
+
+
+@bp.get("/version")
+def version() -> Any:
+    import llama_cpp
+
+    return json_response({"version": cortex.__version__,
+                          "engines": {"llama_cpp": llama_cpp.__version__}})
+
+
+@bp.get("/discovery")
+def discovery() -> Any:
+    n = _neuron()
+    info = n.devices.info
+    devices = n.devices.snapshot(n.registry.used_mb())
+    body = {
+        "hostname": socket.gethostname(), "os": platform.platform(terse=True),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "cuda_version": info.cuda_version, "driver_version": info.driver_version,
+        "devices": [d.static() for d in devices],
+        "gpu_count": sum(d.kind == "cuda" for d in devices),
+        "harnesses": harnesses(), "max_prompt_tokens": n.cfg.max_prompt_tokens or n.cfg.n_ctx,
+        "cpu_count": len(os.sched_getaffinity(0)), "version": cortex.__version__,
+    }
+    if info.cuda_unavailable_reason:
+        body["cuda_unavailable_reason"] = info.cuda_unavailable_reason
+    return json_response(body)
+
+
+@bp.get("/health")
+def health() -> Any:
+    n = _neuron()
+    reg = n.registry
+    devices = n.devices.snapshot(reg.used_mb())
+    for d in devices:
+        n.metrics.vram_used.labels(str(d.index)).set(d.vram_used_mb)
+        n.metrics.vram_free.labels(str(d.index)).set(d.vram_free_mb)
+    models = []
+    for m in list(reg.models.values()):
+        w = m.worker
+        models.append({
+            "id": m.id, "in_flight": w.in_flight, "queue_depth": w.queue_depth,
+            "max_in_flight": n.cfg.admission.max_in_flight,
+            "max_queue_depth": n.cfg.admission.max_queue_depth,
+            "tok_s_prefill": round(w.stats.tok_s_prefill, 1),
+            "tok_s_decode": round(w.stats.tok_s_decode, 1),
+            "last_used": round(w.stats.last_used, 3), "vram_used_mb": m.vram_mb,
+        })
+    return json_response({
+        "status": "shutting_down" if reg.shutting_down else "ok",
+        "uptime_secs": round(time.time() - n.started, 1),
+        "devices": [d.live() for d in devices],
+        "activation": reg.activation.snapshot(),
+        "loading": reg.loading(),
+        "models": models,
+    })
+
+
+@bp.get("/models")
+def models() -> Any:
+    reg = _neuron().registry
+    out = [m.describe() for m in list(reg.models.values())]
+    out += [{"id": mid, "status": "loading", "devices": [], "vram_used_mb": 0}
+            for mid in reg.loading()]
+    known = {m["id"] for m in out}
+    models_dir = reg.cfg.models_path
+    if models_dir.is_dir():
+        for p in sorted(models_dir.iterdir()):
+            name = p.name[:-5] if p.name.endswith(".gguf") else p.name
+            if p.name.startswith(".") or f"file:{name}" in known:
+                continue
+            if p.is_file() and not p.name.endswith(".gguf"):
+                continue
+            out.append({"id": f"file:{name}", "harness": reg.cfg.harness,
+                        "status": "available", "devices": [], "vram_used_mb": 0})
+    return json_response(out)
+
+
+@bp.post("/models/load")
+def load() -> Any:
+    body = json_body()
+    model_id = body.get("model_id")
+    if model_id is None:
+        raise BadRequest("'model_id' is required, e.g. {\"model_id\": \"file:NAME\"}",
+                         code="missing_model_id", param="model_id")
+    devices = body.get("devices") or []
+    if not isinstance(devices, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                for d in devices):
+        raise invalid("devices", "expected a list of device indexes")
+    req = LoadRequest(model_id=model_id, quant=get_str(body, "quant", "") or "",
+                      harness=get_str(body, "harness", "") or "",
+                      tensor_parallel=get_number(body, "tensor_parallel", 1, lo=1,
+                                                 integer=True),
+                      devices=devices)
+    loaded, fresh = _neuron().registry.load(req)
+    return json_response({"status": "loaded", "model_id": loaded.id, "already_loaded": not fresh,
+                          "model": loaded.describe()})
+
+
+@bp.post("/models/unload")
+def unload() -> Any:
+    body = json_body()
+    loaded = _neuron().registry.unload(body.get("model_id"))
+    return json_response({"status": "unloaded", "model_id": loaded.id})
+
+
+@bp.get("/models/<path:model_id>/endpoint")
+def endpoint(model_id: str) -> Any:
+    loaded = _neuron().registry.find(model_id)
+    return json_response({"model_id": loaded.id, "url": request.host_url.rstrip("/") + "/v1"})
+
+
+@bp.get("/models/<path:model_id>/capabilities")
+def model_capabilities(model_id: str) -> Any:
+    reg = _neuron().registry
+    try:
+        d = reg.find(model_id).describe()
+    except Exception:
+        src = parse_model_id(model_id)
+        if src.scheme != "file" or list_local(reg.cfg.models_path, src) is None:
+            raise
+        return json_response({"model_id": src.canonical, "loaded": False})
+    return json_response({k: d[k] for k in ("id", "capabilities", "tool_call", "reasoning",
+                                            "limit")} | {"loaded": True})
+
+
+@bp.get("/v1/models")
+def openai_models() -> Any:
+    reg = _neuron().registry
+    return json_response({"object": "list", "data": [
+        {"id": m.id, "object": "model", "created": int(m.loaded_at), "owned_by": "helexa"}
+        for m in list(reg.models.values())]})
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Any:
+    return inference.handle(_neuron(), json_body(), chat=True)
+
+
+@bp.post("/v1/completions")
+def completions() -> Any:
+    return inference.handle(_neuron(), json_body(), chat=False)
+
+
+@bp.post("/tokenize")
+def tokenize() -> Any:
+    return json_response(inference.count_tokens(_neuron(), json_body()))
+
+
+@bp.get("/metrics")
+def metrics() -> Any:
+    from flask import Response
+
+    return Response(generate_latest(_neuron().metrics.registry), mimetype=CONTENT_TYPE_LATEST)

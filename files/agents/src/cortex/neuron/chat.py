@@ -1,0 +1,212 @@
+"""OpenAI chat and completion bodies → a prompt and sampling settings for the engine."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cortex.core.errors import BadRequest
+from cortex.core.validate import get_bool, get_number, get_stop, invalid
+from cortex.neuron import chat_template
+from cortex.neuron.config import SamplingDefaults
+from cortex.neuron.engines import GenerationRequest, LoadedModel
+from cortex.neuron.outputs import THINK_OPEN
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+# For models whose template knows nothing of tools: describe them the Hermes way, which
+# is also the format the output parser reads back.
+TOOLS_SYSTEM = (
+    "You may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    "{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
+@dataclass
+class Prompt:
+    text: str
+    tokens: list[int]
+    in_reasoning: bool  # the template opened <think> for the model
+    tools: bool
+
+
+def sampling(body: dict, *, prompt_tokens: list[int], n_ctx: int, max_prompt_tokens: int,
+             defaults: SamplingDefaults) -> GenerationRequest:
+    if get_number(body, "n", 1, lo=1, integer=True) != 1:
+        raise invalid("n", "only n=1 is supported; send several requests for several choices")
+    limit = min(n_ctx - 1, max_prompt_tokens or n_ctx - 1)
+    if len(prompt_tokens) > limit:
+        raise BadRequest(
+            f"the prompt is {len(prompt_tokens)} tokens and this model's context allows "
+            f"{limit}; shorten the messages or use a model with a longer context",
+            code="context_length_exceeded", param="messages", max=limit,
+            estimated_prompt_tokens=len(prompt_tokens))
+    room = n_ctx - len(prompt_tokens)
+    max_tokens = get_number(body, "max_completion_tokens", None, lo=1, integer=True)
+    if max_tokens is None:
+        max_tokens = get_number(body, "max_tokens", None, lo=1, integer=True)
+    return GenerationRequest(
+        prompt_tokens=prompt_tokens,
+        max_tokens=min(max_tokens or room, room),
+        temperature=get_number(body, "temperature", defaults.temperature, lo=0, hi=2),
+        top_p=get_number(body, "top_p", defaults.top_p, lo=0, hi=1),
+        top_k=get_number(body, "top_k", defaults.top_k, lo=0, integer=True),
+        min_p=get_number(body, "min_p", defaults.min_p, lo=0, hi=1),
+        repeat_penalty=get_number(body, "repeat_penalty", defaults.repeat_penalty, lo=0, hi=10),
+        presence_penalty=get_number(body, "presence_penalty", 0.0, lo=-2, hi=2),
+        frequency_penalty=get_number(body, "frequency_penalty", 0.0, lo=-2, hi=2),
+        seed=get_number(body, "seed", None, integer=True),
+    )
+
+
+def stops(body: dict) -> list[str]:
+    return get_stop(body)
+
+
+def chat_prompt(body: dict, model: LoadedModel) -> Prompt:
+    messages = _messages(body.get("messages"))
+    tools = _tools(body)
+    template = model.chat_template
+    if tools and "tools" not in (template or ""):
+        messages = _tools_in_system(messages, tools)
+    kwargs: dict[str, Any] = {}
+    reasoning = body.get("reasoning_effort") or body.get("enable_thinking")
+    if reasoning is not None:
+        kwargs["enable_thinking"] = reasoning not in (False, "none", "off")
+    text = chat_template.render(
+        template, messages, tools=tools, bos_token=model.token_text(model.bos_token_id),
+        eos_token=model.token_text(model.eos_token_id), add_generation_prompt=True, **kwargs)
+    bos = model.token_text(model.bos_token_id)
+    add_bos = model.add_bos and not (bos and text.startswith(bos))
+    tokens = model.tokenize(text, add_bos=add_bos, special=True)
+    return Prompt(text, tokens, in_reasoning=text.rstrip().endswith(THINK_OPEN),
+                  tools=bool(tools))
+
+
+def completion_prompt(body: dict, model: LoadedModel) -> Prompt:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise invalid("prompt", "expected a string (one prompt per request)")
+    tokens = model.tokenize(prompt, add_bos=model.add_bos, special=False)
+    return Prompt(prompt, tokens, in_reasoning=False, tools=False)
+
+
+def _messages(raw: Any) -> list[dict[str, Any]]:
+    if raw is None:
+        raise BadRequest("'messages' is required: a list of {role, content}",
+                         code="missing_messages", param="messages")
+    if not isinstance(raw, list):
+        raise invalid("messages", "expected a list of {role, content} objects")
+    if not raw:
+        raise invalid("messages", "must contain at least one message")
+    out = []
+    for i, m in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise invalid(where, "expected an object with role and content")
+        role = m.get("role")
+        if role not in ROLES:
+            raise invalid(f"{where}.role", f"expected one of {sorted(ROLES)}, got {role!r}")
+        msg: dict[str, Any] = {"role": "system" if role == "developer" else role,
+                               "content": _text(m.get("content"), f"{where}.content", role)}
+        if role == "assistant" and m.get("tool_calls"):
+            msg["tool_calls"] = _tool_calls(m["tool_calls"], f"{where}.tool_calls")
+        if role == "tool":
+            msg["tool_call_id"] = m.get("tool_call_id", "")
+            if isinstance(m.get("name"), str):
+                msg["name"] = m["name"]
+        if isinstance(m.get("reasoning_content"), str):
+            msg["reasoning_content"] = m["reasoning_content"]
+        out.append(msg)
+    return out
+
+
+def _text(content: Any, where: str, role: str) -> str:
+    if content is None:
+        if role in ("assistant",):
+            return ""
+        raise invalid(where, "content is required")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise invalid(f"{where}[{j}]", "expected a content part {type, ...}")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise invalid(f"{where}[{j}].text", "expected a string")
+                parts.append(part["text"])
+            elif part["type"] in ("image_url", "input_image", "input_audio", "file"):
+                raise BadRequest(f"{where}[{j}]: this model reads text only; "
+                                 f"{part['type']} parts are not supported",
+                                 code="unsupported_content", param=f"{where}[{j}]")
+            else:
+                raise invalid(f"{where}[{j}].type", f"unknown content part {part['type']!r}")
+        return "".join(parts)
+    raise invalid(where, "expected a string or a list of content parts")
+
+
+def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise invalid(where, "expected a list")
+    calls = []
+    for i, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise invalid(f"{where}[{i}]", "expected {type: function, function: {name, "
+                                          "arguments}}")
+        args = fn.get("arguments", "{}")
+        if isinstance(args, str):
+            try:  # templates render arguments with tojson: give them the object
+                args = json.loads(args) if args.strip() else {}
+            except ValueError:
+                pass
+        calls.append({"id": call.get("id", ""), "type": "function",
+                      "function": {"name": fn["name"], "arguments": args}})
+    return calls
+
+
+def _tools(body: dict) -> list[dict[str, Any]] | None:
+    tools = body.get("tools")
+    if tools is None:
+        return None
+    if not isinstance(tools, list):
+        raise invalid("tools", "expected a list of {type: function, function: {...}}")
+    for i, t in enumerate(tools):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise invalid(f"tools[{i}]", "expected {type: function, function: {name, "
+                                        "description?, parameters?}}")
+    choice = body.get("tool_choice", "auto")
+    if choice == "none" or not tools:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        picked = [t for t in tools if t["function"]["name"] == name]
+        if not picked:
+            raise invalid("tool_choice", f"no tool named {name!r} in tools")
+        return picked
+    if choice not in ("auto", "required"):
+        raise invalid("tool_choice", "expected 'none', 'auto', 'required' or "
+                                     "{type: function, function: {name}}")
+    return tools
+
+
+def _tools_in_system(messages: list[dict], tools: list[dict]) -> list[dict]:
+    block = TOOLS_SYSTEM.format(tools="\n".join(json.dumps(t["function"]) for t in tools))
+    if messages and messages[0]["role"] == "system":
+        first = dict(messages[0], content=f"{messages[0]['content']}\n\n{block}")
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
+
+
+def stream_flag(body: dict) -> bool:
+    return get_bool(body, "stream")

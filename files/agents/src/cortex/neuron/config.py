@@ -1,0 +1,99 @@
+"""neuron.toml: the node agent's settings (env overrides with the `NEURON_` prefix)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cortex.core.config import load_config, parse_listen
+
+DEFAULT_PORT = 13131
+
+
+@dataclass
+class HubConfig:
+    endpoint: str = ""  # empty: huggingface_hub's default (or HF_ENDPOINT)
+    token: str = ""
+    offline: bool = False
+
+
+@dataclass
+class AdmissionConfig:
+    # llama.cpp runs one sequence per context at a time, so in-flight is one per model;
+    # the queue in front of it is what absorbs bursts.
+    max_in_flight: int = 1
+    max_queue_depth: int = 8
+    max_wait_secs: float = 30.0
+    max_per_principal: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ValueError("admission.max_in_flight must be at least 1")
+        if self.max_queue_depth < 0 or self.max_per_principal < 1 or self.max_wait_secs <= 0:
+            raise ValueError("admission limits must be positive (max_queue_depth may be 0)")
+
+
+@dataclass
+class SamplingDefaults:
+    """Used where a request does not say. repeat_penalty 1.1 (as Ollama) keeps small
+    quantised models from looping at temperature 0."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+
+
+@dataclass
+class DefaultModel:
+    model_id: str
+    quant: str = ""
+    harness: str = ""
+    devices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class NeuronConfig:
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    models_dir: str = "/var/lib/helexa/neuron/models"
+    cache_dir: str = "/var/cache/helexa/neuron"
+    auth_token: str = ""
+    default_models: list[str | DefaultModel] = field(default_factory=list)
+    harness: str = "llama_cpp"
+    # Engine settings applied to every model this neuron loads.
+    n_ctx: int = 4096
+    n_threads: int = 0  # 0: all cores this process may use
+    n_gpu_layers: int = -1  # -1: offload everything when a GPU build is present
+    # Memory offered to models on a host without GPUs; 0 = what the kernel says is available.
+    cpu_memory_mb: int = 0
+    http_threads: int = 32
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_prompt_tokens: int = 0  # 0: the model's context length
+    log_level: str = "info"
+    hf: HubConfig = field(default_factory=HubConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen, DEFAULT_PORT)  # raises with the key's name
+        if self.log_level.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be one of debug, info, warning, error")
+        if self.n_ctx < 64:
+            raise ValueError("n_ctx must be at least 64")
+
+    @property
+    def bind(self) -> tuple[str, int]:
+        return parse_listen(self.listen, DEFAULT_PORT)
+
+    def default_model_specs(self) -> list[DefaultModel]:
+        return [m if isinstance(m, DefaultModel) else DefaultModel(model_id=m)
+                for m in self.default_models]
+
+    @property
+    def models_path(self) -> Path:
+        return Path(self.models_dir)
+
+
+def load(path: str | Path | None) -> NeuronConfig:
+    return load_config(NeuronConfig, path, "NEURON_")

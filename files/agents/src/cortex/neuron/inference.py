@@ -1,0 +1,270 @@
+"""Chat and text completions: admission, waiting on the model's worker, OpenAI replies.
+
+The HTTP thread only submits a job and relays its events; a stream that the client
+drops cancels the job at once so the model's slot is freed.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, request
+
+from cortex.core.errors import ApiError, Unavailable
+from cortex.core.http import json_response, sse_event, sse_response
+from cortex.neuron import chat as chatmod
+from cortex.neuron.outputs import OutputParser, Part
+from cortex.neuron.worker import Job
+
+if TYPE_CHECKING:
+    from cortex.neuron.app import Neuron
+    from cortex.neuron.registry import Loaded
+
+KEEPALIVE_SECS = 5.0
+PRINCIPAL_HEADER = "X-Helexa-Account-Id"
+
+
+def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
+    reg = neuron.registry
+    if reg.shutting_down:
+        raise Unavailable("the neuron is shutting down", code="shutting_down", retry_after=15)
+    loaded = reg.find(body.get("model"))
+    model = loaded.model
+    stream = chatmod.stream_flag(body)
+    prompt = chatmod.chat_prompt(body, model) if chat else chatmod.completion_prompt(body, model)
+    gen = chatmod.sampling(body, prompt_tokens=prompt.tokens, n_ctx=model.n_ctx,
+                           max_prompt_tokens=neuron.cfg.max_prompt_tokens,
+                           defaults=neuron.cfg.sampling)
+    job = Job(request=gen, stop=chatmod.stops(body),
+              principal=request.headers.get(PRINCIPAL_HEADER, ""))
+    endpoint = "chat" if chat else "completions"
+    try:
+        loaded.worker.submit(job)
+    except ApiError as exc:
+        neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
+        raise
+    reply = Reply(loaded, chat=chat, in_reasoning=prompt.in_reasoning, tools=prompt.tools)
+    waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
+    if stream:
+        return sse_response(_stream(neuron, reply, waiter, endpoint))
+    try:
+        summary = None
+        for kind, value in waiter.events():
+            if kind == "text":
+                reply.feed(value)
+            elif kind == "done":
+                summary = value
+        neuron.metrics.requests.labels(loaded.id, endpoint, "200").inc()
+        return json_response(reply.complete(summary))
+    except ApiError as exc:
+        neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
+        raise
+    finally:
+        waiter.release()
+
+
+def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iterator[bytes]:
+    status = "200"
+    try:
+        if reply.chat:
+            yield sse_event(reply.chunk({"role": "assistant", "content": ""}))
+        for kind, value in waiter.events(keepalive=True):
+            if kind == "keepalive":
+                yield b": keep-alive\n\n"
+            elif kind == "text":
+                for chunk in reply.stream_parts(reply.parse(value)):
+                    yield sse_event(chunk)
+            elif kind == "done":
+                for chunk in reply.stream_parts(reply.finish_parts()):
+                    yield sse_event(chunk)
+                yield sse_event(reply.final_chunk(value))
+                yield sse_event(reply.usage_chunk(value))
+        yield b"data: [DONE]\n\n"
+    except ApiError as exc:
+        status = str(exc.status)
+        yield sse_event(exc.body())
+        yield b"data: [DONE]\n\n"
+    except GeneratorExit:
+        status = "499"  # the client went away: the finally below frees the slot
+        raise
+    finally:
+        waiter.release()
+        neuron.metrics.requests.labels(reply.loaded.id, endpoint, status).inc()
+
+
+class Waiter:
+    """Relays a job's events to an HTTP thread, enforcing max_wait while it is queued."""
+
+    def __init__(self, loaded: Loaded, job: Job, max_wait: float) -> None:
+        self.loaded, self.job, self.max_wait = loaded, job, max_wait
+        self.finished = False
+
+    def events(self, keepalive: bool = False) -> Iterator[tuple[str, Any]]:
+        job = self.job
+        deadline = job.enqueued_at + self.max_wait
+        while True:
+            timeout = KEEPALIVE_SECS
+            if not job.started.is_set():
+                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+            try:
+                kind, value = job.events.get(timeout=timeout)
+            except queue.Empty:
+                if not job.started.is_set() and time.monotonic() >= deadline:
+                    if self.loaded.worker.withdraw(job):
+                        self.loaded.worker.metrics.rejections.labels(
+                            self.loaded.id, "queue_timeout").inc()
+                        raise Unavailable(
+                            f"waited {self.max_wait:g} s for {self.loaded.id} without a free "
+                            "slot; retry shortly", code="rate_limit_exceeded",
+                            retry_after=5) from None
+                    continue  # it started just now
+                if keepalive:
+                    yield "keepalive", None
+                continue
+            if kind == "error":
+                self.finished = True
+                raise value
+            if kind == "start":
+                continue
+            yield kind, value
+            if kind == "done":
+                self.finished = True
+                return
+
+    def release(self) -> None:
+        if not self.finished:
+            self.loaded.worker.withdraw(self.job)
+
+
+class Reply:
+    """Builds OpenAI-shaped replies (whole or chunked) from the model's text."""
+
+    def __init__(self, loaded: Loaded, *, chat: bool, in_reasoning: bool, tools: bool) -> None:
+        self.loaded = loaded
+        self.chat = chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.parser = OutputParser(in_reasoning=in_reasoning, parse_tools=tools) if chat else None
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.calls: list[Part] = []
+
+    def parse(self, text: str) -> list[Part]:
+        return self.parser.feed(text) if self.parser else [Part("content", text=text)]
+
+    def finish_parts(self) -> list[Part]:
+        return self.parser.finish() if self.parser else []
+
+    def feed(self, text: str) -> None:
+        self._collect(self.parse(text))
+
+    def _collect(self, parts: list[Part]) -> None:
+        for p in parts:
+            if p.kind == "content":
+                self.content.append(p.text)
+            elif p.kind == "reasoning":
+                self.reasoning.append(p.text)
+            else:
+                self.calls.append(p)
+
+    def _finish_reason(self, summary: dict) -> str:
+        if summary["finish_reason"] == "stop" and self.calls:
+            return "tool_calls"
+        return "stop" if summary["finish_reason"] in ("stop", "cancelled") else "length"
+
+    def _usage(self, s: dict) -> dict[str, Any]:
+        reasoning_tokens = 0
+        if self.reasoning:
+            text = "".join(self.reasoning)
+            reasoning_tokens = min(s["completion_tokens"],
+                                   len(self.loaded.model.tokenize(text, add_bos=False)))
+        return {
+            "prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
+            "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": s["cached_tokens"]},
+            "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        }
+
+    @staticmethod
+    def _timing(s: dict) -> dict[str, Any]:
+        return {"prefill_ms": s["prefill_ms"], "decode_ms": s["decode_ms"],
+                "prefill_tokens": s["prefill_tokens"], "queue_ms": s["queue_ms"]}
+
+    def complete(self, summary: dict) -> dict[str, Any]:
+        self._collect(self.finish_parts())
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content)}
+            if self.reasoning:
+                message["reasoning_content"] = "".join(self.reasoning)
+            if self.calls:
+                message["tool_calls"] = [_tool_call(p) for p in self.calls]
+                message["content"] = message["content"] or None
+            choice = {"index": 0, "message": message, "logprobs": None,
+                      "finish_reason": self._finish_reason(summary)}
+        else:
+            choice = {"index": 0, "text": "".join(self.content), "logprobs": None,
+                      "finish_reason": self._finish_reason(summary)}
+        body = self._envelope([choice])
+        body["usage"] = self._usage(summary)
+        body["helexa_timing"] = self._timing(summary)
+        return body
+
+    def _envelope(self, choices: list) -> dict[str, Any]:
+        obj = ("chat.completion" if self.chat else "text_completion")
+        return {"id": self.id, "object": obj, "created": self.created,
+                "model": self.loaded.id, "choices": choices}
+
+    def chunk(self, delta: dict | None = None, finish: str | None = None, text: str = ""
+              ) -> dict[str, Any]:
+        if self.chat:
+            choice = {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
+            body = self._envelope([choice])
+            body["object"] = "chat.completion.chunk"
+        else:
+            body = self._envelope([{"index": 0, "text": text, "logprobs": None,
+                                    "finish_reason": finish}])
+        return body
+
+    def stream_parts(self, parts: list[Part]) -> Iterator[dict[str, Any]]:
+        for p in parts:
+            if not self.chat:
+                yield self.chunk(text=p.text)
+            elif p.kind == "content":
+                yield self.chunk({"content": p.text})
+            elif p.kind == "reasoning":
+                self.reasoning.append(p.text)
+                yield self.chunk({"reasoning_content": p.text})
+            else:
+                index = len(self.calls)
+                self.calls.append(p)
+                yield self.chunk({"tool_calls": [dict(_tool_call(p), index=index)]})
+
+    def final_chunk(self, summary: dict) -> dict[str, Any]:
+        return self.chunk({}, finish=self._finish_reason(summary))
+
+    def usage_chunk(self, summary: dict) -> dict[str, Any]:
+        body = self._envelope([])
+        if self.chat:
+            body["object"] = "chat.completion.chunk"
+        body["usage"] = self._usage(summary)
+        body["helexa_timing"] = self._timing(summary)
+        return body
+
+
+def _tool_call(p: Part) -> dict[str, Any]:
+    return {"id": p.call_id, "type": "function",
+            "function": {"name": p.name, "arguments": p.arguments}}
+
+
+def count_tokens(neuron: Neuron, body: dict) -> dict[str, Any]:
+    """Prompt tokens a request would use, with the model's own template and tokenizer."""
+    loaded = neuron.registry.find(body.get("model"))
+    if "messages" in body:
+        prompt = chatmod.chat_prompt(body, loaded.model)
+    else:
+        prompt = chatmod.completion_prompt(body, loaded.model)
+    return {"model": loaded.id, "tokens": len(prompt.tokens), "n_ctx": loaded.model.n_ctx}

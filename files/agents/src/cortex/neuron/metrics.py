@@ -1,0 +1,58 @@
+"""Prometheus metrics of one neuron (a registry per app, so tests can run many apps)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_TOK_S = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class NeuronMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        m = ["model"]
+        self.requests = Counter("neuron_requests", "Inference requests by result",
+                                ["model", "endpoint", "status"], registry=r)
+        self.prompt_tokens = Counter("neuron_prompt_tokens", "Prompt tokens processed", m,
+                                     registry=r)
+        self.completion_tokens = Counter("neuron_completion_tokens", "Tokens generated", m,
+                                         registry=r)
+        self.ttft = Histogram("neuron_time_to_first_token_seconds",
+                              "From admission to the first generated token", m,
+                              buckets=_LATENCY, registry=r)
+        self.decode_tok_s = Histogram("neuron_decode_tokens_per_second",
+                                      "Decode speed per request", m, buckets=_TOK_S, registry=r)
+        self.queue_wait = Histogram("neuron_queue_wait_seconds",
+                                    "Time a request waited for the model's generation thread",
+                                    m, buckets=_LATENCY, registry=r)
+        self.load_seconds = Histogram("neuron_model_load_seconds",
+                                      "Model load duration (preflight, fetch, engine load)",
+                                      ["model", "result"], buckets=_LATENCY, registry=r)
+        self.in_flight = Gauge("neuron_model_in_flight", "Requests generating now", m,
+                               registry=r)
+        self.queue_depth = Gauge("neuron_model_queue_depth", "Requests waiting", m, registry=r)
+        self.rejections = Counter("neuron_rejections", "Requests refused by admission",
+                                  ["model", "reason"], registry=r)
+        self.loaded = Gauge("neuron_model_loaded", "1 while a model is loaded", m, registry=r)
+        self.vram_used = Gauge("neuron_device_vram_used_mb", "Device memory in use",
+                               ["device"], registry=r)
+        self.vram_free = Gauge("neuron_device_vram_free_mb", "Device memory free",
+                               ["device"], registry=r)
+
+    def observe_generation(self, model: str, *, prompt: int, completion: int, ttft: float,
+                           decode_s: float) -> None:
+        self.prompt_tokens.labels(model).inc(prompt)
+        self.completion_tokens.labels(model).inc(completion)
+        self.ttft.labels(model).observe(ttft)
+        if decode_s > 0 and completion > 1:
+            self.decode_tok_s.labels(model).observe((completion - 1) / decode_s)
+
+    def forget(self, model: str) -> None:
+        """Drop a model's gauges when it is unloaded (counters keep their history)."""
+        for g in (self.in_flight, self.queue_depth):
+            with contextlib.suppress(KeyError):
+                g.remove(model)
+        self.loaded.labels(model).set(0)

@@ -1,0 +1,287 @@
+"""Loaded models: single-flighted loads, unloads that free memory, and pre-warming."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cortex.core.errors import ApiError, BadRequest, NotFound, PreflightError, Unavailable
+from cortex.neuron import gguf_header
+from cortex.neuron.config import DefaultModel, NeuronConfig
+from cortex.neuron.engines import LoadedModel, get_engine
+from cortex.neuron.gpu import Devices
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.preflight import Plan, plan_load
+from cortex.neuron.sources import Hub, parse_model_id
+from cortex.neuron.worker import ModelWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadRequest:
+    model_id: str
+    quant: str = ""
+    harness: str = ""
+    tensor_parallel: int = 1
+    devices: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Loaded:
+    id: str
+    harness: str
+    path: Path
+    quant: str | None
+    devices: list[int]
+    model: LoadedModel
+    worker: ModelWorker
+    vram_mb: int
+    load_seconds: float
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def template(self) -> str:
+        return self.model.chat_template or ""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "harness": self.harness, "status": "loaded", "devices": self.devices,
+            "vram_used_mb": self.vram_mb, "quant": self.quant, "file": self.path.name,
+            "architecture": self.model.metadata.get("general.architecture"),
+            "capabilities": capabilities(self.template),
+            "tool_call": "tools" in self.template,
+            "reasoning": "<think>" in self.template or "enable_thinking" in self.template,
+            "limit": {"context": self.model.n_ctx, "output": self.model.n_ctx},
+            "servable": {"ok": True},
+            "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
+        }
+
+
+def capabilities(template: str) -> list[str]:
+    caps = ["chat", "completion"]
+    if "tools" in template:
+        caps.append("tool_call")
+    if "<think>" in template or "enable_thinking" in template:
+        caps.append("reasoning")
+    return caps
+
+
+class Activation:
+    """Progress of pre-warming the configured default models, for /health."""
+
+    def __init__(self, pending: list[str]) -> None:
+        self.pending = list(pending)
+        self.in_progress: str | None = None
+        self.completed: list[str] = []
+        self.failed: list[dict[str, str]] = []
+
+    @property
+    def state(self) -> str:
+        return "pre_warming" if self.pending or self.in_progress else "ready"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state, "pending": list(self.pending),
+                "in_progress": self.in_progress, "completed": list(self.completed),
+                "failed": list(self.failed)}
+
+
+class Registry:
+    def __init__(self, cfg: NeuronConfig, devices: Devices, metrics: NeuronMetrics) -> None:
+        self.cfg = cfg
+        self.devices = devices
+        self.metrics = metrics
+        self.hub = Hub(cfg.hf, Path(cfg.cache_dir))
+        self.models: dict[str, Loaded] = {}
+        self._loading: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()  # one engine load at a time keeps memory honest
+        self.shutting_down = False
+        self.activation = Activation([m.model_id for m in cfg.default_model_specs()])
+
+    # -- lookup ------------------------------------------------------------------------
+    def find(self, name: object) -> Loaded:
+        if not isinstance(name, str) or not name:
+            raise BadRequest("'model' is required: the id of a loaded model",
+                             code="missing_model_field", param="model")
+        if name in self.models:
+            return self.models[name]
+        try:
+            canonical = parse_model_id(name).canonical
+        except ApiError:
+            canonical = name
+        if canonical in self.models:
+            return self.models[canonical]
+        # A bare name ("smollm2") matches a loaded "file:smollm2" or "hf:org/smollm2".
+        matches = [m for mid, m in self.models.items()
+                   if mid.split(":", 1)[-1] == name or mid.rsplit("/", 1)[-1] == name]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"model {name!r} is not loaded on this neuron; loaded: "
+                       f"{', '.join(self.models) or 'none'}. Load it with POST /models/load.",
+                       code="model_not_found", param="model")
+
+    def loading(self) -> list[str]:
+        return list(self._loading)
+
+    def used_mb(self) -> int:
+        return sum(m.vram_mb for m in self.models.values())
+
+    # -- load ----------------------------------------------------------------------------
+    def load(self, req: LoadRequest) -> tuple[Loaded, bool]:
+        """Load a model, or join a load of it already under way. Returns (model, fresh)."""
+        if self.shutting_down:
+            raise Unavailable("the neuron is shutting down", code="shutting_down",
+                              retry_after=15)
+        src = parse_model_id(req.model_id)
+        key = src.canonical
+        with self._lock:
+            if key in self.models:
+                return self.models[key], False
+            fut = self._loading.get(key)
+            owner = fut is None
+            if owner:
+                fut = self._loading[key] = Future()
+        if not owner:
+            return fut.result(), False
+        started = time.monotonic()
+        try:
+            loaded = self._load(key, src, req)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            self.metrics.load_seconds.labels(key, "failed").observe(time.monotonic() - started)
+            raise
+        else:
+            fut.set_result(loaded)
+            self.metrics.load_seconds.labels(key, "ok").observe(time.monotonic() - started)
+            return loaded, True
+        finally:
+            with self._lock:
+                self._loading.pop(key, None)
+
+    def _load(self, key: str, src: Any, req: LoadRequest) -> Loaded:
+        harness = req.harness or self.cfg.harness
+        engine = get_engine(harness, model_id=key)
+        plan = plan_load(src, models_dir=self.cfg.models_path, hub=self.hub, quant=req.quant,
+                         tensor_parallel=req.tensor_parallel, harness=harness)
+        path = self._fetch(plan, key)
+        try:
+            meta = gguf_header.read_metadata(path)
+        except (OSError, gguf_header.GGUFError) as exc:
+            raise PreflightError("invalid_gguf", key, f"{path.name}: {exc}") from None
+        facts = gguf_header.describe(meta)
+        n_ctx = min(self.cfg.n_ctx, facts["context_length"] or self.cfg.n_ctx)
+        need = gguf_header.estimate_mb(path, meta, n_ctx)
+        devices = self._check_devices(req.devices, key)
+        with self._engine_lock:
+            free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
+                       if not devices or d.index in devices)
+            if need > free:
+                raise Unavailable(
+                    f"{key} needs about {need} MB and the device has {free} MB free; unload "
+                    "a model or choose another node", code="insufficient_vram", retry_after=5,
+                    need_mb=need, free_mb=free)
+            t0 = time.monotonic()
+            try:
+                model = engine.load(path, n_ctx=n_ctx, n_threads=self.cfg.n_threads,
+                                    n_gpu_layers=self.cfg.n_gpu_layers, devices=devices,
+                                    has_gpu=self.devices.has_gpu)
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise PreflightError("engine_load_failed", key,
+                                     f"{harness} could not load {path.name}: {exc}") from None
+            seconds = time.monotonic() - t0
+            worker = ModelWorker(key, model, self.cfg.admission, self.metrics)
+            loaded = Loaded(id=key, harness=harness, path=path, quant=plan.quant,
+                            devices=devices or [0], model=model, worker=worker,
+                            vram_mb=max(model.size_mb, 1), load_seconds=seconds)
+            with self._lock:
+                self.models[key] = loaded
+        self.metrics.loaded.labels(key).set(1)
+        log.info("loaded %s (%s, %s) in %.2f s, ~%d MB", key, path.name, plan.quant,
+                 seconds, loaded.vram_mb)
+        return loaded
+
+    def _fetch(self, plan: Plan, key: str) -> Path:
+        if plan.base is not None:
+            return plan.base / plan.files[0]
+        paths = []
+        for name in plan.files:
+            try:
+                paths.append(self.hub.download(plan.source.name, name))
+            except Exception as exc:
+                raise PreflightError("repo_fetch_failed", key,
+                                     f"download of {name} failed: {type(exc).__name__}: {exc}"
+                                     ) from None
+        return paths[0]
+
+    def _check_devices(self, wanted: list[int], key: str) -> list[int]:
+        if not wanted:
+            return []
+        present = {d.index for d in self.devices.snapshot(self.used_mb())}
+        missing = [d for d in wanted if d not in present]
+        if missing:
+            raise Unavailable(f"device(s) {missing} not present on this neuron (it has "
+                              f"{sorted(present)})", code="device_unavailable", retry_after=5)
+        return wanted
+
+    # -- unload --------------------------------------------------------------------------
+    def unload(self, model_id: object) -> Loaded:
+        if not isinstance(model_id, str) or not model_id:
+            raise BadRequest("'model_id' is required", code="missing_model_id",
+                             param="model_id")
+        with self._lock:
+            loaded = self.find(model_id)
+            del self.models[loaded.id]
+        loaded.worker.close(Unavailable(f"model {loaded.id} was unloaded",
+                                        code="model_unloaded", retry_after=2))
+        loaded.model.close()
+        self.metrics.forget(loaded.id)
+        del loaded.model
+        gc.collect()
+        _trim_heap()
+        log.info("unloaded %s", loaded.id)
+        return loaded
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+        for mid in list(self.models):
+            with contextlib.suppress(ApiError):
+                self.unload(mid)
+
+    # -- pre-warm ------------------------------------------------------------------------
+    def prewarm(self, specs: list[DefaultModel]) -> threading.Thread:
+        def run() -> None:
+            for spec in specs:
+                act = self.activation
+                act.pending.remove(spec.model_id)
+                act.in_progress = spec.model_id
+                try:
+                    self.load(LoadRequest(spec.model_id, spec.quant, spec.harness,
+                                          devices=spec.devices))
+                    act.completed.append(spec.model_id)
+                except ApiError as exc:
+                    log.error("pre-warm of %s failed: %s", spec.model_id, exc.message)
+                    act.failed.append({"model_id": spec.model_id, "error": exc.message})
+                except Exception as exc:
+                    log.exception("pre-warm of %s failed", spec.model_id)
+                    act.failed.append({"model_id": spec.model_id, "error": str(exc)})
+                finally:
+                    act.in_progress = None
+
+        t = threading.Thread(target=run, name="prewarm", daemon=True)
+        t.start()
+        return t
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS so an unload shows in RSS at once."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

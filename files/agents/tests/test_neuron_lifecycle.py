@@ -1,0 +1,113 @@
+"""Loading, unloading, discovery and health through the neuron's HTTP API."""
+
+from __future__ import annotations
+
+import threading
+
+from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+
+
+def test_discovery_reports_cpu_device_and_reason(neuron):
+    d = neuron.get("/discovery").json()
+    assert d["devices"][0]["kind"] == "cpu" and d["devices"][0]["vram_total_mb"] > 0
+    assert d["gpu_count"] == 0
+    assert d["cuda_unavailable_reason"]  # no NVML on this machine
+    assert "llama_cpp" in d["harnesses"]
+    assert d["hostname"] and d["kernel"]
+
+
+def test_load_chat_unload(neuron):
+    body = neuron.load("file:tiny-hello")
+    assert body["status"] == "loaded" and body["model_id"] == "file:tiny-hello"
+    models = {m["id"]: m for m in neuron.get("/models").json()}
+    assert models["file:tiny-hello"]["status"] == "loaded"
+    assert models["file:tiny-think"]["status"] == "available"
+    r = neuron.chat("file:tiny-hello", temperature=0)
+    assert r.json()["choices"][0]["message"]["content"] == script_text(SCRIPT_HELLO)
+    r = neuron.post("/models/unload", {"model_id": "file:tiny-hello"})
+    assert r.json() == {"status": "unloaded", "model_id": "file:tiny-hello"}
+    assert neuron.chat("file:tiny-hello").status_code == 404
+    assert neuron.post("/models/unload", {"model_id": "file:tiny-hello"}).status_code == 404
+
+
+def test_load_twice_is_idempotent(neuron):
+    assert neuron.load("file:tiny-hello")["already_loaded"] is False
+    assert neuron.load("file:tiny-hello")["already_loaded"] is True
+
+
+def test_concurrent_loads_are_single_flighted(neuron):
+    results = []
+
+    def go():
+        results.append(neuron.post("/models/load", {"model_id": "file:tiny-loop"}).json())
+
+    threads = [threading.Thread(target=go) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r["status"] == "loaded" for r in results)
+    assert sum(not r["already_loaded"] for r in results) == 1
+    samples = neuron.neuron.metrics.load_seconds.collect()[0].samples
+    counts = [s.value for s in samples if s.name.endswith("_count")]
+    assert counts == [1.0]
+
+
+def test_quant_selection_in_a_folder(neuron):
+    body = neuron.load("file:tiny-quants", quant="q8_0")
+    assert body["model"]["quant"] == "Q8_0"
+    assert body["model"]["file"] == "tiny-quants.Q8_0.gguf"
+
+
+def test_quant_not_found_suggests_nearest(neuron):
+    r = neuron.post("/models/load", {"model_id": "file:tiny-quants", "quant": "q80"})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["kind"] == "quant_not_found" and err["model_id"] == "file:tiny-quants"
+    assert err["nearest"] == "Q8_0" and err["available"] == ["F16", "Q8_0"]
+    assert err["requested"] == "q80"
+
+
+def test_health_lists_models_with_figures(neuron):
+    neuron.load("file:tiny-hello")
+    neuron.chat("file:tiny-hello", temperature=0)
+    h = neuron.get("/health").json()
+    assert h["activation"]["state"] == "ready"
+    (m,) = h["models"]
+    assert m["id"] == "file:tiny-hello"
+    assert m["in_flight"] == 0 and m["queue_depth"] == 0
+    assert m["max_queue_depth"] == 8 and m["last_used"] > 0
+    assert m["tok_s_prefill"] > 0
+    assert h["devices"][0]["vram_used_mb"] >= m["vram_used_mb"] > 0
+
+
+def test_prewarm_activation(neuron_factory):
+    from cortex.neuron.config import DefaultModel
+
+    n = neuron_factory(default_models=["file:tiny-hello", DefaultModel("file:nope"),
+                                       "file:tiny-think"])
+    import time
+
+    deadline = time.monotonic() + 30
+    while n.get("/health").json()["activation"]["state"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    act = n.get("/health").json()["activation"]
+    assert act["completed"] == ["file:tiny-hello", "file:tiny-think"]
+    assert act["failed"][0]["model_id"] == "file:nope"
+    assert "no " in act["failed"][0]["error"]
+
+
+def test_tied_embeddings_and_q8_models_generate(neuron):
+    neuron.load("file:tiny-tied")
+    r = neuron.chat("file:tiny-tied", max_tokens=4)
+    assert r.status_code == 200
+    assert r.json()["usage"]["completion_tokens"] == 4
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_capabilities_and_endpoint(neuron):
+    neuron.load("file:tiny-hello")
+    caps = neuron.get("/models/file:tiny-hello/capabilities").json()
+    assert caps["loaded"] is True and "chat" in caps["capabilities"]
+    assert neuron.get("/models/file:tiny-hello/endpoint").json()["url"] == neuron.url + "/v1"
