@@ -52,7 +52,7 @@ def main() -> int:
         question = "What is the capital of France?"
         reply = client.chat.completions.create(
             model="file:smollm2", temperature=0, max_tokens=48,
-            messages=[{"role": "system", "content": "You are a helpful assistant."},
+            messages=[{"role": "system", "content": "Answer in English."},
                       {"role": "user", "content": question}])
         print(f"\nQ: {question}\nA: {reply.choices[0].message.content}\n")
         print(f"usage: {reply.usage.model_dump(exclude_none=True)}")

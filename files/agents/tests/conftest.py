@@ -40,6 +40,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, (script, loop) in SCRIPTS.items():
         build_tiny_gguf(d / f"tiny-{name}.gguf", script=script, loop=loop, name=f"tiny-{name}")
     build_tiny_gguf(d / "tiny-tied.gguf", tied=True, name="tiny-tied")
+    # A generation that runs for seconds (65k tokens at a few thousand tok/s), for tests that
+    # need a busy model; they end it by disconnecting or unloading.
+    build_tiny_gguf(d / "tiny-long.gguf", script=SCRIPTS["loop"][0], loop=True,
+                    context_length=65536, name="tiny-long")
     # A folder with several quants of one model, as hub repositories have them.
     repo = d / "tiny-quants"
     repo.mkdir()

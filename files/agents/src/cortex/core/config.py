@@ -87,6 +87,10 @@ def build(cls: type[T], data: Any, source: str, where: str = "") -> T:
 def coerce(hint: Any, value: Any, source: str, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
+        if isinstance(value, dict):  # a table can only mean the table-shaped option
+            tables = [o for o in typing.get_args(hint) if dataclasses.is_dataclass(o)]
+            if len(tables) == 1:
+                return build(tables[0], value, source, where)
         errors = []
         for option in typing.get_args(hint):
             if option is type(None):

@@ -186,6 +186,9 @@ def _tools(body: dict) -> list[dict[str, Any]] | None:
             raise invalid(f"tools[{i}]", "expected {type: function, function: {name, "
                                         "description?, parameters?}}")
     choice = body.get("tool_choice", "auto")
+    if not isinstance(choice, dict) and choice not in ("none", "auto", "required"):
+        raise invalid("tool_choice", "expected 'none', 'auto', 'required' or "
+                                     "{type: function, function: {name}}")
     if choice == "none" or not tools:
         return None
     if isinstance(choice, dict):
@@ -194,9 +197,6 @@ def _tools(body: dict) -> list[dict[str, Any]] | None:
         if not picked:
             raise invalid("tool_choice", f"no tool named {name!r} in tools")
         return picked
-    if choice not in ("auto", "required"):
-        raise invalid("tool_choice", "expected 'none', 'auto', 'required' or "
-                                     "{type: function, function: {name}}")
     return tools
 
 

@@ -50,6 +50,7 @@ def serve(cfg: NeuronConfig) -> None:
         "accesslog": "-" if cfg.log_level == "debug" else None,
         "errorlog": "-",
         "proc_name": "helexa-neuron",
+        "control_socket_disable": True,  # no writable $HOME under systemd hardening
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
     }).run()

@@ -32,8 +32,11 @@ class Job:
     # Events: ("start", cached_tokens) ("text", str) ("done", summary) ("error", ApiError)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     started: threading.Event = field(default_factory=threading.Event)
+    # Why the neuron (not the client) cancelled it: sent as an error, never as a clean end.
+    abort: ApiError | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, abort: ApiError | None = None) -> None:
+        self.abort = self.abort or abort
         self.request.cancel.set()
 
     @property
@@ -136,7 +139,7 @@ class ModelWorker:
             pending = list(self._queue)
             self._queue.clear()
             if self._running is not None:
-                self._running.cancel()
+                self._running.cancel(reason)
             self._cond.notify_all()
         for job in pending:
             job.cancel()
@@ -195,6 +198,9 @@ class ModelWorker:
         else:
             if req.cancel.is_set():
                 finish = "cancelled"
+        if job.abort is not None:
+            job.events.put(("error", job.abort))
+            return
         tail = text.flush()
         if tail:
             job.events.put(("text", tail))

@@ -117,6 +117,7 @@ def build_tiny_gguf(
     extra_tokens: Sequence[str] = (),
     seed: int = 0,
     n_head_kv: int = N_HEAD,
+    context_length: int = N_CTX,
 ) -> Path:
     """Write a tiny GGUF model to ``path`` and return the path.
 
@@ -198,7 +199,7 @@ def build_tiny_gguf(
     path = Path(path)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
-    w.add_context_length(N_CTX)
+    w.add_context_length(context_length)
     w.add_embedding_length(N_EMBD)
     w.add_block_count(N_LAYER)
     w.add_feed_forward_length(N_FF)

@@ -1,0 +1,285 @@
+"""Every error path: the status, the code, Retry-After, and no stuck slot afterwards."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from cortex.core.errors import ApiError
+from cortex.neuron.config import AdmissionConfig
+from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+
+HELLO = script_text(SCRIPT_HELLO)
+MSG = [{"role": "user", "content": "Hi"}]
+
+
+def err(r, status: int, code: str) -> dict:
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert e["code"] == code, e
+    assert e["message"]
+    return e
+
+
+def wait_until(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def hello(neuron):
+    neuron.load("file:tiny-hello")
+    return neuron
+
+
+@pytest.mark.parametrize("model_id", ["file:../etc/passwd", "file:/etc/passwd",
+                                      "https://evil.example/x.gguf", "hf:../../x",
+                                      "file:a/../../b", "ftp:thing", "", 42])
+def test_model_ids_that_leave_models_dir_are_refused(neuron, model_id):
+    r = neuron.post("/models/load", {"model_id": model_id})
+    e = err(r, 400, "invalid_model_id")
+    assert e["param"] == "model_id"
+
+
+def test_load_errors(neuron):
+    err(neuron.post("/models/load", {}), 400, "missing_model_id")
+    e = neuron.post("/models/load", {"model_id": "file:absent"}).json()["error"]
+    assert e["kind"] == "source_not_found" and "absent" in e["detail"]
+    r = neuron.post("/models/load", {"model_id": "file:tiny-hello", "tensor_parallel": 2})
+    assert r.status_code == 422 and r.json()["error"]["kind"] == "tp_requires_safetensors"
+    r = neuron.post("/models/load", {"model_id": "file:tiny-hello", "harness": "nope"})
+    assert r.status_code == 422 and r.json()["error"]["kind"] == "unknown_harness"
+    r = neuron.post("/models/load", {"model_id": "file:tiny-hello", "devices": [3]})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    err(neuron.post("/models/load", {"model_id": "file:tiny-hello", "devices": "0"}), 422,
+        "invalid_request_body")
+
+
+def test_corrupt_gguf_is_a_clear_422(neuron, models_dir):
+    (models_dir / "broken.gguf").write_bytes(b"not a gguf at all")
+    try:
+        r = neuron.post("/models/load", {"model_id": "file:broken"})
+        assert r.status_code == 422 and r.json()["error"]["kind"] == "invalid_gguf"
+    finally:
+        (models_dir / "broken.gguf").unlink()
+
+
+def test_insufficient_memory_is_503_before_allocation(neuron_factory):
+    n = neuron_factory(cpu_memory_mb=1)
+    r = n.post("/models/load", {"model_id": "file:tiny-hello"})
+    e = err(r, 503, "insufficient_vram")
+    assert r.headers["Retry-After"] == "5" and e["need_mb"] > e["free_mb"]
+    assert n.get("/models").json()[0]["status"] == "available"
+
+
+def test_body_errors(hello):
+    url = hello.url + "/v1/chat/completions"
+    err(hello.http.post(url, data="{nope", headers={"Content-Type": "application/json"}), 400,
+        "malformed_json")
+    err(hello.http.post(url, data="x=1", headers={"Content-Type": "text/plain"}), 415,
+        "unsupported_media_type")
+    err(hello.post("/v1/chat/completions", ["a list"]), 422, "invalid_request_body")
+    err(hello.post("/v1/chat/completions", {"messages": MSG}), 400, "missing_model_field")
+    err(hello.post("/v1/chat/completions", {"model": "tiny-hello"}), 400, "missing_messages")
+    e = err(hello.post("/v1/chat/completions", {"model": "tiny-hello", "messages": []}), 422,
+            "invalid_request_body")
+    assert e["param"] == "messages"
+    for bad in ({"temperature": "hot"}, {"max_tokens": 0}, {"max_tokens": 1.5},
+                {"stream": "yes"}, {"stop": [1]}, {"top_p": 7}, {"n": 2}, {"seed": "x"},
+                {"messages": [{"role": "wizard", "content": "x"}]},
+                {"messages": [{"role": "user", "content": 5}]},
+                {"messages": [{"role": "user", "content": [{"type": "nope"}]}]},
+                {"tools": "all"}, {"tool_choice": "sometimes", "tools": []}):
+        body = {"model": "tiny-hello", "messages": MSG, **bad}
+        r = hello.post("/v1/chat/completions", body)
+        assert r.status_code == 422, (bad, r.text)
+    e = err(hello.post("/v1/chat/completions", {
+        "model": "tiny-hello", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:,"}}]}]}), 400,
+        "unsupported_content")
+    # Unknown fields are ignored, as OpenAI clients send many.
+    assert hello.chat("tiny-hello", user="u1", logit_bias={}).status_code == 200
+
+
+def test_body_over_the_limit_is_413(neuron_factory):
+    n = neuron_factory(max_body_bytes=2048)
+    r = n.chat("x", "a" * 4096)
+    err(r, 413, "request_too_large")
+
+
+def test_unknown_model_404(hello):
+    e = err(hello.chat("nope"), 404, "model_not_found")
+    assert "file:tiny-hello" in e["message"]
+
+
+def test_context_length_exceeded(hello):
+    e = err(hello.chat("tiny-hello", "word " * 600), 400, "context_length_exceeded")
+    assert e["max"] == 511 and e["estimated_prompt_tokens"] > 511
+
+
+def test_auth_token_guards_everything_but_health(neuron_factory):
+    n = neuron_factory(auth_token="s3cret")
+    assert n.get("/health").status_code == 200
+    assert n.get("/version").status_code == 200
+    for path in ("/models", "/discovery", "/metrics"):
+        err(n.get(path), 401, "invalid_api_key")
+    err(n.get("/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
+    ok = n.get("/models", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def test_chat_template_errors_are_400(neuron, models_dir):
+    from cortex.testing.tiny_gguf import build_tiny_gguf
+
+    build_tiny_gguf(models_dir / "strict.gguf", script=SCRIPT_HELLO, chat_template=(
+        "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}"
+        "{% endif %}{% for m in messages %}{{ m.content }}{% endfor %}"))
+    try:
+        neuron.load("file:strict")
+        r = neuron.post("/v1/chat/completions", {"model": "strict", "messages": [
+            {"role": "assistant", "content": "x"}]})
+        e = err(r, 400, "invalid_messages")
+        assert "first must be user" in e["message"]
+    finally:
+        (models_dir / "strict.gguf").unlink()
+
+
+LONG = "file:tiny-long"
+
+
+@pytest.fixture
+def busy_factory(neuron_factory):
+    """A neuron with the long-running model loaded and a way to keep it busy."""
+
+    def make(**admission):
+        n = neuron_factory(n_ctx=65536, admission=AdmissionConfig(**admission))
+        n.load(LONG)
+        return n, n.neuron.registry.models[LONG].worker
+
+    return make
+
+
+def _slow_job(neuron, max_tokens=60_000, **headers):
+    """Start a generation of seconds in a thread; return (thread, result holder)."""
+    out = {}
+
+    def run():
+        out["r"] = neuron.post("/v1/chat/completions", {
+            "model": LONG, "messages": MSG, "max_tokens": max_tokens}, headers=headers)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def _end(neuron, *threads):
+    """Unload the busy model (cancels everything) and wait for the callers."""
+    neuron.post("/models/unload", {"model_id": LONG})
+    for t in threads:
+        t.join()
+
+
+def test_queue_full_is_503_with_retry_after(busy_factory):
+    n, worker = busy_factory(max_queue_depth=1, max_per_principal=10)
+    t1, _ = _slow_job(n)
+    wait_until(lambda: worker.in_flight == 1)
+    t2, _ = _slow_job(n, max_tokens=5)
+    wait_until(lambda: worker.queue_depth == 1)
+    r = n.chat(LONG, max_tokens=1)
+    err(r, 503, "rate_limit_exceeded")
+    assert int(r.headers["Retry-After"]) >= 1
+    metrics = n.get("/metrics").text
+    assert f'neuron_rejections_total{{model="{LONG}",reason="queue_full"}} 1.0' in metrics
+    _end(n, t1, t2)
+    n.load(LONG)
+    assert n.chat(LONG, max_tokens=1).status_code == 200
+
+
+def test_per_principal_cap_is_429(busy_factory):
+    n, worker = busy_factory(max_per_principal=1)
+    t1, _ = _slow_job(n, **{"X-Helexa-Account-Id": "acct-1"})
+    wait_until(lambda: worker.in_flight == 1)
+    r = n.post("/v1/chat/completions", {"model": LONG, "messages": MSG, "max_tokens": 1},
+               headers={"X-Helexa-Account-Id": "acct-1"})
+    err(r, 429, "rate_limit_exceeded")
+    t2, out2 = _slow_job(n, max_tokens=1, **{"X-Helexa-Account-Id": "acct-2"})
+    wait_until(lambda: worker.queue_depth == 1)  # another account is admitted
+    _end(n, t1, t2)
+    err(out2["r"], 503, "model_unloaded")
+
+
+def test_max_wait_gives_503_and_frees_the_queue(busy_factory):
+    n, worker = busy_factory(max_wait_secs=0.3)
+    t1, _ = _slow_job(n)
+    wait_until(lambda: worker.in_flight == 1)
+    r = n.chat(LONG, max_tokens=1)
+    err(r, 503, "rate_limit_exceeded")
+    assert worker.queue_depth == 0
+    metrics = n.get("/metrics").text
+    assert f'neuron_rejections_total{{model="{LONG}",reason="queue_timeout"}} 1.0' in metrics
+    _end(n, t1)
+
+
+def test_keepalive_comments_while_queued(busy_factory, monkeypatch):
+    from cortex.neuron import inference
+
+    monkeypatch.setattr(inference, "KEEPALIVE_SECS", 0.05)
+    n, worker = busy_factory()
+    t1, _ = _slow_job(n)
+    wait_until(lambda: worker.in_flight == 1)
+    r = n.post("/v1/chat/completions", {"model": LONG, "messages": MSG, "max_tokens": 1,
+                                        "stream": True}, stream=True)
+    lines = r.iter_lines(decode_unicode=True)
+    seen = [next(lines) for _ in range(4)]
+    assert ": keep-alive" in seen
+    _end(n, t1)
+    rest = [line for line in lines if line]
+    assert '"model_unloaded"' in "".join(rest) and rest[-1] == "data: [DONE]"
+
+
+def test_client_disconnect_mid_stream_frees_the_slot(busy_factory):
+    n, worker = busy_factory()
+    port = int(n.url.rsplit(":", 1)[1])
+    body = (b'{"model":"file:tiny-long","stream":true,"max_tokens":60000,'
+            b'"messages":[{"role":"user","content":"Hi"}]}')
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+              + b"\r\n\r\n" + body)
+    assert b"200" in s.recv(4096)
+    wait_until(lambda: worker.in_flight == 1)
+    s.close()
+    wait_until(lambda: worker.in_flight == 0, timeout=10)
+    assert n.chat(LONG, max_tokens=2).status_code == 200
+
+
+def test_unload_fails_running_and_queued_requests_cleanly(busy_factory):
+    n, worker = busy_factory()
+    t1, out1 = _slow_job(n)
+    wait_until(lambda: worker.in_flight == 1)
+    t2, out2 = _slow_job(n, max_tokens=5)
+    wait_until(lambda: worker.queue_depth == 1)
+    _end(n, t1, t2)
+    err(out1["r"], 503, "model_unloaded")  # the running one too: no clean-looking end
+    err(out2["r"], 503, "model_unloaded")
+
+
+def test_shutting_down_is_503(hello):
+    hello.neuron.registry.shutting_down = True
+    r = hello.chat("tiny-hello")
+    err(r, 503, "shutting_down")
+    assert r.headers["Retry-After"] == "15"
+    assert hello.get("/health").json()["status"] == "shutting_down"
+    hello.neuron.registry.shutting_down = False
+
+
+def test_api_error_envelope_shape():
+    e = ApiError("m", code="c", status=418, param="p", retry_after=3)
+    assert e.body() == {"error": {"message": "m", "type": "server_error", "code": "c",
+                                  "param": "p"}}
+    assert e.headers() == {"Retry-After": "3"}
