@@ -27,7 +27,7 @@ $(STAMP): $(AGENTS)/pyproject.toml $(CONSTRAINTS)
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check $(AGENTS)
+	$(BIN)/ruff check $(AGENTS) scripts bench
 
 pytest: $(STAMP)
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q

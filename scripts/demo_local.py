@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import requests
-from cortex.testing.smollm2 import smollm2_path
 from openai import OpenAI
+
+from cortex.testing.smollm2 import smollm2_path
 
 PORT = int(os.environ.get("DEMO_PORT", "13131"))
 

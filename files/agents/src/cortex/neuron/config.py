@@ -70,6 +70,8 @@ class NeuronConfig:
     http_threads: int = 32
     max_body_bytes: int = 4 * 1024 * 1024
     max_prompt_tokens: int = 0  # 0: the model's context length
+    # Streams write at most this often (the first token goes at once); 0 writes every token.
+    stream_interval_ms: int = 0
     log_level: str = "info"
     hf: HubConfig = field(default_factory=HubConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)

@@ -69,10 +69,11 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
 
 def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iterator[bytes]:
     status = "200"
+    coalesce = neuron.cfg.stream_interval_ms / 1000
     try:
         if reply.chat:
             yield sse_event(reply.chunk({"role": "assistant", "content": ""}))
-        for kind, value in waiter.events(keepalive=True):
+        for kind, value in waiter.events(keepalive=True, coalesce=coalesce):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
             elif kind == "text":
@@ -102,8 +103,10 @@ class Waiter:
     def __init__(self, loaded: Loaded, job: Job, max_wait: float) -> None:
         self.loaded, self.job, self.max_wait = loaded, job, max_wait
         self.finished = False
+        self._last_text = 0.0
 
-    def events(self, keepalive: bool = False) -> Iterator[tuple[str, Any]]:
+    def events(self, keepalive: bool = False, coalesce: float = 0.0
+               ) -> Iterator[tuple[str, Any]]:
         job = self.job
         deadline = job.enqueued_at + self.max_wait
         while True:
@@ -125,6 +128,18 @@ class Waiter:
                 if keepalive:
                     yield "keepalive", None
                 continue
+            if kind == "text" and coalesce > 0:
+                # Let a few tokens gather before the next write: fewer wake-ups of this
+                # thread and of the client, which compete with the model for the cores.
+                wait = self._last_text + coalesce - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                value, follow = self._drain(value)
+                self._last_text = time.monotonic()
+                yield "text", value
+                if follow is None:
+                    continue
+                kind, value = follow
             if kind == "error":
                 self.finished = True
                 raise value
@@ -134,6 +149,17 @@ class Waiter:
             if kind == "done":
                 self.finished = True
                 return
+
+    def _drain(self, text: str) -> tuple[str, tuple[str, Any] | None]:
+        """Merge the text events already queued; return the first other event, if any."""
+        while True:
+            try:
+                kind, value = self.job.events.get_nowait()
+            except queue.Empty:
+                return text, None
+            if kind != "text":
+                return text, (kind, value)
+            text += value
 
     def release(self) -> None:
         if not self.finished:
