@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # hosts with CUDA build their own wheel (see roles/neuron).
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
-.PHONY: help test demo venv lint pytest constraints clean
+.PHONY: help test demo venv sysdeps lint pytest constraints clean
 
 help:
 	@echo "make demo   # a local fleet answering a real question"
@@ -26,10 +26,20 @@ $(STAMP): $(AGENTS)/pyproject.toml $(CONSTRAINTS)
 
 venv: $(STAMP)
 
+# Debian packages the tests use for real (a Redis server for the shared spend store).
+SYSDEPS := redis-server
+sysdeps:
+	@missing=""; for c in $(SYSDEPS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "WARNING: missing$$missing (install as root); their tests will be skipped"; fi; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check $(AGENTS) scripts bench
 
-pytest: $(STAMP)
+pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
 
 test: lint pytest

@@ -111,3 +111,16 @@ def test_capabilities_and_endpoint(neuron):
     caps = neuron.get("/models/file:tiny-hello/capabilities").json()
     assert caps["loaded"] is True and "chat" in caps["capabilities"]
     assert neuron.get("/models/file:tiny-hello/endpoint").json()["url"] == neuron.url + "/v1"
+
+
+def test_drain_is_reported_and_survives_a_restart(neuron_factory, tmp_path):
+    cache = str(tmp_path / "state")
+    n = neuron_factory(cache_dir=cache)
+    assert n.get("/health").json()["drained"] is False
+    assert n.post("/drain", {"drained": True}).json() == {"drained": True, "in_flight": 0}
+    assert n.get("/health").json()["drained"] is True
+    again = neuron_factory(cache_dir=cache)  # a restarted neuron on the same disk
+    assert again.get("/health").json()["drained"] is True
+    again.post("/drain", {"drained": False})
+    assert again.get("/health").json()["drained"] is False
+    assert n.post("/drain", {"drained": "yes"}).status_code == 422

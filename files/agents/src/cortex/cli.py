@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cortex import __version__
@@ -43,8 +44,48 @@ def neuron_main(argv: list[str] | None = None) -> int:
 
 
 def cortex_main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        # gevent must patch the standard library before ssl/urllib3 are imported.
+        from cortex.gateway.serve import patch
+
+        patch()
     parser = argparse.ArgumentParser(prog="cortex", description="helexa.cortex gateway")
     parser.add_argument("--version", action="version", version=__version__)
-    parser.parse_args(argv)
-    print("cortex: the gateway commands arrive with the gateway (issue 3)", file=sys.stderr)
-    return 2
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the gateway (gunicorn, gevent workers)")
+    p.add_argument("--config", "-c", default="/etc/cortex/cortex.toml")
+    p = sub.add_parser("check-config", help="validate cortex.toml and models.toml")
+    p.add_argument("config", nargs="?", default="/etc/cortex/cortex.toml")
+    for name, text in (("status", "fleet table: nodes, health, devices, models"),
+                       ("models", "the merged model catalogue"),
+                       ("drain", "stop routing new requests to a node"),
+                       ("undrain", "route to a node again")):
+        p = sub.add_parser(name, help=text)
+        if name in ("drain", "undrain"):
+            p.add_argument("node")
+        p.add_argument("--url", default=os.environ.get("CORTEX_URL", "http://127.0.0.1:31313"))
+        p.add_argument("--admin-key", default=os.environ.get("CORTEX_ADMIN_KEY", ""),
+                       help="admin key (or CORTEX_ADMIN_KEY)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+
+    if args.command in ("serve", "check-config"):
+        from cortex.gateway import config as gw_config
+
+        try:
+            cfg, models = gw_config.load(args.config)
+        except ConfigError as exc:
+            print(f"cortex: config error: {exc}", file=sys.stderr)
+            return 2
+        if args.command == "check-config":
+            print(f"{args.config}: ok ({len(cfg.neurons)} neurons, {len(models.models)} models)")
+            return 0
+        _logging(cfg.gateway.log_level)
+        from cortex.gateway.serve import serve
+
+        serve(args.config)
+        return 0
+    from cortex import fleetcli
+
+    return fleetcli.run(args)

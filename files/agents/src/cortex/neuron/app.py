@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, request
@@ -25,6 +28,8 @@ from cortex.neuron.sources import list_local, parse_model_id
 
 PUBLIC = {"/health", "/version"}
 
+log = logging.getLogger(__name__)
+
 bp = Blueprint("neuron", __name__)
 
 
@@ -37,6 +42,26 @@ class Neuron:
         self.metrics = NeuronMetrics()
         self.devices = Devices(cfg.cpu_memory_mb)
         self.registry = Registry(cfg, self.devices, self.metrics)
+        self._state_file = Path(cfg.cache_dir) / "neuron-state.json"
+        self.drained = bool(self._read_state().get("drained"))
+
+    # Drained is kept on the neuron (the source of truth) so that every gateway sees it,
+    # and on disk so that a restart in the middle of a rolling upgrade keeps it.
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self._state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def set_drained(self, drained: bool) -> None:
+        self.drained = drained
+        try:
+            self._state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"drained": drained}))
+            tmp.replace(self._state_file)
+        except OSError as exc:
+            log.warning("could not persist drained=%s: %s", drained, exc)
 
 
 def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
@@ -109,6 +134,7 @@ def health() -> Any:
         })
     return json_response({
         "status": "shutting_down" if reg.shutting_down else "ok",
+        "drained": n.drained,
         "uptime_secs": round(time.time() - n.started, 1),
         "devices": [d.live() for d in devices],
         "activation": reg.activation.snapshot(),
@@ -163,6 +189,20 @@ def unload() -> Any:
     body = json_body()
     loaded = _neuron().registry.unload(body.get("model_id"))
     return json_response({"status": "unloaded", "model_id": loaded.id})
+
+
+@bp.post("/drain")
+def drain() -> Any:
+    """{"drained": true|false}: gateways route no new requests to a drained neuron."""
+    body = json_body()
+    drained = body.get("drained", True)
+    if not isinstance(drained, bool):
+        raise invalid("drained", "expected true or false")
+    n = _neuron()
+    n.set_drained(drained)
+    w = [m.worker for m in n.registry.models.values()]
+    return json_response({"drained": drained,
+                          "in_flight": sum(x.in_flight + x.queue_depth for x in w)})
 
 
 @bp.get("/models/<path:model_id>/endpoint")

@@ -201,7 +201,7 @@ class Registry:
             worker = ModelWorker(key, model, self.cfg.admission, self.metrics)
             loaded = Loaded(id=key, harness=harness, path=path, quant=plan.quant,
                             devices=devices or [0], model=model, worker=worker,
-                            vram_mb=max(model.size_mb, 1), load_seconds=seconds)
+                            vram_mb=max(model.size_mb, need), load_seconds=seconds)
             with self._lock:
                 self.models[key] = loaded
         self.metrics.loaded.labels(key).set(1)

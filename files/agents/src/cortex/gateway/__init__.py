@@ -1,0 +1,1 @@
+"""The gateway: one OpenAI- and Anthropic-compatible API over every neuron."""

@@ -1,0 +1,95 @@
+"""API keys and entitlements: who is calling, and whether their caps allow one more request.
+
+Keys come from `[entitlements]`; spend is kept in a store shared by every worker and
+gateway host (SQLite by default, Redis across hosts). Keys are compared in constant time
+and never logged: logs and metrics carry the account and key_id only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import request
+
+from cortex.core.errors import ApiError, TooManyRequests, Unauthorized
+from cortex.core.http import bearer_token
+from cortex.gateway.config import EntitlementsSection, KeyEntry
+from cortex.gateway.store import SpendStore, key_id_for, open_store
+
+
+@dataclass(frozen=True)
+class Principal:
+    account_id: str
+    key_id: str
+    entry: KeyEntry | None = None
+
+
+ANONYMOUS = Principal("anonymous", "anonymous")
+
+
+class Auth:
+    def __init__(self, cfg: EntitlementsSection, admin_keys: list[str], state_dir: Path) -> None:
+        self.cfg = cfg
+        self.keys = cfg.keys
+        for k in self.keys:
+            k.key_id = k.key_id or key_id_for(k.key)
+        self.admin_keys = admin_keys
+        self._store: SpendStore | None = None
+        self._store_spec = cfg.store
+        self._state_dir = state_dir
+
+    @property
+    def store(self) -> SpendStore:
+        if self._store is None:  # opened lazily: after gunicorn forks, once per worker
+            self._store = open_store(self._store_spec, self._state_dir)
+        return self._store
+
+    def presented_key(self, allow_x_api_key: bool = False) -> str:
+        key = bearer_token()
+        if not key and allow_x_api_key:
+            key = request.headers.get("x-api-key", "").strip()
+        return key
+
+    def authenticate(self, allow_x_api_key: bool = False) -> Principal:
+        key = self.presented_key(allow_x_api_key)
+        for entry in self.keys:
+            if key and hmac.compare_digest(key.encode(), entry.key.encode()):
+                return Principal(entry.account_id, entry.key_id, entry)
+        if self.cfg.require_auth:
+            raise Unauthorized("missing or unknown API key: send 'Authorization: Bearer <key>'"
+                               + (" or 'x-api-key: <key>'" if allow_x_api_key else ""),
+                               code="invalid_api_key")
+        return ANONYMOUS
+
+    def require_admin(self) -> None:
+        key = bearer_token()
+        if not self.admin_keys or not any(
+                hmac.compare_digest(key.encode(), k.encode()) for k in self.admin_keys):
+            raise Unauthorized("this route needs an admin key ([gateway] admin_keys)",
+                               code="invalid_api_key")
+
+    def check_caps(self, p: Principal, now: float | None = None) -> None:
+        entry = p.entry
+        if entry is None or entry.hard_cap is None:
+            return
+        now = now or time.time()
+        if entry.window.kind == "rolling":
+            spent = self.store.window_total(p.key_id, entry.window.seconds, now)
+            if spent >= entry.hard_cap:
+                oldest = self.store.oldest_in_window(p.key_id, entry.window.seconds, now)
+                wait = (oldest + entry.window.seconds - now) if oldest else entry.window.seconds
+                raise TooManyRequests(
+                    f"key {p.key_id} spent {spent} tokens in the last {entry.window.seconds} s "
+                    f"(cap {entry.hard_cap})", code="rate_limit_exceeded",
+                    retry_after=max(1, math.ceil(wait)))
+        elif self.store.total(p.key_id) >= entry.hard_cap:
+            raise ApiError(f"key {p.key_id} has used its balance of {entry.hard_cap} tokens",
+                           code="insufficient_quota", status=429, type="insufficient_quota")
+
+    def record(self, p: Principal, tokens: int) -> None:
+        if p.entry is not None and tokens > 0:
+            self.store.record(p.key_id, tokens)

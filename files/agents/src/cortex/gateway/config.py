@@ -1,0 +1,208 @@
+"""cortex.toml and models.toml, as the original cortex reads them (plus a few keys).
+
+Both files are checked key by key at start: a bad or missing file stops the gateway with
+the file, the key and the problem, never an empty catalogue.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cortex.core.config import ConfigError, build, load_config, parse_listen
+
+DEFAULT_PORT, DEFAULT_METRICS_PORT = 31313, 31314
+
+
+@dataclass
+class GatewaySection:
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    metrics_listen: str = f"0.0.0.0:{DEFAULT_METRICS_PORT}"
+    workers: int = 2
+    poll_interval_secs: float = 2.0
+    neuron_token: str = ""  # sent as a bearer token on every gateway → neuron call
+    admin_keys: list[str] = field(default_factory=list)
+    max_body_bytes: int = 8 * 1024 * 1024
+    connect_timeout_secs: float = 3.0
+    read_timeout_secs: float = 600.0
+    load_timeout_secs: float = 300.0  # a cold load, including a download
+    default_keep_alive: str | int = 0  # idle TTL for catalogue models; 0 = never unload
+    state_dir: str = "/var/lib/helexa/gateway"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen, DEFAULT_PORT)
+        parse_listen(self.metrics_listen, DEFAULT_METRICS_PORT)
+        if self.poll_interval_secs <= 0 or self.workers < 1:
+            raise ValueError("[gateway] poll_interval_secs and workers must be positive")
+        parse_duration(self.default_keep_alive, "[gateway] default_keep_alive")
+
+
+@dataclass
+class EvictionSection:
+    strategy: str = "lru"
+    defrag_after_cycles: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("lru", "priority"):
+            raise ValueError(f"[eviction] strategy must be 'lru' or 'priority', "
+                             f"got {self.strategy!r}")
+
+
+@dataclass
+class NeuronEntry:
+    name: str
+    endpoint: str
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.endpoint):
+            raise ValueError(f"[[neurons]] {self.name}: endpoint must be http(s)://host:port, "
+                             f"got {self.endpoint!r}")
+        self.endpoint = self.endpoint.rstrip("/")
+
+
+@dataclass
+class Window:
+    kind: str = "balance"
+    seconds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("balance", "rolling"):
+            raise ValueError(f"window kind must be 'rolling' or 'balance', got {self.kind!r}")
+        if self.kind == "rolling" and self.seconds <= 0:
+            raise ValueError("a rolling window needs seconds > 0")
+
+
+@dataclass
+class KeyEntry:
+    key: str
+    account_id: str
+    key_id: str = ""
+    hard_cap: int | None = None
+    window: Window = field(default_factory=Window)
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"KeyEntry(account_id={self.account_id!r}, key_id={self.key_id!r})"
+
+
+@dataclass
+class EntitlementsSection:
+    require_auth: bool = False
+    store: str = ""  # "" / "sqlite" (state_dir) / "sqlite:///path" / "redis://host:port/db"
+    keys: list[KeyEntry] = field(default_factory=list)
+
+
+@dataclass
+class GatewayConfig:
+    models_config: str = "/etc/cortex/models.toml"
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    eviction: EvictionSection = field(default_factory=EvictionSection)
+    neurons: list[NeuronEntry] = field(default_factory=list)
+    entitlements: EntitlementsSection = field(default_factory=EntitlementsSection)
+
+    def __post_init__(self) -> None:
+        names = [n.name for n in self.neurons]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"[[neurons]] names must be unique: {sorted(dupes)}")
+
+
+@dataclass
+class Cost:
+    input: float | None = None
+    output: float | None = None
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+@dataclass
+class Limit:
+    context: int | None = None
+    input: int | None = None
+    output: int | None = None
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    harness: str = "llama_cpp"
+    quant: str = ""
+    vram_mb: int | None = None
+    min_devices: int = 1
+    min_device_vram_mb: int | None = None
+    pinned_on: list[str] = field(default_factory=list)
+    residency_priority: int | None = None
+    source: str = ""
+    cost: Cost | None = None
+    capabilities: list[str] = field(default_factory=list)
+    limit: Limit | None = None
+    keep_alive: str | int | None = None  # idle TTL; None = [gateway] default_keep_alive
+
+    def __post_init__(self) -> None:
+        if self.residency_priority is None:
+            self.residency_priority = 1000 if self.pinned_on else 100
+        if self.keep_alive is not None:
+            parse_duration(self.keep_alive, f"[[models]] {self.id}: keep_alive")
+
+    @property
+    def load_id(self) -> str:
+        """The id a neuron loads: `source:id` (file for plain names, hf for org/name)."""
+        if ":" in self.id:
+            return self.id
+        source = self.source or ("hf" if "/" in self.id else "file")
+        return f"{source}:{self.id}"
+
+
+@dataclass
+class ModelsConfig:
+    models: list[ModelEntry] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = [m.id for m in self.models]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"[[models]] ids must be unique: {sorted(dupes)}")
+        for alias, target in self.aliases.items():
+            if target not in ids:
+                raise ValueError(f"[aliases] {alias!r} points to {target!r}, which is not a "
+                                 "[[models]] id (aliases are flat: no chains)")
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?$")
+
+
+def parse_duration(value: Any, where: str = "duration") -> float:
+    """`300`, `"90s"`, `"10m"`, `"2h"`, `"1d"` → seconds; 0 or `"0"` = never; -1 = never."""
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected seconds or a duration like '10m'")
+    if isinstance(value, int | float):
+        return max(float(value), 0.0)
+    m = _DURATION.match(str(value).strip())
+    if not m:
+        raise ValueError(f"{where}: {value!r} is not a duration (e.g. 300, '90s', '10m', '2h')")
+    unit = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return float(m.group(1)) * unit
+
+
+def load(path: str | Path) -> tuple[GatewayConfig, ModelsConfig]:
+    cfg = load_config(GatewayConfig, path, "CORTEX_")
+    models_path = Path(cfg.models_config)
+    if not models_path.is_absolute():
+        models_path = Path(path).parent / models_path
+    return cfg, load_models(models_path)
+
+
+def load_models(path: Path) -> ModelsConfig:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: models_config file not found (set models_config in "
+                          "cortex.toml or create the file)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return build(ModelsConfig, data, str(path))

@@ -1,0 +1,171 @@
+"""What the gateway knows about the fleet: a cache of the neurons' own reports.
+
+Neurons are the source of truth. Every worker polls every neuron concurrently and keeps
+the latest answer, so any number of workers and gateway hosts agree without a shared
+store. A node is unhealthy after three consecutive failed polls and healthy again at the
+first success.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.gateway.config import NeuronEntry
+from cortex.gateway.upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+FAILURES_UNHEALTHY = 3
+
+
+@dataclass
+class ModelOnNode:
+    id: str
+    status: str  # loaded | loading | available
+    vram_mb: int = 0
+    in_flight: int = 0
+    queue_depth: int = 0
+    last_used: float = 0.0
+    tok_s_prefill: float = 0.0
+    tok_s_decode: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> int:
+        return self.in_flight + self.queue_depth
+
+
+@dataclass
+class Node:
+    name: str
+    endpoint: str
+    healthy: bool = False
+    polled: bool = False  # at least one poll finished (either way)
+    failures: int = 0
+    last_error: str = ""
+    drained: bool = False
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, ModelOnNode] = field(default_factory=dict)
+    activation: dict[str, Any] = field(default_factory=dict)
+    last_ok: float = 0.0
+
+    @property
+    def vram_free_mb(self) -> int:
+        return min((d.get("vram_free_mb", 0) for d in self.devices), default=0)
+
+    def loaded(self, model_id: str) -> ModelOnNode | None:
+        m = self.models.get(model_id)
+        return m if m is not None and m.status == "loaded" else None
+
+    @property
+    def routable(self) -> bool:
+        return self.healthy and not self.drained
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "endpoint": self.endpoint, "healthy": self.healthy,
+            "drained": self.drained, "failures": self.failures, "last_error": self.last_error,
+            "devices": self.devices, "activation": self.activation.get("state"),
+            "models": [{"id": m.id, "status": m.status, "in_flight": m.in_flight,
+                        "queue_depth": m.queue_depth, "vram_mb": m.vram_mb,
+                        "last_used": m.last_used} for m in self.models.values()],
+        }
+
+
+class Fleet:
+    def __init__(self, neurons: list[NeuronEntry], upstream: Upstream,
+                 interval: float) -> None:
+        self.nodes = {n.name: Node(n.name, n.endpoint) for n in neurons}
+        self.upstream = upstream
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.changed = threading.Condition()
+
+    # -- polling ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll_all()
+            self._stop.wait(self.interval)
+
+    def poll_all(self) -> None:
+        """Poll every neuron at once; return when all have answered or timed out."""
+        threads = [threading.Thread(target=self.poll, args=(n,), daemon=True)
+                   for n in self.nodes.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self.changed:
+            self.changed.notify_all()
+
+    def poll(self, node: Node) -> None:
+        try:
+            health = self.upstream.get_json(f"{node.endpoint}/health")
+            models = self.upstream.get_json(f"{node.endpoint}/models")
+        except (UpstreamError, ValueError) as exc:
+            node.failures += 1
+            node.last_error = str(exc)
+            if node.healthy and node.failures >= FAILURES_UNHEALTHY:
+                log.warning("neuron %s is unhealthy: %s", node.name, exc)
+            node.healthy = node.healthy and node.failures < FAILURES_UNHEALTHY
+            node.polled = True
+            return
+        self.apply(node, health, models)
+
+    def apply(self, node: Node, health: dict, models: list) -> None:
+        if not node.healthy and node.polled:
+            log.info("neuron %s is healthy", node.name)
+        live = {m["id"]: m for m in health.get("models", [])}
+        fresh: dict[str, ModelOnNode] = {}
+        for m in models:
+            h = live.get(m["id"], {})
+            fresh[m["id"]] = ModelOnNode(
+                id=m["id"], status=m.get("status", "loaded"), vram_mb=m.get("vram_used_mb", 0),
+                in_flight=h.get("in_flight", 0), queue_depth=h.get("queue_depth", 0),
+                last_used=h.get("last_used", 0.0), tok_s_prefill=h.get("tok_s_prefill", 0.0),
+                tok_s_decode=h.get("tok_s_decode", 0.0), info=m)
+        node.models = fresh
+        node.devices = health.get("devices", [])
+        node.activation = health.get("activation", {})
+        node.drained = bool(health.get("drained"))
+        node.healthy = health.get("status", "ok") == "ok"
+        node.failures = 0
+        node.last_error = ""
+        node.polled = True
+        node.last_ok = time.time()
+
+    def refresh(self, node: Node) -> None:
+        """Re-read one neuron now (after a load or an unload we triggered)."""
+        self.poll(node)
+        with self.changed:
+            self.changed.notify_all()
+
+    def wait_first_poll(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not all(n.polled for n in self.nodes.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.changed.wait(left)
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def healthy_nodes(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.healthy]
+
+    def replicas(self, model_id: str) -> list[Node]:
+        return [n for n in self.nodes.values() if n.routable and n.loaded(model_id)]

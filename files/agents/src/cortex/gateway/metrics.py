@@ -1,0 +1,106 @@
+"""Gateway metrics with SPEC's names; multiprocess-safe under gunicorn.
+
+Counters and histograms live in each worker (prometheus-client's multiprocess mode adds
+them up at scrape time). The per-node gauges are re-exported from the neurons' own
+/health at scrape time, so they are never stale or double-counted across workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from cortex.gateway.fleet import Fleet
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+_TOK_S = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        mn = ["model", "node"]
+        self.requests = Counter("cortex_requests", "Requests routed", mn, registry=r)
+        self.errors = Counter("cortex_request_errors", "Requests that failed", [*mn, "code"],
+                              registry=r)
+        self.cold_starts = Counter("cortex_cold_starts", "Loads triggered by requests", mn,
+                                   registry=r)
+        self.evictions = Counter("cortex_evictions", "Models unloaded to make room or when idle",
+                                 [*mn, "reason"], registry=r)
+        self.prompt_tokens = Counter("cortex_prompt_tokens", "Prompt tokens", mn, registry=r)
+        self.completion_tokens = Counter("cortex_completion_tokens", "Completion tokens", mn,
+                                         registry=r)
+        self.duration = Histogram("cortex_request_duration_seconds", "Request duration", mn,
+                                  buckets=_SECONDS, registry=r)
+        self.ttft = Histogram("cortex_time_to_first_token_seconds",
+                              "Time to the first upstream chunk", mn, buckets=_SECONDS,
+                              registry=r)
+        self.tok_s = Histogram("cortex_tokens_per_second", "Completion tokens per second", mn,
+                               buckets=_TOK_S, registry=r)
+        self.overhead = Histogram("cortex_gateway_overhead_seconds",
+                                  "Time the gateway itself adds (routing, auth, relaying)",
+                                  ["endpoint"], buckets=_OVERHEAD, registry=r)
+        ak = ["account", "key"]
+        self.spend = Counter("cortex_spend_tokens", "Tokens spent per key", ak, registry=r)
+        self.spend_prompt = Counter("cortex_spend_prompt_tokens", "Prompt tokens per key", ak,
+                                    registry=r)
+        self.spend_completion = Counter("cortex_spend_completion_tokens",
+                                        "Completion tokens per key", ak, registry=r)
+
+    def tokens(self, model: str, node: str, prompt: int, completion: int) -> None:
+        self.prompt_tokens.labels(model, node).inc(prompt)
+        self.completion_tokens.labels(model, node).inc(completion)
+
+
+class FleetCollector(Collector):
+    """Per-node gauges re-exported from the neurons' /health."""
+
+    def __init__(self, fleet: Fleet, refresh: bool = False) -> None:
+        self.fleet = fleet
+        self.refresh = refresh  # poll at scrape time (the metrics process has no poller)
+
+    def collect(self) -> Iterator:
+        if self.refresh:
+            self.fleet.poll_all()
+        nm = ["node", "model"]
+        fam = {
+            "in_flight": GaugeMetricFamily("cortex_model_in_flight", "Requests generating",
+                                           labels=nm),
+            "queue_depth": GaugeMetricFamily("cortex_model_queue_depth", "Requests queued",
+                                             labels=nm),
+            "tok_s_prefill": GaugeMetricFamily("cortex_model_tok_s_prefill",
+                                               "Recent prefill speed", labels=nm),
+            "tok_s_decode": GaugeMetricFamily("cortex_model_tok_s_decode", "Recent decode speed",
+                                              labels=nm),
+        }
+        rejections = CounterMetricFamily("cortex_model_rejections", "Neuron admission refusals",
+                                         labels=[*nm, "reason"])
+        up = GaugeMetricFamily("cortex_node_up", "1 when the neuron is healthy", labels=["node"])
+        drained = GaugeMetricFamily("cortex_node_drained", "1 when the node is drained",
+                                    labels=["node"])
+        dev = {k: GaugeMetricFamily(f"cortex_device_{k}", f"Device {k}",
+                                    labels=["node", "device"])
+               for k in ("vram_used_mb", "vram_free_mb", "utilization_pct", "temp_c")}
+        for node in self.fleet.nodes.values():
+            up.add_metric([node.name], 1.0 if node.healthy else 0.0)
+            drained.add_metric([node.name], 1.0 if node.drained else 0.0)
+            for d in node.devices:
+                for k, g in dev.items():
+                    if d.get(k) is not None:
+                        g.add_metric([node.name, str(d.get("index", 0))], float(d[k]))
+            for m in node.models.values():
+                if m.status != "loaded":
+                    continue
+                for k, g in fam.items():
+                    g.add_metric([node.name, m.id], float(getattr(m, k)))
+        yield from fam.values()
+        yield rejections
+        yield up
+        yield drained
+        yield from dev.values()

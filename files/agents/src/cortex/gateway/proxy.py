@@ -1,0 +1,234 @@
+"""Relaying OpenAI requests to a neuron, streaming or not, and accounting for them.
+
+Bodies go through unchanged but for `model` (rewritten to the id the neuron knows). A
+failure before the first byte is retried once on another replica; a neuron that dies
+mid-stream ends the client's stream with an explicit error event, never a clean end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+from flask import Response
+
+from cortex.core.errors import ApiError, BadRequest
+from cortex.core.http import SSE_HEADERS
+from cortex.gateway.auth import Principal
+from cortex.gateway.router import Target
+from cortex.gateway.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from cortex.gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+# Never forwarded either way (RFC 9110 7.6.1), nor what we set ourselves.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailer", "transfer-encoding", "upgrade", "content-length", "host",
+              "authorization", "x-api-key", "x-helexa-account-id", "x-helexa-key-id"}
+PASS_BACK = ("content-type", "retry-after")
+
+
+@dataclass
+class Outcome:
+    """What one proxied request did, for metrics and spend."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_chunk_at: float | None = None
+    status: int = 200
+    code: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def estimate_prompt_tokens(body: dict) -> int:
+    """A cheap upper-ish estimate (4 characters a token) to refuse oversize prompts early."""
+    chars = 0
+    for m in body.get("messages") or []:
+        c = m.get("content") if isinstance(m, dict) else None
+        if isinstance(c, str):
+            chars += len(c)
+        elif isinstance(c, list):
+            chars += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
+    if isinstance(body.get("prompt"), str):
+        chars += len(body["prompt"])
+    return chars // 4
+
+
+def forward(gw: Gateway, path: str, body: dict, principal: Principal,
+            client_headers: dict[str, str], *, started: float,
+            on_done: Callable[[Outcome], None] | None = None) -> Response:
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("'model' is required", code="missing_model_field", param="model")
+    target = gw.router.route(name)
+    _check_context(target, body)
+    stream = body.get("stream") is True
+    headers = {k: v for k, v in client_headers.items() if k.lower() not in HOP_BY_HOP}
+    if principal.entry is not None:  # anonymous callers share no per-account cap
+        headers["X-Helexa-Account-Id"] = principal.account_id
+        headers["X-Helexa-Key-Id"] = principal.key_id
+    headers["Content-Type"] = "application/json"
+    tried: set[str] = set()
+    while True:
+        payload = json.dumps(dict(body, model=target.model_id)).encode()
+        try:
+            upstream = gw.upstream.open("POST", f"{target.node.endpoint}{path}", payload,
+                                        headers)
+        except UpstreamError as exc:
+            upstream = None
+            failure = str(exc)
+        else:
+            failure = "" if upstream.status < 500 else f"HTTP {upstream.status}"
+            if failure and upstream.status == 503:
+                failure = ""  # a neuron's own 503 (queue full, shutting down) goes back as is
+        if not failure:
+            break
+        # Nothing reached the client yet: try once more on another replica.
+        gw.metrics.errors.labels(target.public_id, target.node.name, "upstream_failed").inc()
+        if upstream is not None:
+            upstream.release_conn()
+        tried.add(target.node.name)
+        log.warning("%s failed before the first byte (%s)", target.node.name, failure)
+        gw.fleet.refresh(target.node)
+        try:
+            if len(tried) > 1:
+                raise ApiError("retry exhausted", code="upstream_connection_error")
+            target = gw.router.route(name, exclude=tried)
+        except ApiError:
+            raise ApiError(f"could not reach a neuron for {name}: {failure}", status=502,
+                           code="upstream_connection_error", type="api_error") from None
+    gw.metrics.requests.labels(target.public_id, target.node.name).inc()
+    outcome = Outcome(status=upstream.status)
+    finish = _finisher(gw, target, principal, outcome, started, on_done)
+    if stream and upstream.status == 200:
+        resp = Response(_relay(upstream, outcome, finish), status=200,
+                        mimetype="text/event-stream", headers=SSE_HEADERS)
+    else:
+        try:
+            data = upstream.read()
+        finally:
+            upstream.release_conn()
+        outcome.first_chunk_at = time.monotonic()
+        _account_body(data, outcome)
+        finish()
+        resp = Response(data, status=upstream.status, headers=_pass_back(upstream))
+        overhead = (time.monotonic() - started) - _upstream_seconds(outcome)
+        resp.headers["X-Cortex-Overhead-Ms"] = f"{max(overhead, 0) * 1000:.2f}"
+    resp.headers["X-Cortex-Node"] = target.node.name
+    return resp
+
+
+def _check_context(target: Target, body: dict) -> None:
+    limit = target.entry.limit.context if target.entry and target.entry.limit else None
+    if limit:
+        est = estimate_prompt_tokens(body)
+        if est > limit:
+            raise BadRequest(f"the prompt is about {est} tokens and {target.public_id} allows "
+                             f"{limit}", code="context_length_exceeded", param="messages",
+                             max=limit, estimated_prompt_tokens=est)
+
+
+def _pass_back(upstream: urllib3.BaseHTTPResponse) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() in PASS_BACK}
+
+
+def _upstream_seconds(outcome: Outcome) -> float:
+    return outcome.extra.get("upstream_s", 0.0)
+
+
+def _account_body(data: bytes, outcome: Outcome) -> None:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if usage:
+        outcome.prompt_tokens = usage.get("prompt_tokens", 0)
+        outcome.completion_tokens = usage.get("completion_tokens", 0)
+    timing = body.get("helexa_timing") if isinstance(body, dict) else None
+    if timing:
+        outcome.extra["upstream_s"] = (timing.get("prefill_ms", 0) + timing.get("decode_ms", 0)
+                                       + timing.get("queue_ms", 0)) / 1000
+    if isinstance(body, dict) and "error" in body:
+        err = body["error"]
+        outcome.code = err.get("code") or err.get("kind") or "upstream_error"
+
+
+def _relay(upstream: urllib3.BaseHTTPResponse, outcome: Outcome,
+           finish: Callable[[], None]) -> Iterator[bytes]:
+    """Yield the neuron's SSE bytes as they come; note usage; end with an error if cut."""
+    tail = b""
+    done = False
+    try:
+        chunks = (upstream.read_chunked(decode_content=False) if upstream.chunked
+                  else iter(lambda: upstream.read1(65536), b""))
+        for chunk in chunks:
+            if not chunk:
+                continue
+            if outcome.first_chunk_at is None:
+                outcome.first_chunk_at = time.monotonic()
+            yield chunk
+            tail = (tail + chunk)[-8192:]
+            if b"data: [DONE]" in tail:
+                done = True
+        if not done:
+            raise urllib3.exceptions.ProtocolError("the stream ended without [DONE]")
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        outcome.status, outcome.code = 502, "upstream_stream_error"
+        log.warning("stream from upstream broke: %s", exc)
+        err = ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
+                       code="upstream_stream_error")
+        yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+    finally:
+        upstream.release_conn() if done else upstream.close()
+        _account_stream_tail(tail, outcome)
+        finish()
+
+
+def _account_stream_tail(tail: bytes, outcome: Outcome) -> None:
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return
+    start = tail.rfind(b"data: ", 0, at)
+    end = tail.find(b"\n", at)
+    try:
+        chunk = json.loads(tail[start + 6: end if end > 0 else None])
+    except ValueError:
+        return
+    usage = chunk.get("usage") or {}
+    outcome.prompt_tokens = usage.get("prompt_tokens", 0)
+    outcome.completion_tokens = usage.get("completion_tokens", 0)
+
+
+def _finisher(gw: Gateway, target: Target, p: Principal, outcome: Outcome, started: float,
+              on_done: Callable[[Outcome], None] | None) -> Callable[[], None]:
+    def finish() -> None:
+        m, node = target.public_id, target.node.name
+        now = time.monotonic()
+        gw.metrics.duration.labels(m, node).observe(now - started)
+        if outcome.first_chunk_at is not None:
+            gw.metrics.ttft.labels(m, node).observe(outcome.first_chunk_at - started)
+            decode = now - outcome.first_chunk_at
+            if outcome.completion_tokens > 1 and decode > 0:
+                gw.metrics.tok_s.labels(m, node).observe(outcome.completion_tokens / decode)
+        if outcome.status >= 400:
+            gw.metrics.errors.labels(m, node, outcome.code or str(outcome.status)).inc()
+        total = outcome.prompt_tokens + outcome.completion_tokens
+        gw.metrics.tokens(m, node, outcome.prompt_tokens, outcome.completion_tokens)
+        if total:
+            gw.metrics.spend.labels(p.account_id, p.key_id).inc(total)
+            gw.metrics.spend_prompt.labels(p.account_id, p.key_id).inc(outcome.prompt_tokens)
+            gw.metrics.spend_completion.labels(p.account_id, p.key_id).inc(
+                outcome.completion_tokens)
+            gw.auth.record(p, total)
+        if on_done is not None:
+            on_done(outcome)
+
+    return finish

@@ -1,0 +1,212 @@
+"""Where a request goes: a loaded replica, or a node that loads the model (after evicting).
+
+SPEC "Router": (1) loaded → least in_flight + queue_depth, ties by name; (2) recovering →
+503; (3) catalogued → rank feasible nodes (pinned > fits free > fits after eviction > most
+free > name), evict, load; (4) otherwise 404. Concurrent requests for one cold model share
+one load: the first plans and loads, the others wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from cortex.core.errors import ApiError, NotFound, Unavailable
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.config import ModelEntry
+from cortex.gateway.fleet import Fleet, ModelOnNode, Node
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.upstream import UpstreamError, neuron_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    node: Node
+    model_id: str  # the id the neuron knows (load id)
+    public_id: str  # what the client asked for, resolved through aliases
+    entry: ModelEntry | None
+    cold: bool = False
+
+
+class Router:
+    def __init__(self, fleet: Fleet, catalogue: Catalogue, metrics: GatewayMetrics, *,
+                 strategy: str, load_timeout: float) -> None:
+        self.fleet = fleet
+        self.catalogue = catalogue
+        self.metrics = metrics
+        self.strategy = strategy
+        self.load_timeout = load_timeout
+        self._loads: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    # -- choosing ------------------------------------------------------------------------
+    def route(self, name: str, exclude: set[str] = frozenset()) -> Target:
+        entry = self.catalogue.resolve(name)
+        model_id = entry.load_id if entry else name
+        public = entry.id if entry else name
+        deadline = time.monotonic() + self.load_timeout
+        while True:
+            replicas = [n for n in self.fleet.replicas(model_id) if n.name not in exclude]
+            if replicas:
+                node = min(replicas, key=lambda n: (n.loaded(model_id).busy, n.name))
+                return Target(node, model_id, public, entry)
+            if entry is None:
+                self._not_found(name)
+            with self._lock:
+                event = self._loads.get(model_id)
+                leader = event is None
+                if leader:
+                    event = self._loads[model_id] = threading.Event()
+            if leader:
+                try:
+                    return self._cold_load(entry, exclude)
+                finally:
+                    with self._lock:
+                        self._loads.pop(model_id, None)
+                    event.set()
+            if not event.wait(max(0.0, deadline - time.monotonic())):
+                raise Unavailable(f"{public} is still loading; retry shortly",
+                                  code="service_unavailable", retry_after=5)
+            # The leader finished (or failed): look again; a failure makes us lead next.
+
+    def _not_found(self, name: str) -> None:
+        known = sorted(self.catalogue.public_ids())
+        raise NotFound(f"model {name!r} is not in the catalogue and not loaded on any node; "
+                       f"known models: {', '.join(known) or 'none'}", code="model_not_found",
+                       param="model")
+
+    def feasible(self, entry: ModelEntry, nodes: list[Node] | None = None) -> list[Node]:
+        out = []
+        for n in nodes if nodes is not None else list(self.fleet.nodes.values()):
+            if entry.pinned_on and n.name not in entry.pinned_on:
+                continue
+            big = [d for d in n.devices
+                   if d.get("vram_total_mb", 0) >= (entry.min_device_vram_mb or 0)]
+            if n.polled and n.devices and len(big) < entry.min_devices:
+                continue
+            out.append(n)
+        return out
+
+    def _cold_load(self, entry: ModelEntry, exclude: set[str]) -> Target:
+        candidates = [n for n in self.feasible(entry) if n.name not in exclude]
+        routable = [n for n in candidates if n.routable]
+        if not routable:
+            if not self.fleet.healthy_nodes:
+                raise Unavailable("no healthy neurons in the fleet", code="service_unavailable",
+                                  retry_after=5)
+            if candidates:
+                raise Unavailable(f"every node that can hold {entry.id} is unhealthy or "
+                                  "drained", code="service_unavailable", retry_after=3)
+            raise Unavailable(f"no node in the fleet can hold {entry.id} (pinned_on, "
+                              "min_devices, min_device_vram_mb)", code="model_unservable",
+                              retry_after=30)
+        for node in self.rank(entry, routable):
+            try:
+                self._load_on(node, entry)
+            except ApiError as exc:
+                if exc.code == "insufficient_vram":
+                    log.info("%s refused %s: %s; trying the next node", node.name, entry.id,
+                             exc.message)
+                    continue
+                raise
+            except UpstreamError as exc:
+                log.warning("load of %s on %s failed: %s", entry.id, node.name, exc)
+                continue
+            return Target(node, entry.load_id, entry.id, entry, cold=True)
+        raise Unavailable(f"no node could load {entry.id} now (not enough free memory after "
+                          "eviction); retry shortly", code="insufficient_vram", retry_after=5)
+
+    def rank(self, entry: ModelEntry, nodes: list[Node]) -> list[Node]:
+        need = entry.vram_mb or 0
+
+        def key(n: Node) -> tuple:
+            free = n.vram_free_mb
+            reclaim = sum(m.vram_mb for m in self.victims(n, entry))
+            return (n.name not in entry.pinned_on, free < need, free + reclaim < need,
+                    -free, n.name)
+
+        return sorted(nodes, key=key)
+
+    # -- evicting ------------------------------------------------------------------------
+    def victims(self, node: Node, incoming: ModelEntry) -> list[ModelOnNode]:
+        """Models on `node` that may make room for `incoming`, least recently used first."""
+        out = []
+        for m in node.models.values():
+            if m.status != "loaded" or m.busy or m.id == incoming.load_id:
+                continue
+            entry = self.catalogue.by_load_id(m.id)
+            if entry is not None and node.name in entry.pinned_on:
+                continue  # pinned models stay where they are pinned
+            priority = entry.residency_priority if entry else 0
+            if self.strategy == "priority" and priority > incoming.residency_priority:
+                continue
+            out.append(m)
+        return sorted(out, key=lambda m: (m.last_used, m.id))
+
+    def _load_on(self, node: Node, entry: ModelEntry) -> None:
+        need = entry.vram_mb or 0
+        for attempt in range(8):
+            if need and node.vram_free_mb < need:
+                self._evict_for(node, entry, need)
+            status, body = self.fleet.upstream.post_json(
+                f"{node.endpoint}/models/load",
+                {"model_id": entry.load_id, "harness": entry.harness, "quant": entry.quant},
+                read=self.load_timeout)
+            if status == 200:
+                self.metrics.cold_starts.labels(entry.id, node.name).inc()
+                self.fleet.refresh(node)
+                return
+            err = neuron_error(status, body, node.name)
+            if err.code == "insufficient_vram" and attempt < 7:
+                # The neuron knows the real need: make that much room, then try again.
+                need = max(need, int(err.extra.get("need_mb", 0)))
+                freed = self._evict_for(node, entry, need)
+                if freed:
+                    continue
+            raise err
+
+    def _evict_for(self, node: Node, entry: ModelEntry, need: int) -> int:
+        self.fleet.refresh(node)
+        free = node.vram_free_mb
+        freed = 0
+        for victim in self.victims(node, entry):
+            if free + freed >= need:
+                break
+            if self.unload(node, victim.id, reason="evicted"):
+                freed += victim.vram_mb
+        return freed
+
+    def unload(self, node: Node, model_id: str, reason: str) -> bool:
+        try:
+            status, _ = self.fleet.upstream.post_json(f"{node.endpoint}/models/unload",
+                                                      {"model_id": model_id}, read=60)
+        except UpstreamError as exc:
+            log.warning("unload of %s on %s failed: %s", model_id, node.name, exc)
+            return False
+        if status == 200:
+            log.info("%s %s on %s", reason, model_id, node.name)
+            entry = self.catalogue.by_load_id(model_id)
+            self.metrics.evictions.labels(entry.id if entry else model_id, node.name,
+                                          reason).inc()
+        self.fleet.refresh(node)
+        return status == 200
+
+    # -- idle TTL ------------------------------------------------------------------------
+    def reap_idle(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Unload catalogue models idle longer than their keep_alive. Returns what went."""
+        now = now or time.time()
+        gone = []
+        for node in list(self.fleet.nodes.values()):
+            if not node.healthy:
+                continue
+            for m in list(node.models.values()):
+                entry = self.catalogue.by_load_id(m.id)
+                ttl = self.catalogue.keep_alive(entry) if entry else 0
+                if (m.status == "loaded" and ttl > 0 and not m.busy and m.last_used
+                        and now - m.last_used > ttl and self.unload(node, m.id, "idle")):
+                    gone.append((node.name, m.id))
+        return gone

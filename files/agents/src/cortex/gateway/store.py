@@ -1,0 +1,249 @@
+"""Per-key token spend, shared by every gunicorn worker and, with Redis, every gateway host.
+
+Two numbers per key: the balance (all tokens ever spent) and the spend inside a rolling
+window. Rolling spend lives in time buckets, so storage grows with time, not with requests.
+Each record lands in a 1 s bucket and a 60 s bucket: windows up to 15 minutes sum the 1 s
+buckets (exact to the second), longer ones the 60 s buckets (at most 1441 for a day), so a
+check stays cheap whatever the window. A window counts every bucket that overlaps it, so it
+errs toward the cap, by less than one bucket. 1 s buckets are kept 15 minutes, 60 s buckets
+``retention_s`` (the longest window a caller may ask about).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+FINE_S, COARSE_S = 1, 60
+FINE_MAX_WINDOW_S = 900
+DEFAULT_RETENTION_S = 86400
+
+
+class SpendStore(Protocol):
+    def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        """Add ``tokens`` (prompt + completion) spent by ``key_id`` at ``now``."""
+
+    def total(self, key_id: str) -> int:
+        """All tokens ever spent by ``key_id`` (the balance window)."""
+
+    def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
+        """Tokens spent by ``key_id`` in the ``seconds`` before ``now``."""
+
+    def oldest_in_window(self, key_id: str, seconds: float,
+                         now: float | None = None) -> float | None:
+        """When the oldest spend still in the window happened (rounded up to its bucket's
+        end, so ``oldest + seconds - now`` is exactly when it stops counting), or None."""
+
+    def close(self) -> None: ...
+
+
+def key_id_for(key: str) -> str:
+    """A stable id for logs, headers and the store; the key itself never leaves config."""
+    return "k_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class _Buckets:
+    """The bucket arithmetic both stores share; a bucket is named by its width and start."""
+
+    def __init__(self, retention_s: int) -> None:
+        if retention_s < 1:
+            raise ValueError(f"retention_s must be >= 1, got {retention_s}")
+        self.retention_s = int(retention_s)
+
+    def buckets(self, now: float) -> list[tuple[int, int, int]]:
+        """(width, start, keep_s) of the buckets a spend at ``now`` goes to."""
+        return [(w, math.floor(now / w) * w, keep)
+                for w, keep in ((FINE_S, FINE_MAX_WINDOW_S), (COARSE_S, self.retention_s))]
+
+    def span(self, seconds: float, now: float) -> tuple[int, int, int]:
+        """Width, first and last bucket start overlapping the window (now - seconds, now]."""
+        if not 0 < seconds <= self.retention_s:
+            raise ValueError(f"window of {seconds} s outside (0, retention_s={self.retention_s}]")
+        w = FINE_S if seconds <= FINE_MAX_WINDOW_S else COARSE_S
+        return w, math.floor((now - seconds) / w) * w, math.floor(now / w) * w
+
+
+class SQLiteStore(_Buckets):
+    """One file on the gateway host: any number of worker processes, survives restarts."""
+
+    _SCHEMA = """
+        CREATE TABLE IF NOT EXISTS spend_total (
+            key_id TEXT PRIMARY KEY, tokens INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS spend_bucket (
+            key_id TEXT NOT NULL, width INTEGER NOT NULL, start INTEGER NOT NULL,
+            tokens INTEGER NOT NULL, PRIMARY KEY (key_id, width, start)) WITHOUT ROWID;
+    """
+
+    def __init__(self, path: str | Path, *, retention_s: int = DEFAULT_RETENTION_S,
+                 busy_timeout_ms: int = 5000) -> None:
+        super().__init__(retention_s)
+        self.path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        # (pid, connection, lock), made on first use in each process: an sqlite connection
+        # must never cross a fork, and gunicorn forks workers after the app is imported.
+        self._state: tuple[int, sqlite3.Connection, threading.Lock] | None = None
+        self._inherited: list[sqlite3.Connection] = []
+
+    def _conn(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        state = self._state
+        if state is None or state[0] != os.getpid():
+            if state is not None:
+                # The parent's connection: keep a reference so that garbage collection never
+                # closes (and maybe checkpoints) it from this process.
+                self._inherited.append(state[1])
+            # Threads racing here each get a working connection; the last one is kept.
+            state = (os.getpid(), self._connect(), threading.Lock())
+            self._state = state
+        return state[1], state[2]
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE below. One
+        # connection per process, serialised by a lock (threads; under gevent sqlite never
+        # yields, so the lock is never contended).
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: no fsync per request; a power cut may lose the last few records.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(self._SCHEMA)
+        return conn
+
+    def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if tokens == 0:
+            return
+        now = time.time() if now is None else now
+        conn, lock = self._conn()
+        with lock, conn:  # `with conn` commits, or rolls back on an error
+            # IMMEDIATE takes the write lock up front, so concurrent writers wait on
+            # busy_timeout instead of failing to upgrade a read lock.
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO spend_total (key_id, tokens) VALUES (?, ?) ON CONFLICT (key_id) "
+                "DO UPDATE SET tokens = tokens + excluded.tokens", (key_id, tokens))
+            for width, start, keep in self.buckets(now):
+                conn.execute(
+                    "INSERT INTO spend_bucket (key_id, width, start, tokens) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (key_id, width, start) "
+                    "DO UPDATE SET tokens = tokens + excluded.tokens",
+                    (key_id, width, start, tokens))
+                # Dropping this key's expired buckets here bounds its rows; an index seek
+                # that usually deletes nothing.
+                conn.execute(
+                    "DELETE FROM spend_bucket WHERE key_id = ? AND width = ? AND start < ?",
+                    (key_id, width, math.floor((now - keep) / width) * width))
+
+    def total(self, key_id: str) -> int:
+        conn, lock = self._conn()
+        with lock:
+            row = conn.execute("SELECT tokens FROM spend_total WHERE key_id = ?",
+                               (key_id,)).fetchone()
+        return row[0] if row else 0
+
+    def _window(self, key_id: str, seconds: float, now: float | None) -> tuple[int, float | None]:
+        width, lo, hi = self.span(seconds, time.time() if now is None else now)
+        conn, lock = self._conn()
+        with lock:
+            total, oldest = conn.execute(
+                "SELECT COALESCE(SUM(tokens), 0), MIN(start) FROM spend_bucket "
+                "WHERE key_id = ? AND width = ? AND start BETWEEN ? AND ?",
+                (key_id, width, lo, hi)).fetchone()
+        return total, None if oldest is None else float(oldest + width)
+
+    def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
+        return self._window(key_id, seconds, now)[0]
+
+    def oldest_in_window(self, key_id: str, seconds: float,
+                         now: float | None = None) -> float | None:
+        return self._window(key_id, seconds, now)[1]
+
+    def close(self) -> None:
+        state, self._state = self._state, None
+        if state is not None and state[0] == os.getpid():
+            with state[2]:
+                state[1].close()
+
+
+class RedisStore(_Buckets):
+    """Shared by several gateway hosts. Keys: ``<prefix>{key_id}:total`` (INCRBY) and one
+    ``<prefix>{key_id}:<width>:<start>`` per bucket, expiring when no window can reach it;
+    the braces keep a key's data in one Redis Cluster slot so a window is a single MGET."""
+
+    def __init__(self, url: str, *, retention_s: int = DEFAULT_RETENTION_S,
+                 prefix: str = "cortex:spend:", timeout_s: float = 5.0) -> None:
+        super().__init__(retention_s)
+        import redis  # the gateway extra; only hosts configured for Redis need it
+
+        # redis-py's pool reconnects after a fork, and its sockets are gevent-patched.
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                           socket_connect_timeout=timeout_s)
+        self._prefix = prefix
+
+    def _key(self, key_id: str, part: str) -> str:
+        return f"{self._prefix}{{{key_id}}}:{part}"
+
+    def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if tokens == 0:
+            return
+        now = time.time() if now is None else now
+        pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: all of it or none
+        pipe.incrby(self._key(key_id, "total"), tokens)
+        for width, start, keep in self.buckets(now):
+            bucket = self._key(key_id, f"{width}:{start}")
+            pipe.incrby(bucket, tokens)
+            # Relative to `now`, not the server's clock: gone once no window reaches it.
+            pipe.expire(bucket, max(1, math.ceil(start + width + keep - now)))
+        pipe.execute()
+
+    def total(self, key_id: str) -> int:
+        return int(self._redis.get(self._key(key_id, "total")) or 0)
+
+    def _window(self, key_id: str, seconds: float, now: float | None) -> tuple[int, float | None]:
+        width, lo, hi = self.span(seconds, time.time() if now is None else now)
+        starts = range(lo, hi + 1, width)
+        values = self._redis.mget([self._key(key_id, f"{width}:{s}") for s in starts])
+        spent = [(s, int(v)) for s, v in zip(starts, values, strict=True) if v is not None]
+        return sum(v for _, v in spent), float(spent[0][0] + width) if spent else None
+
+    def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
+        return self._window(key_id, seconds, now)[0]
+
+    def oldest_in_window(self, key_id: str, seconds: float,
+                         now: float | None = None) -> float | None:
+        return self._window(key_id, seconds, now)[1]
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+_FORMS = ('"" or "sqlite" (a file in the gateway\'s state_dir), "sqlite:///absolute/path", '
+          'or "redis://host:port/db" (also rediss://)')
+
+
+def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
+    """The store named by ``[entitlements] store``; ``options`` (``retention_s``: pass the
+    longest rolling window configured, if over a day) go to its constructor."""
+    spec = spec.strip()
+    if spec in ("", "sqlite"):
+        return SQLiteStore(Path(state_dir) / "entitlements.sqlite3", **options)
+    if spec.startswith("sqlite://"):
+        path = spec.removeprefix("sqlite://")
+        if not path.startswith("/"):
+            raise ValueError(f"[entitlements] store = {spec!r}: the sqlite path must be "
+                             f"absolute (sqlite:///var/lib/...); accepted forms: {_FORMS}")
+        return SQLiteStore(Path(path), **options)
+    if spec.startswith(("redis://", "rediss://")):
+        return RedisStore(spec, **options)
+    raise ValueError(f"[entitlements] store = {spec!r} is not understood; "
+                     f"accepted forms: {_FORMS}")

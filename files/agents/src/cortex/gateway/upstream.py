@@ -1,0 +1,65 @@
+"""HTTP to neurons: one pooled urllib3 client with explicit timeouts and the neuron token."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import urllib3
+
+from cortex.core.errors import ApiError
+
+
+class UpstreamError(Exception):
+    """A neuron could not be reached or answered with a transport failure."""
+
+
+class Upstream:
+    def __init__(self, token: str, connect: float, read: float, pool: int = 64) -> None:
+        self.http = urllib3.PoolManager(maxsize=pool, block=False, retries=False)
+        self.connect, self.read = connect, read
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def timeout(self, read: float | None = None) -> urllib3.Timeout:
+        return urllib3.Timeout(connect=self.connect, read=read or self.read)
+
+    def get_json(self, url: str, read: float = 5.0) -> Any:
+        try:
+            r = self.http.request("GET", url, headers=self.headers, timeout=self.timeout(read))
+        except urllib3.exceptions.HTTPError as exc:
+            raise UpstreamError(f"{url}: {exc}") from None
+        if r.status != 200:
+            raise UpstreamError(f"{url}: HTTP {r.status}")
+        return json.loads(r.data)
+
+    def post_json(self, url: str, body: dict, read: float | None = None) -> tuple[int, Any]:
+        headers = {**self.headers, "Content-Type": "application/json"}
+        try:
+            r = self.http.request("POST", url, body=json.dumps(body).encode(), headers=headers,
+                                  timeout=self.timeout(read))
+        except urllib3.exceptions.HTTPError as exc:
+            raise UpstreamError(f"{url}: {exc}") from None
+        try:
+            return r.status, json.loads(r.data)
+        except ValueError:
+            return r.status, {"error": {"message": r.data[:200].decode(errors="replace")}}
+
+    def open(self, method: str, url: str, body: bytes, headers: dict[str, str],
+             read: float | None = None) -> urllib3.BaseHTTPResponse:
+        """A streaming request: the caller reads and must release the response."""
+        try:
+            return self.http.urlopen(method, url, body=body, headers={**headers, **self.headers},
+                                     timeout=self.timeout(read), preload_content=False,
+                                     redirect=False)
+        except urllib3.exceptions.HTTPError as exc:
+            raise UpstreamError(f"{url}: {exc}") from None
+
+
+def neuron_error(status: int, body: Any, node: str) -> ApiError:
+    """A neuron's refusal, kept recognisable for the router (kind/code) and the client."""
+    err = body.get("error", {}) if isinstance(body, dict) else {}
+    code = err.get("code") or err.get("kind") or "upstream_error"
+    message = err.get("message") or err.get("detail") or f"HTTP {status}"
+    extra = {k: v for k, v in err.items() if k not in ("message", "code", "type", "param")}
+    return ApiError(f"{node}: {message}", code=code, status=status,
+                    type=err.get("type") or "upstream_error", **extra)

@@ -1,0 +1,255 @@
+"""The gateway over real neurons on loopback: routing, cold loads, eviction, failures."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from openai import APIError, OpenAI
+
+from cortex.gateway.config import ModelEntry
+from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+
+HELLO = script_text(SCRIPT_HELLO)
+MSG = [{"role": "user", "content": "Hi"}]
+
+
+def wait_until(cond, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def loads_on(neuron) -> int:
+    samples = neuron.neuron.metrics.load_seconds.collect()[0].samples
+    return int(sum(s.value for s in samples if s.name.endswith("_count")))
+
+
+@pytest.fixture
+def two(neuron_factory):
+    return {"n1": neuron_factory(), "n2": neuron_factory()}
+
+
+def test_cold_load_then_answer_with_the_openai_client(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], aliases={"hello": "tiny-hello"})
+    client = OpenAI(base_url=gw.url + "/v1", api_key="anything")
+    r = client.chat.completions.create(model="hello", messages=MSG, temperature=0)
+    assert r.choices[0].message.content == HELLO
+    assert loads_on(two["n1"]) + loads_on(two["n2"]) == 1
+    # Ties go by node name: n1 got it, and the gateway saw it loaded at once.
+    assert two["n1"].neuron.registry.models.keys() == {"file:tiny-hello"}
+    models = {m["id"]: m for m in gw.get("/v1/models").json()["data"]}
+    assert models["tiny-hello"]["loaded"] is True
+    loc = models["tiny-hello"]["locations"][0]
+    assert (loc["node"], loc["status"]) == ("n1", "loaded")
+    assert models["hello"]["alias_of"] == "tiny-hello"
+    assert set(models["tiny-hello"]["feasible_on"]) == {"n1", "n2"}
+
+
+def test_streaming_through_the_gateway(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    client = OpenAI(base_url=gw.url + "/v1", api_key="x")
+    chunks = list(client.chat.completions.create(model="tiny-hello", messages=MSG, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == HELLO
+    assert chunks[-1].usage.completion_tokens == len(SCRIPT_HELLO) - 1
+    r = gw.post("/v1/chat/completions", {"model": "tiny-hello", "messages": MSG,
+                                         "stream": True}, stream=True)
+    assert r.headers["X-Accel-Buffering"] == "no" and r.headers["X-Cortex-Node"] == "n1"
+    r.close()
+
+
+def test_pinned_model_loads_on_its_node(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello", pinned_on=["n2"])])
+    assert gw.chat("tiny-hello").status_code == 200
+    assert "file:tiny-hello" in two["n2"].neuron.registry.models
+    assert not two["n1"].neuron.registry.models
+    entry = gw.get("/v1/models").json()["data"][0]
+    assert entry["feasible_on"] == ["n2"]
+
+
+def test_least_busy_replica_wins(two, gateway_factory):
+    for n in two.values():
+        n.load("file:tiny-hello")
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    gw.gw.fleet.nodes["n1"].models["file:tiny-hello"].in_flight = 3  # as a poll would say
+    r = gw.chat("tiny-hello")
+    assert r.headers["X-Cortex-Node"] == "n2"
+
+
+def test_twenty_concurrent_requests_cause_one_load(neuron_factory, gateway_factory):
+    from cortex.neuron.config import AdmissionConfig
+
+    two = {n: neuron_factory(admission=AdmissionConfig(max_queue_depth=32)) for n in ("n1", "n2")}
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    results = []
+
+    def go():
+        results.append(gw.chat("tiny-hello", temperature=0).status_code)
+
+    threads = [threading.Thread(target=go) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 20
+    assert loads_on(two["n1"]) + loads_on(two["n2"]) == 1
+
+
+@pytest.mark.parametrize("strategy", ["lru", "priority"])
+def test_eviction_order(neuron_factory, gateway_factory, strategy):
+    # Room for two tiny models (each is ~70 MB with its reserved context).
+    n = neuron_factory(cpu_memory_mb=150)
+    models = [ModelEntry(id="tiny-hello", vram_mb=70, residency_priority=50),
+              ModelEntry(id="tiny-think", vram_mb=70, residency_priority=200),
+              ModelEntry(id="tiny-tool", vram_mb=70, residency_priority=100)]
+    gw = gateway_factory({"n1": n}, models, strategy=strategy)
+    assert gw.chat("tiny-think").status_code == 200  # used first: least recently used
+    assert gw.chat("tiny-hello").status_code == 200
+    assert gw.chat("tiny-tool").status_code == 200
+    loaded = set(n.neuron.registry.models)
+    if strategy == "lru":
+        assert loaded == {"file:tiny-hello", "file:tiny-tool"}  # think was the LRU
+    else:
+        # tiny-think has a higher priority than tiny-tool: only tiny-hello may give way.
+        assert loaded == {"file:tiny-think", "file:tiny-tool"}
+    metrics = gw.gw.metrics.evictions.collect()[0].samples
+    assert sum(s.value for s in metrics if s.name.endswith("_total")) == 1
+
+
+def test_pinned_models_are_never_evicted(neuron_factory, gateway_factory):
+    n = neuron_factory(cpu_memory_mb=150)
+    models = [ModelEntry(id="tiny-hello", vram_mb=70, pinned_on=["n1"]),
+              ModelEntry(id="tiny-think", vram_mb=70),
+              ModelEntry(id="tiny-tool", vram_mb=70)]
+    gw = gateway_factory({"n1": n}, models)
+    for m in ("tiny-hello", "tiny-think", "tiny-tool"):
+        assert gw.chat(m).status_code == 200
+    assert set(n.neuron.registry.models) == {"file:tiny-hello", "file:tiny-tool"}
+
+
+def test_idle_ttl_unloads(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello", keep_alive="0.5s"),
+                               ModelEntry(id="tiny-think")])
+    assert gw.chat("tiny-hello").status_code == 200
+    assert gw.chat("tiny-think").status_code == 200
+    def loaded(model):
+        return [k for k, n in two.items() if f"file:{model}" in n.neuron.registry.models]
+
+    def reasons():
+        samples = gw.gw.metrics.evictions.collect()[0].samples
+        return [s.labels["reason"] for s in samples if s.name.endswith("_total")]
+
+    wait_until(lambda: reasons() == ["idle"], timeout=15)
+    assert not loaded("tiny-hello")
+    assert len(loaded("tiny-think")) == 1  # no keep_alive: it stays
+
+
+def test_unknown_model_is_404(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    r = gw.chat("nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = gw.post("/v1/chat/completions", {"messages": MSG})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_model_field"
+
+
+def test_context_limit_from_the_catalogue(two, gateway_factory):
+    from cortex.gateway.config import Limit
+
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello", limit=Limit(context=10))])
+    r = gw.chat("tiny-hello", "x" * 400)
+    e = r.json()["error"]
+    assert r.status_code == 400 and e["code"] == "context_length_exceeded"
+    assert e["max"] == 10 and e["estimated_prompt_tokens"] == 100
+
+
+def test_neuron_killed_becomes_unhealthy_and_requests_move(two, gateway_factory):
+    for n in two.values():
+        n.load("file:tiny-hello")
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    two["n1"].server.shutdown()
+    two["n1"].server.server_close()
+    # Before three polls have failed, a request still finds a way (retry on n2).
+    r = gw.chat("tiny-hello")
+    assert r.status_code == 200 and r.headers["X-Cortex-Node"] == "n2"
+    wait_until(lambda: not gw.gw.fleet.nodes["n1"].healthy)
+    assert gw.gw.fleet.nodes["n1"].failures >= 3
+    h = gw.get("/health").json()
+    assert h["status"] == "degraded" and h["nodes"] == {"healthy": 1, "total": 2,
+                                                        "drained": 0}
+    assert gw.chat("tiny-hello").headers["X-Cortex-Node"] == "n2"
+
+
+def test_neuron_dying_mid_stream_gives_an_error_event(neuron_process, gateway_factory):
+    n = neuron_process('n_ctx = 65536\ndefault_models = ["file:tiny-long"]')
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-long")])
+    client = OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(model="tiny-long", messages=MSG, stream=True,
+                                            max_tokens=60000)
+    got = 0
+    with pytest.raises(APIError) as exc:
+        for _ in stream:
+            got += 1
+            if got == 3:
+                n.crash()  # the neuron dies mid-stream
+    assert got >= 3
+    assert "stream broke off" in str(exc.value)
+
+
+def test_drain_and_undrain(two, gateway_factory):
+    for n in two.values():
+        n.load("file:tiny-hello")
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], admin_keys=["adm"])
+    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    assert gw.post("/admin/nodes/n1/drain").status_code == 401
+    h = {"Authorization": "Bearer adm"}
+    r = gw.post("/admin/nodes/n1/drain", headers=h)
+    assert r.json() == {"node": "n1", "drained": True, "in_flight": 0}
+    for _ in range(5):
+        assert gw.chat("tiny-hello").headers["X-Cortex-Node"] == "n2"
+    assert two["n1"].get("/health").json()["drained"] is True  # kept on the neuron
+    assert gw.get("/health").json()["nodes"]["drained"] == 1
+    gw.post("/admin/nodes/n1/undrain", headers=h)
+    assert not gw.gw.fleet.nodes["n1"].drained
+    assert gw.post("/admin/nodes/zz/drain", headers=h).status_code == 404
+
+
+def test_admin_load_and_unload(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], admin_keys=["adm"])
+    h = {"Authorization": "Bearer adm"}
+    r = gw.post("/admin/nodes/n2/models/load", {"model": "tiny-hello"}, headers=h)
+    assert r.status_code == 200 and "file:tiny-hello" in two["n2"].neuron.registry.models
+    r = gw.post("/admin/nodes/n2/models/load", {"model": "file:absent"}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "source_not_found"
+    r = gw.post("/admin/nodes/n2/models/unload", {"model": "tiny-hello"}, headers=h)
+    assert r.status_code == 200 and not two["n2"].neuron.registry.models
+
+
+def test_metrics(two, gateway_factory):
+    from cortex.gateway.app import metrics_app
+    from cortex.gateway.metrics import FleetCollector
+
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    gw.chat("tiny-hello")
+    reg = gw.gw.metrics.registry
+    reg.register(FleetCollector(gw.gw.fleet))
+    text = metrics_app(reg).test_client().get("/metrics").get_data(as_text=True)
+    assert 'cortex_requests_total{model="tiny-hello",node="n1"} 1.0' in text
+    assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
+    assert "cortex_completion_tokens_total" in text
+    assert 'cortex_model_in_flight{model="file:tiny-hello",node="n1"} 0.0' in text
+    assert 'cortex_node_up{node="n2"} 1.0' in text
+    assert "cortex_device_vram_free_mb" in text
+    assert "cortex_time_to_first_token_seconds_bucket" in text
+
+
+def test_overhead_header_on_non_streaming(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    r = gw.chat("tiny-hello")
+    assert float(r.headers["X-Cortex-Overhead-Ms"]) >= 0
+    json.loads(r.text)

@@ -1,0 +1,170 @@
+"""`cortex serve` for real: gunicorn + gevent workers, metrics port, the `cortex` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+
+from conftest import free_port
+from cortex.core.config import ConfigError
+from cortex.gateway import config as gw_config
+from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+
+BIN = Path(sys.executable).parent
+
+
+def write_config(d: Path, neurons: dict[str, str], models: str, extra: str = "") -> Path:
+    port, mport = free_port(), free_port()
+    (d / "models.toml").write_text(models)
+    text = (f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
+            f'metrics_listen = "127.0.0.1:{mport}"\nworkers = 2\npoll_interval_secs = 0.5\n'
+            f'state_dir = "{d / "state"}"\nadmin_keys = ["adm"]\n{extra}\n')
+    for name, url in neurons.items():
+        text += f'[[neurons]]\nname = "{name}"\nendpoint = "{url}"\n'
+    (d / "cortex.toml").write_text(text)
+    return d / "cortex.toml"
+
+
+@pytest.fixture
+def served_gateway(neuron_process, tmp_path):
+    n1 = neuron_process()
+    cfg = write_config(tmp_path, {"n1": n1.url},
+                       '[[models]]\nid = "tiny-hello"\n[aliases]\n"gpt-4o-mini" = "tiny-hello"\n')
+    c = gw_config.load(cfg)[0]
+    proc = subprocess.Popen([str(BIN / "cortex"), "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = "http://" + c.gateway.listen
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(base + "/health", timeout=2).json()["nodes"]["healthy"] == 1:
+                break
+        except requests.RequestException:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    yield base, "http://" + c.gateway.metrics_listen, proc
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_gunicorn_gevent_gateway_end_to_end(served_gateway):
+    base, metrics, _ = served_gateway
+    client = OpenAI(base_url=base + "/v1", api_key="x")
+    for _ in range(4):  # spread over both workers
+        r = client.chat.completions.create(model="gpt-4o-mini", temperature=0,
+                                           messages=[{"role": "user", "content": "Hi"}])
+        assert r.choices[0].message.content == script_text(SCRIPT_HELLO)
+    text = requests.get(metrics + "/metrics", timeout=10).text
+    assert 'cortex_requests_total{model="tiny-hello",node="n1"} 4.0' in text
+    assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
+    assert 'cortex_node_up{node="n1"} 1.0' in text
+
+
+def test_cortex_cli_status_models_drain(served_gateway):
+    base, _, _ = served_gateway
+    requests.post(base + "/v1/chat/completions", timeout=30, json={
+        "model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}]})
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "cortex"), *args, "--url", base, "--admin-key", "adm"],
+                              capture_output=True, text=True, timeout=60)
+
+    # Each gunicorn worker polls on its own: wait until the one we reach has seen the load.
+    deadline = time.monotonic() + 10
+    while "file:tiny-hello (loaded)" not in (out := cli("status").stdout):
+        assert time.monotonic() < deadline, out
+    assert "1/1 nodes healthy" in out and "n1" in out and "file:tiny-hello (loaded)" in out
+    data = json.loads(cli("status", "--json").stdout)
+    assert data["nodes"][0]["name"] == "n1"
+    assert "tiny-hello" in cli("models").stdout
+    assert "n1: drained" in cli("drain", "n1").stdout
+    assert "DRAINED" in cli("status").stdout.upper()
+    assert "n1: active" in cli("undrain", "n1").stdout
+    bad = subprocess.run([str(BIN / "cortex"), "status", "--url", base], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and "CORTEX_ADMIN_KEY" in bad.stderr
+
+
+@pytest.mark.parametrize("cortex_toml, models_toml, fragment", [
+    ("[gateway]\nlisten = 5\n", "", "key 'gateway.listen': expected a string"),
+    ("[eviction]\nstrategy = 'random'\n", "", "strategy must be 'lru' or 'priority'"),
+    ("[[neurons]]\nname = 'a'\nendpoint = 'nope'\n", "", "endpoint must be http"),
+    ("models_config = 'absent.toml'\n", None, "models_config file not found"),
+    ("", "[[models]]\nidd = 'x'\n", "unknown key 'models[0].idd'"),
+    ("", "[[models]]\nid = 'x'\n[aliases]\na = 'y'\n", "aliases are flat"),
+    ("", "[[models]]\nid = 'x'\nvram_mb = 'big'\n", "models[0].vram_mb"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
+     "window = {kind = 'monthly'}\n", "", "window kind must be"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, cortex_toml, models_toml, fragment):
+    if models_toml is not None:
+        (tmp_path / "models.toml").write_text(models_toml)
+        cortex_toml = 'models_config = "models.toml"\n' + cortex_toml
+    (tmp_path / "cortex.toml").write_text(cortex_toml)
+    with pytest.raises(ConfigError, match=None) as exc:
+        gw_config.load(tmp_path / "cortex.toml")
+    assert fragment in str(exc.value)
+    r = subprocess.run([str(BIN / "cortex"), "check-config", str(tmp_path / "cortex.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and fragment in r.stderr
+
+
+def test_env_overrides(tmp_path, monkeypatch):
+    (tmp_path / "models.toml").write_text("")
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n')
+    monkeypatch.setenv("CORTEX_GATEWAY__LISTEN", "127.0.0.1:4000")
+    monkeypatch.setenv("CORTEX_EVICTION__STRATEGY", "priority")
+    cfg, _ = gw_config.load(tmp_path / "cortex.toml")
+    assert cfg.gateway.listen == "127.0.0.1:4000" and cfg.eviction.strategy == "priority"
+
+
+def test_original_cortex_config_loads_unchanged(tmp_path):
+    (tmp_path / "models.toml").write_text('''
+[[models]]
+id = "Qwen/Qwen2.5-7B-Instruct-GGUF"
+harness = "llama_cpp"
+quant = "Q4_K_M"
+vram_mb = 6000
+min_devices = 1
+min_device_vram_mb = 8000
+pinned_on = ["gpu-a"]
+cost = { input = 0.1, output = 0.2 }
+capabilities = ["chat", "tool_call"]
+limit = { context = 32768, output = 8192 }
+
+[aliases]
+"qwen" = "Qwen/Qwen2.5-7B-Instruct-GGUF"
+''')
+    (tmp_path / "cortex.toml").write_text('''
+models_config = "models.toml"
+[gateway]
+listen = "0.0.0.0:31313"
+metrics_listen = "0.0.0.0:31314"
+[eviction]
+strategy = "priority"
+defrag_after_cycles = 0
+[[neurons]]
+name = "gpu-a"
+endpoint = "http://10.0.0.5:13131"
+[entitlements]
+require_auth = true
+[[entitlements.keys]]
+key = "sk-test"
+account_id = "acme"
+hard_cap = 1000000
+window = { kind = "rolling", seconds = 86400 }
+''')
+    cfg, models = gw_config.load(tmp_path / "cortex.toml")
+    (m,) = models.models
+    assert m.residency_priority == 1000 and m.load_id == "hf:Qwen/Qwen2.5-7B-Instruct-GGUF"
+    assert cfg.entitlements.keys[0].window.seconds == 86400
+    assert "sk-test" not in repr(cfg.entitlements.keys[0])
