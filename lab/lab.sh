@@ -26,7 +26,7 @@ LAB_CGROUP_NAME="helexa-cortex-lab"
 ROOTFS="$LAB_CACHE/rootfs-$LAB_SUITE"
 STAMP="$ROOTFS.stamp"
 # Bump when the image recipe below changes: a stale cached rootfs is rebuilt.
-IMAGE_RECIPE="v1"
+IMAGE_RECIPE="v2"
 IMAGE_PACKAGES="systemd,systemd-sysv,dbus,openssh-server,python3,python3-venv,python3-apt,sudo,iproute2,ca-certificates,libgomp1,curl,procps"
 STAMP_CONTENT="suite=$LAB_SUITE recipe=$IMAGE_RECIPE packages=$IMAGE_PACKAGES"
 
@@ -102,11 +102,9 @@ all_lab_nspawns() {
 }
 # Host PID of the container's PID 1 (systemd), child of the nspawn process.
 leader_pid() {
-    local npid="$1" c
-    for c in $(cat "/proc/$npid/task/$npid/children" 2>/dev/null); do
-        echo "$c"; return 0
-    done
-    return 1
+    local npid="$1" c=""
+    read -r c _ 2>/dev/null < "/proc/$npid/task/$npid/children" || true
+    [[ -n "$c" ]] && echo "$c"
 }
 
 ssh_base() {
@@ -159,7 +157,7 @@ detect_cgroups() {
         [[ -d /sys/fs/cgroup/unified && "$(stat -fc %T /sys/fs/cgroup/unified)" == cgroup2fs ]] \
             && CGROUP_ROOTS+=(/sys/fs/cgroup/unified)       # hybrid v2
     fi
-    [[ ${#CGROUP_ROOTS[@]} -gt 0 ]] || cannot "no usable cgroup hierarchy" \
+    [[ ${#CGROUP_ROOTS[@]} -gt 0 || "${1:-}" == soft ]] || cannot "no usable cgroup hierarchy" \
         "need /sys/fs/cgroup as cgroup2, or /sys/fs/cgroup/systemd (name=systemd) mounted" \
         "found /sys/fs/cgroup of type '${t:-none}'"
 }
@@ -191,14 +189,17 @@ unmount_under() {  # unmount everything below a path, deepest first
 build_rootfs() {
     mkdir -p "$LAB_CACHE"
     exec 8>"$LAB_CACHE/.build.lock"
-    flock 8
+    flock -w 1200 8 || die "another debootstrap holds $LAB_CACHE/.build.lock for 20 min; giving up"
     if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_CONTENT" && -x "$ROOTFS/lib/systemd/systemd" ]]; then
         exec 8>&-
         return 0
     fi
-    if [[ -n "$(all_lab_nspawns)" ]]; then
-        die "the base rootfs must be (re)built but lab hosts are running on it; run: $0 down"
-    fi
+    local pid
+    for pid in $(pgrep -x systemd-nspawn 2>/dev/null || true); do
+        if tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -qF -- "--directory=$ROOTFS "; then
+            die "the base rootfs $ROOTFS must be (re)built but hosts run on it (nspawn pid $pid); run: $0 down"
+        fi
+    done
     local partial="$ROOTFS.partial" t0
     t0="$(now)"
     log "building the $LAB_SUITE base rootfs with debootstrap (once; cached in $ROOTFS)"
@@ -218,6 +219,7 @@ build_rootfs() {
     : > "$partial/etc/machine-id"
     rm -f "$partial/etc/hostname" "$partial/var/lib/dbus/machine-id"
     ln -s /etc/machine-id "$partial/var/lib/dbus/machine-id"
+    printf 'LANG=C.UTF-8\n' > "$partial/etc/default/locale"   # pam_env reads it at login
     install -d -m 0700 "$partial/root/.ssh"
     install -d -m 0755 "$partial/etc/ssh/sshd_config.d"
     cat > "$partial/etc/ssh/sshd_config.d/10-lab.conf" <<'EOF'
@@ -336,7 +338,7 @@ start_host() {
             --bind-ro="$hd/authorized_keys:/root/.ssh/authorized_keys" \
             --bind-ro="$hd/hosts:/etc/hosts" \
             $LAB_NSPAWN_ARGS
-    ) </dev/null >>"$hd/console.log" 2>&1 &
+    ) </dev/null >>"$hd/console.log" 2>&1 8>&- 9>&- &   # nspawn must not inherit the lock fds
     echo "$!" > "$hd/pid"
 }
 
@@ -372,23 +374,25 @@ wait_for_hosts() {  # wait_for_hosts NAME... ; polls until every sshd answers
 # One SSH round trip per host, all hosts in parallel; fills RUN[] SSHOK[] STATE[] PIDS[].
 RUN=(); SSHOK=(); STATE=(); PIDS=()
 probe_hosts() {
-    local i name tmp
+    local i name tmp probes=()
     tmp="$(mktemp -d)"
     for i in "${!NAMES[@]}"; do
         name="${NAMES[$i]}"
-        PIDS[$i]="$(nspawn_pid "$name")"
-        RUN[$i]=no; SSHOK[$i]=no; STATE[$i]=-
-        [[ -n "${PIDS[$i]}" ]] && RUN[$i]=yes
+        PIDS[i]="$(nspawn_pid "$name")"
+        RUN[i]=no; SSHOK[i]=no; STATE[i]=-
+        [[ -n "${PIDS[$i]}" ]] && RUN[i]=yes
         if [[ "${RUN[$i]}" == yes && -f "$SSH_CONFIG" ]]; then
             ( port_open "${ADDRS[$i]}" 22 \
                 && ssh_base -o ConnectTimeout=2 -o ConnectionAttempts=1 "$name" \
                        systemctl is-system-running </dev/null >"$tmp/$i" 2>/dev/null ) &
+            probes+=("$!")
         fi
     done
-    wait || true
+    # Only our probes: a bare 'wait' would also wait for the nspawns just started.
+    [[ ${#probes[@]} -eq 0 ]] || wait "${probes[@]}" || true
     for i in "${!NAMES[@]}"; do
         if [[ -s "$tmp/$i" ]]; then
-            SSHOK[$i]=yes; STATE[$i]="$(head -n1 "$tmp/$i")"
+            SSHOK[i]=yes; STATE[i]="$(head -n1 "$tmp/$i")"
         fi
     done
     rm -rf "$tmp"
@@ -422,7 +426,7 @@ cmd_up() {
     preflight up
     install -d -m 0700 "$LAB_DIR"
     exec 9>"$LAB_DIR/lock"
-    flock 9
+    flock -w 600 9 || die "another lab.sh holds $LAB_DIR/lock for 10 min; giving up"
     build_rootfs
     prepare_lab_state
     ensure_bridge
@@ -444,11 +448,11 @@ cmd_down() {
     local t0 pids=() pid deadline name d
     t0="$(now)"
     require_root down
-    detect_cgroups
+    detect_cgroups soft
     if [[ -d "$LAB_DIR" ]]; then
         install -d -m 0700 "$LAB_DIR"
         exec 9>"$LAB_DIR/lock"
-        flock 9
+        flock -w 60 9 || log "WARNING: $LAB_DIR/lock still held after 60 s; stopping the hosts anyway"
     fi
     # Our nspawn processes: pid files (validated) plus a /proc scan for strays.
     for d in "$LAB_DIR"/hosts/*/; do

@@ -38,9 +38,16 @@ def serve(config_path: str) -> None:
     Path(g.state_dir).mkdir(parents=True, exist_ok=True)
 
     def factory() -> Any:
+        # Read the files again in every new worker: `systemctl reload` (HUP) makes gunicorn
+        # start fresh workers, which then serve the new cortex.toml and models.toml.
         from cortex.gateway.app import create_app
 
-        return create_app(cfg, models)
+        try:
+            return create_app(*gw_config.load(config_path))
+        except Exception:
+            log.exception("%s: cannot load the configuration; keeping the old one",
+                          config_path)
+            return create_app(cfg, models)
 
     def when_ready(server: Any) -> None:
         start_metrics_server(cfg, *parse_listen(g.metrics_listen, DEFAULT_METRICS_PORT))
