@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # hosts with CUDA build their own wheel (see roles/neuron).
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
-.PHONY: help test demo demo-local lab-up lab-down venv collection sysdeps lint pytest \
+.PHONY: help test demo demo-local lab-up lab-down lab-test venv collection sysdeps lint pytest \
 	constraints clean
 
 help:
@@ -40,13 +40,17 @@ sysdeps:
 	fi
 
 lint: $(STAMP) collection
-	$(BIN)/ruff check $(AGENTS) scripts bench
+	$(BIN)/ruff check $(AGENTS) scripts bench tests/lab
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
 
-test: lint pytest
+# The lab: site.yml on three systemd hosts, then the fleet through the gateway.
+lab-test: $(STAMP) collection
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/lab
+
+test: lint pytest lab-test
 
 # The main job: the lab's three systemd hosts, deployed by site.yml, answering a question.
 demo: $(STAMP) collection

@@ -1,0 +1,57 @@
+"""site.yml on the lab: a working fleet, idempotent, truthful in check mode, hardened."""
+
+from __future__ import annotations
+
+from openai import OpenAI
+
+from conftest import GATEWAY, lab, playbook, recap
+
+
+def test_site_converges_and_second_run_changes_nothing(fleet):
+    first = recap(fleet.stdout)
+    assert set(first) == {"neuron1", "neuron2", "gateway1"}
+    assert all(h["failed"] == 0 and h["unreachable"] == 0 for h in first.values())
+    again = recap(playbook("site.yml").stdout)
+    assert {h: r["changed"] for h, r in again.items()} == {h: 0 for h in again}, again
+
+
+def test_check_mode_with_diff_reports_no_change(fleet):
+    out = playbook("site.yml", "--check", "--diff").stdout
+    assert {h: r["changed"] for h, r in recap(out).items()} == {h: 0 for h in recap(out)}
+
+
+def test_gateway_answers_through_the_fleet(fleet):
+    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key="lab", timeout=120)
+    assert {"smollm2", "gpt-4o-mini"} <= {m.id for m in client.models.list()}
+    r = client.chat.completions.create(
+        model="gpt-4o-mini", temperature=0, max_tokens=48,
+        messages=[{"role": "system", "content": "Answer in English."},
+                  {"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in r.choices[0].message.content
+
+
+def _show(host: str, unit: str, *props: str) -> dict[str, str]:
+    out = lab("exec", host, "systemctl", "show", unit, *[f"-p{p}" for p in props]).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def test_units_run_hardened_as_the_service_user(fleet):
+    for host, unit in (("neuron1", "helexa-neuron"), ("neuron2", "helexa-neuron"),
+                       ("gateway1", "helexa-cortex")):
+        p = _show(host, unit, "ActiveState", "User", "NoNewPrivileges", "ProtectSystem",
+                  "ProtectHome", "PrivateTmp", "Restart", "Type", "ReadWritePaths")
+        assert p["ActiveState"] == "active", (host, p)
+        assert p["User"] == "helexa" and p["NoNewPrivileges"] == "yes"
+        assert p["ProtectSystem"] == "strict" and p["ProtectHome"] == "yes"
+        assert p["PrivateTmp"] == "yes" and p["Restart"] == "on-failure"
+        assert p["Type"] == "notify" and p["ReadWritePaths"]
+
+
+def test_files_users_and_ports(fleet):
+    shell = lab("exec", "neuron1", "getent", "passwd", "helexa").stdout
+    assert shell.strip().endswith("/usr/sbin/nologin")
+    mode = lab("exec", "neuron1", "stat", "-c", "%a %U %G", "/etc/helexa/neuron.toml").stdout
+    assert mode.split() == ["640", "root", "helexa"]
+    listening = lab("exec", "gateway1", "ss", "-ltnH").stdout
+    assert ":31313" in listening and ":31314" in listening
+    assert ":13131" in lab("exec", "neuron2", "ss", "-ltnH").stdout
