@@ -237,12 +237,12 @@ def test_metrics(two, gateway_factory):
     gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
     gw.chat("tiny-hello")
     reg = gw.gw.metrics.registry
-    reg.register(FleetCollector(gw.gw.fleet))
+    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue))
     text = metrics_app(reg).test_client().get("/metrics").get_data(as_text=True)
     assert 'cortex_requests_total{model="tiny-hello",node="n1"} 1.0' in text
     assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
     assert "cortex_completion_tokens_total" in text
-    assert 'cortex_model_in_flight{model="file:tiny-hello",node="n1"} 0.0' in text
+    assert 'cortex_model_in_flight{model="tiny-hello",node="n1"} 0.0' in text
     assert 'cortex_node_up{node="n2"} 1.0' in text
     assert "cortex_device_vram_free_mb" in text
     assert "cortex_time_to_first_token_seconds_bucket" in text

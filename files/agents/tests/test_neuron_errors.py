@@ -195,6 +195,7 @@ def test_queue_full_is_503_with_retry_after(busy_factory):
     assert int(r.headers["Retry-After"]) >= 1
     metrics = n.get("/metrics").text
     assert f'neuron_rejections_total{{model="{LONG}",reason="queue_full"}} 1.0' in metrics
+    assert n.get("/health").json()["models"][0]["rejections"] == {"queue_full": 1}
     _end(n, t1, t2)
     n.load(LONG)
     assert n.chat(LONG, max_tokens=1).status_code == 200

@@ -32,6 +32,7 @@ class ModelOnNode:
     last_used: float = 0.0
     tok_s_prefill: float = 0.0
     tok_s_decode: float = 0.0
+    rejections: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -136,7 +137,8 @@ class Fleet:
                 id=m["id"], status=m.get("status", "loaded"), vram_mb=m.get("vram_used_mb", 0),
                 in_flight=h.get("in_flight", 0), queue_depth=h.get("queue_depth", 0),
                 last_used=h.get("last_used", 0.0), tok_s_prefill=h.get("tok_s_prefill", 0.0),
-                tok_s_decode=h.get("tok_s_decode", 0.0), info=m)
+                tok_s_decode=h.get("tok_s_decode", 0.0), rejections=h.get("rejections", {}),
+                info=m)
         node.models = fresh
         node.devices = health.get("devices", [])
         node.activation = health.get("activation", {})

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from cortex.gateway.catalogue import Catalogue
     from cortex.gateway.fleet import Fleet
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -61,9 +62,15 @@ class GatewayMetrics:
 class FleetCollector(Collector):
     """Per-node gauges re-exported from the neurons' /health."""
 
-    def __init__(self, fleet: Fleet, refresh: bool = False) -> None:
+    def __init__(self, fleet: Fleet, catalogue: Catalogue | None = None,
+                 refresh: bool = False) -> None:
         self.fleet = fleet
+        self.catalogue = catalogue  # to label models with the ids clients use
         self.refresh = refresh  # poll at scrape time (the metrics process has no poller)
+
+    def _public(self, model_id: str) -> str:
+        entry = self.catalogue.by_load_id(model_id) if self.catalogue else None
+        return entry.id if entry else model_id
 
     def collect(self) -> Iterator:
         if self.refresh:
@@ -97,8 +104,11 @@ class FleetCollector(Collector):
             for m in node.models.values():
                 if m.status != "loaded":
                     continue
+                model = self._public(m.id)
                 for k, g in fam.items():
-                    g.add_metric([node.name, m.id], float(getattr(m, k)))
+                    g.add_metric([node.name, model], float(getattr(m, k)))
+                for reason, count in m.rejections.items():
+                    rejections.add_metric([node.name, model, reason], float(count))
         yield from fam.values()
         yield rejections
         yield up

@@ -50,7 +50,7 @@ def serve(config_path: str) -> None:
             return create_app(cfg, models)
 
     def when_ready(server: Any) -> None:
-        start_metrics_server(cfg, *parse_listen(g.metrics_listen, DEFAULT_METRICS_PORT))
+        start_metrics_server(cfg, models, *parse_listen(g.metrics_listen, DEFAULT_METRICS_PORT))
 
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
@@ -79,12 +79,13 @@ def serve(config_path: str) -> None:
     }).run()
 
 
-def start_metrics_server(cfg: Any, host: str, port: int) -> None:
+def start_metrics_server(cfg: Any, models: Any, host: str, port: int) -> None:
     """In the gunicorn master: the workers' counters plus the fleet's live gauges."""
     from prometheus_client import CollectorRegistry, multiprocess
     from werkzeug.serving import make_server
 
     from cortex.gateway.app import metrics_app
+    from cortex.gateway.catalogue import Catalogue
     from cortex.gateway.fleet import Fleet
     from cortex.gateway.metrics import FleetCollector
     from cortex.gateway.upstream import Upstream
@@ -94,7 +95,8 @@ def start_metrics_server(cfg: Any, host: str, port: int) -> None:
     multiprocess.MultiProcessCollector(registry)
     fleet = Fleet(cfg.neurons, Upstream(g.neuron_token, g.connect_timeout_secs, 10),
                   g.poll_interval_secs)
-    registry.register(FleetCollector(fleet, refresh=True))
+    registry.register(FleetCollector(fleet, Catalogue(models, g.default_keep_alive),
+                                     refresh=True))
     server = make_server(host, port, metrics_app(registry), threaded=True)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", host, port)

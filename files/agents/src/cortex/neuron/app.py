@@ -131,6 +131,7 @@ def health() -> Any:
             "tok_s_prefill": round(w.stats.tok_s_prefill, 1),
             "tok_s_decode": round(w.stats.tok_s_decode, 1),
             "last_used": round(w.stats.last_used, 3), "vram_used_mb": m.vram_mb,
+            "rejections": dict(w.stats.rejections),
         })
     return json_response({
         "status": "shutting_down" if reg.shutting_down else "ok",

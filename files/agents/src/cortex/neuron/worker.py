@@ -52,6 +52,7 @@ class Stats:
         self.tok_s_decode = 0.0
         self.last_used = 0.0
         self.requests = 0
+        self.rejections: dict[str, int] = {}  # by reason, since the model was loaded
 
     def record(self, prefill_tokens: int, prefill_s: float, decode_tokens: int,
                decode_s: float) -> None:
@@ -94,7 +95,7 @@ class ModelWorker:
                 raise Unavailable(f"model {self.model_id} is being unloaded",
                                   code="model_unloading", retry_after=2)
             if self._running is not None and len(self._queue) >= self.limits.max_queue_depth:
-                self._reject("queue_full")
+                self.reject("queue_full")
                 raise Unavailable(
                     f"model {self.model_id} is busy: {len(self._queue)} requests queued "
                     f"(max_queue_depth={self.limits.max_queue_depth}); retry shortly",
@@ -102,7 +103,7 @@ class ModelWorker:
             if job.principal:
                 held = sum(1 for j in self._jobs() if j.principal == job.principal)
                 if held >= self.limits.max_per_principal:
-                    self._reject("per_principal")
+                    self.reject("per_principal")
                     raise TooManyRequests(
                         f"account {job.principal!r} already has {held} requests on "
                         f"{self.model_id} (max_per_principal={self.limits.max_per_principal})",
@@ -114,8 +115,9 @@ class ModelWorker:
     def _jobs(self) -> list[Job]:
         return ([self._running] if self._running else []) + list(self._queue)
 
-    def _reject(self, reason: str) -> None:
+    def reject(self, reason: str) -> None:
         self.metrics.rejections.labels(self.model_id, reason).inc()
+        self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + 1
 
     def _retry_after(self) -> int:
         per_job = 2.0
