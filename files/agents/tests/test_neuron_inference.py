@@ -36,6 +36,7 @@ def test_chat_answer_usage_and_timing(hello):
     (choice,) = body["choices"]
     assert choice["message"] == {"role": "assistant", "content": HELLO}
     assert choice["finish_reason"] == "stop"
+    assert choice["stop_reason"] is None  # EOS, not a stop string
     usage = body["usage"]
     assert usage["completion_tokens"] == len(SCRIPT_HELLO) - 1  # EOS is not output
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -62,6 +63,8 @@ def test_stream_chunks_usage_then_done(hello):
     assert finish[-1]["choices"][0]["finish_reason"] == "stop"
     usage_chunk = chunks[-1]
     assert usage_chunk["choices"] == []
+    # the prompt's size comes first (for Anthropic's message_start), and is the real one
+    assert chunks[0]["helexa_prompt_tokens"] == usage_chunk["usage"]["prompt_tokens"] > 0
     assert usage_chunk["usage"]["completion_tokens"] == len(SCRIPT_HELLO) - 1
     assert usage_chunk["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
     assert "cached_tokens" in usage_chunk["usage"]["prompt_tokens_details"]
@@ -81,9 +84,13 @@ def test_stop_sequence_across_tokens(hello):
     body = hello.chat("tiny-hello", stop=["y cor"], temperature=0).json()
     assert body["choices"][0]["message"]["content"] == "Hello from tin"
     assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["stop_reason"] == "y cor"  # which stop string ended it
     chunks, _ = sse(hello.chat("tiny-hello", stop="cortex", stream=True))
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == "Hello from tiny "
+    (final,) = [c["choices"][0] for c in chunks
+                if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert final["stop_reason"] == "cortex"
 
 
 def test_reasoning_split_into_reasoning_content(neuron):

@@ -92,12 +92,16 @@ def test_health_answers_during_generation(served_neuron):
     base, _ = served_neuron
     h = {"Authorization": "Bearer tok"}
     with requests.post(base + "/v1/chat/completions", headers=h, stream=True, timeout=60, json={
-            "model": "smollm2", "messages": QUESTION, "max_tokens": 64, "stream": True}) as r:
+            "model": "smollm2", "max_tokens": 200, "stream": True, "messages": [
+                {"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
+            ) as r:
         lines = r.iter_lines()
-        next(lines)
+        for line in lines:  # up to the first generated token
+            if b'"content":"' in line and b'"content":""' not in line:
+                break
         health = requests.get(base + "/health", timeout=5)
         assert health.status_code == 200
-        assert health.json()["models"][0]["in_flight"] == 1
+        assert health.json()["models"][0]["in_flight"] == 1  # generating: tokens are flowing
         list(lines)
 
 

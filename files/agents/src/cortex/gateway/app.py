@@ -15,6 +15,7 @@ import cortex
 from cortex.core.errors import NotFound
 from cortex.core.http import install_error_handlers, json_body, json_response
 from cortex.gateway import proxy
+from cortex.gateway.anthropic.routes import bp as anthropic_bp
 from cortex.gateway.auth import Auth
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import GatewayConfig, ModelsConfig
@@ -98,6 +99,7 @@ def create_app(cfg: GatewayConfig, models: ModelsConfig, *, start: bool = True,
     app.extensions["gateway"] = gw
     install_error_handlers(app)
     app.register_blueprint(bp)
+    app.register_blueprint(anthropic_bp)
     if start:
         gw.start()
         gw.fleet.wait_first_poll(cfg.gateway.connect_timeout_secs + 2)
@@ -123,7 +125,8 @@ def _gw() -> Gateway:
 def index() -> Any:
     return json_response({"name": "helexa.cortex", "version": cortex.__version__,
                           "endpoints": ["/v1/chat/completions", "/v1/completions",
-                                        "/v1/messages", "/v1/models", "/health"]})
+                                        "/v1/messages", "/v1/messages/count_tokens",
+                                        "/v1/models", "/health"]})
 
 
 @bp.get("/health")

@@ -61,15 +61,43 @@ def estimate_prompt_tokens(body: dict) -> int:
     return chars // 4
 
 
+@dataclass
+class Exchange:
+    """An open upstream response for a caller to consume; `finish` records metrics and spend."""
+
+    target: Target
+    response: urllib3.BaseHTTPResponse
+    outcome: Outcome
+    finish: Callable[[], None]
+
+
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
             client_headers: dict[str, str], *, started: float,
             on_done: Callable[[Outcome], None] | None = None) -> Response:
+    """Relay `body` to a neuron and its answer back unchanged, streaming or not."""
+    ex = open_exchange(gw, path, body, principal, client_headers, started=started,
+                       on_done=on_done)
+    if body.get("stream") is True and ex.response.status == 200:
+        resp = Response(_relay(ex.response, ex.outcome, ex.finish), status=200,
+                        mimetype="text/event-stream", headers=SSE_HEADERS)
+    else:
+        data = read_body(ex)
+        resp = Response(data, status=ex.response.status, headers=_pass_back(ex.response))
+        overhead = (time.monotonic() - started) - _upstream_seconds(ex.outcome)
+        resp.headers["X-Cortex-Overhead-Ms"] = f"{max(overhead, 0) * 1000:.2f}"
+    resp.headers["X-Cortex-Node"] = ex.target.node.name
+    return resp
+
+
+def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
+                  client_headers: dict[str, str], *, started: float,
+                  on_done: Callable[[Outcome], None] | None = None) -> Exchange:
+    """Route `body`, send it, and return the neuron's response once its status is in."""
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise BadRequest("'model' is required", code="missing_model_field", param="model")
     target = gw.router.route(name)
     _check_context(target, body)
-    stream = body.get("stream") is True
     headers = {k: v for k, v in client_headers.items() if k.lower() not in HOP_BY_HOP}
     if principal.entry is not None:  # anonymous callers share no per-account cap
         headers["X-Helexa-Account-Id"] = principal.account_id
@@ -106,23 +134,20 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
                            code="upstream_connection_error", type="api_error") from None
     gw.metrics.requests.labels(target.public_id, target.node.name).inc()
     outcome = Outcome(status=upstream.status)
-    finish = _finisher(gw, target, principal, outcome, started, on_done)
-    if stream and upstream.status == 200:
-        resp = Response(_relay(upstream, outcome, finish), status=200,
-                        mimetype="text/event-stream", headers=SSE_HEADERS)
-    else:
-        try:
-            data = upstream.read()
-        finally:
-            upstream.release_conn()
-        outcome.first_chunk_at = time.monotonic()
-        _account_body(data, outcome)
-        finish()
-        resp = Response(data, status=upstream.status, headers=_pass_back(upstream))
-        overhead = (time.monotonic() - started) - _upstream_seconds(outcome)
-        resp.headers["X-Cortex-Overhead-Ms"] = f"{max(overhead, 0) * 1000:.2f}"
-    resp.headers["X-Cortex-Node"] = target.node.name
-    return resp
+    return Exchange(target, upstream, outcome,
+                    _finisher(gw, target, principal, outcome, started, on_done))
+
+
+def read_body(ex: Exchange) -> bytes:
+    """The whole (non-streaming) answer; accounts for it."""
+    try:
+        data = ex.response.read()
+    finally:
+        ex.response.release_conn()
+    ex.outcome.first_chunk_at = time.monotonic()
+    _account_body(data, ex.outcome)
+    ex.finish()
+    return data
 
 
 def _check_context(target: Target, body: dict) -> None:
@@ -167,13 +192,7 @@ def _relay(upstream: urllib3.BaseHTTPResponse, outcome: Outcome,
     tail = b""
     done = False
     try:
-        chunks = (upstream.read_chunked(decode_content=False) if upstream.chunked
-                  else iter(lambda: upstream.read1(65536), b""))
-        for chunk in chunks:
-            if not chunk:
-                continue
-            if outcome.first_chunk_at is None:
-                outcome.first_chunk_at = time.monotonic()
+        for chunk in _raw(upstream, outcome):
             yield chunk
             tail = (tail + chunk)[-8192:]
             if b"data: [DONE]" in tail:
@@ -190,6 +209,57 @@ def _relay(upstream: urllib3.BaseHTTPResponse, outcome: Outcome,
         upstream.release_conn() if done else upstream.close()
         _account_stream_tail(tail, outcome)
         finish()
+
+
+def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
+    """The neuron's SSE chunks, parsed, for a caller that re-shapes them; None stands for a
+    keep-alive. A broken stream raises ApiError (502); spend is recorded at the end."""
+    done = False
+    buf = b""
+    try:
+        for raw in _raw(ex.response, ex.outcome):
+            *lines, buf = (buf + raw).split(b"\n")
+            for line in lines:
+                if line.startswith(b":"):
+                    yield None
+                elif line == b"data: [DONE]":
+                    done = True
+                elif line.startswith(b"data: "):
+                    chunk = json.loads(line[6:])
+                    _account_chunk(chunk, ex.outcome)
+                    yield chunk
+        if not done:
+            raise urllib3.exceptions.ProtocolError("the stream ended without [DONE]")
+    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        ex.outcome.status, ex.outcome.code = 502, "upstream_stream_error"
+        log.warning("stream from upstream broke: %s", exc)
+        raise ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
+                       code="upstream_stream_error") from None
+    finally:
+        ex.response.release_conn() if done else ex.response.close()
+        ex.finish()
+
+
+def _raw(upstream: urllib3.BaseHTTPResponse, outcome: Outcome) -> Iterator[bytes]:
+    chunks = (upstream.read_chunked(decode_content=False) if upstream.chunked
+              else iter(lambda: upstream.read1(65536), b""))
+    for chunk in chunks:
+        if chunk:
+            if outcome.first_chunk_at is None:
+                outcome.first_chunk_at = time.monotonic()
+            yield chunk
+
+
+def _account_chunk(chunk: Any, outcome: Outcome) -> None:
+    if not isinstance(chunk, dict):
+        return
+    if chunk.get("usage"):
+        outcome.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
+        outcome.completion_tokens = chunk["usage"].get("completion_tokens", 0)
+    if isinstance(chunk.get("error"), dict):  # the neuron gave up mid-stream (it said why)
+        err = chunk["error"]
+        outcome.status = 500
+        outcome.code = err.get("code") or err.get("kind") or "upstream_error"
 
 
 def _account_stream_tail(tail: bytes, outcome: Outcome) -> None:

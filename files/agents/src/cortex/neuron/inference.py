@@ -47,7 +47,8 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
-    reply = Reply(loaded, chat=chat, in_reasoning=prompt.in_reasoning, tools=prompt.tools)
+    reply = Reply(loaded, chat=chat, in_reasoning=prompt.in_reasoning, tools=prompt.tools,
+                  prompt_tokens=len(prompt.tokens))
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:
         return sse_response(_stream(neuron, reply, waiter, endpoint))
@@ -72,7 +73,11 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
     coalesce = neuron.cfg.stream_interval_ms / 1000
     try:
         if reply.chat:
-            yield sse_event(reply.chunk({"role": "assistant", "content": ""}))
+            # The prompt's size goes out at once (an extension field): the gateway needs it
+            # for Anthropic's message_start, which must precede every other event.
+            first = reply.chunk({"role": "assistant", "content": ""})
+            first["helexa_prompt_tokens"] = reply.prompt_tokens
+            yield sse_event(first)
         for kind, value in waiter.events(keepalive=True, coalesce=coalesce):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
@@ -118,8 +123,7 @@ class Waiter:
             except queue.Empty:
                 if not job.started.is_set() and time.monotonic() >= deadline:
                     if self.loaded.worker.withdraw(job):
-                        self.loaded.worker.metrics.rejections.labels(
-                            self.loaded.id, "queue_timeout").inc()
+                        self.loaded.worker.reject("queue_timeout")
                         raise Unavailable(
                             f"waited {self.max_wait:g} s for {self.loaded.id} without a free "
                             "slot; retry shortly", code="rate_limit_exceeded",
@@ -169,9 +173,11 @@ class Waiter:
 class Reply:
     """Builds OpenAI-shaped replies (whole or chunked) from the model's text."""
 
-    def __init__(self, loaded: Loaded, *, chat: bool, in_reasoning: bool, tools: bool) -> None:
+    def __init__(self, loaded: Loaded, *, chat: bool, in_reasoning: bool, tools: bool,
+                 prompt_tokens: int = 0) -> None:
         self.loaded = loaded
         self.chat = chat
+        self.prompt_tokens = prompt_tokens
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.parser = OutputParser(in_reasoning=in_reasoning, parse_tools=tools) if chat else None
@@ -220,6 +226,8 @@ class Reply:
         return {"prefill_ms": s["prefill_ms"], "decode_ms": s["decode_ms"],
                 "prefill_tokens": s["prefill_tokens"], "queue_ms": s["queue_ms"]}
 
+    # Each final choice carries `stop_reason`, the stop string that ended the text or None
+    # (vLLM's extension): finish_reason "stop" alone cannot tell a stop string from EOS.
     def complete(self, summary: dict) -> dict[str, Any]:
         self._collect(self.finish_parts())
         if self.chat:
@@ -230,10 +238,12 @@ class Reply:
                 message["tool_calls"] = [_tool_call(p) for p in self.calls]
                 message["content"] = message["content"] or None
             choice = {"index": 0, "message": message, "logprobs": None,
-                      "finish_reason": self._finish_reason(summary)}
+                      "finish_reason": self._finish_reason(summary),
+                      "stop_reason": summary["stop"]}
         else:
             choice = {"index": 0, "text": "".join(self.content), "logprobs": None,
-                      "finish_reason": self._finish_reason(summary)}
+                      "finish_reason": self._finish_reason(summary),
+                      "stop_reason": summary["stop"]}
         body = self._envelope([choice])
         body["usage"] = self._usage(summary)
         body["helexa_timing"] = self._timing(summary)
@@ -270,7 +280,9 @@ class Reply:
                 yield self.chunk({"tool_calls": [dict(_tool_call(p), index=index)]})
 
     def final_chunk(self, summary: dict) -> dict[str, Any]:
-        return self.chunk({}, finish=self._finish_reason(summary))
+        body = self.chunk({}, finish=self._finish_reason(summary))
+        body["choices"][0]["stop_reason"] = summary["stop"]
+        return body
 
     def usage_chunk(self, summary: dict) -> dict[str, Any]:
         body = self._envelope([])
