@@ -246,6 +246,7 @@ def test_metrics(two, gateway_factory):
     assert 'cortex_node_up{node="n2"} 1.0' in text
     assert "cortex_device_vram_free_mb" in text
     assert "cortex_time_to_first_token_seconds_bucket" in text
+    assert 'cortex_gateway_overhead_seconds_count{endpoint="/v1/chat/completions"} 1.0' in text
 
 
 def test_overhead_header_on_non_streaming(two, gateway_factory):

@@ -35,7 +35,8 @@ class Gateway:
                  metrics: GatewayMetrics | None = None) -> None:
         g = cfg.gateway
         self.cfg = cfg
-        self.upstream = Upstream(g.neuron_token, g.connect_timeout_secs, g.read_timeout_secs)
+        self.upstream = Upstream(g.neuron_token, g.connect_timeout_secs, g.read_timeout_secs,
+                                 pool=g.upstream_pool_size)
         self.fleet = Fleet(cfg.neurons, self.upstream, g.poll_interval_secs)
         self.catalogue = Catalogue(models, g.default_keep_alive)
         self.metrics = metrics or GatewayMetrics()

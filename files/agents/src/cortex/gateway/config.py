@@ -31,6 +31,9 @@ class GatewaySection:
     default_keep_alive: str | int = 0  # idle TTL for catalogue models; 0 = never unload
     state_dir: str = "/var/lib/helexa/gateway"
     log_level: str = "info"
+    # Concurrency of one gevent worker, and connections it keeps open to each neuron.
+    worker_connections: int = 4096
+    upstream_pool_size: int = 1024
 
     def __post_init__(self) -> None:
         parse_listen(self.listen, DEFAULT_PORT)

@@ -80,11 +80,14 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
     if body.get("stream") is True and ex.response.status == 200:
         resp = Response(_relay(ex.response, ex.outcome, ex.finish), status=200,
                         mimetype="text/event-stream", headers=SSE_HEADERS)
+        # Of a stream, what the gateway adds is the work before the neuron gets the request.
+        gw.metrics.overhead.labels(path).observe(ex.outcome.extra["sent_s"])
     else:
         data = read_body(ex)
         resp = Response(data, status=ex.response.status, headers=_pass_back(ex.response))
-        overhead = (time.monotonic() - started) - _upstream_seconds(ex.outcome)
-        resp.headers["X-Cortex-Overhead-Ms"] = f"{max(overhead, 0) * 1000:.2f}"
+        overhead = max((time.monotonic() - started) - _upstream_seconds(ex.outcome), 0.0)
+        gw.metrics.overhead.labels(path).observe(overhead)
+        resp.headers["X-Cortex-Overhead-Ms"] = f"{overhead * 1000:.2f}"
     resp.headers["X-Cortex-Node"] = ex.target.node.name
     return resp
 
@@ -104,6 +107,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
         headers["X-Helexa-Key-Id"] = principal.key_id
     headers["Content-Type"] = "application/json"
     tried: set[str] = set()
+    sent_s = time.monotonic() - started
     while True:
         payload = json.dumps(dict(body, model=target.model_id)).encode()
         try:
@@ -133,7 +137,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
             raise ApiError(f"could not reach a neuron for {name}: {failure}", status=502,
                            code="upstream_connection_error", type="api_error") from None
     gw.metrics.requests.labels(target.public_id, target.node.name).inc()
-    outcome = Outcome(status=upstream.status)
+    outcome = Outcome(status=upstream.status, extra={"sent_s": sent_s})
     return Exchange(target, upstream, outcome,
                     _finisher(gw, target, principal, outcome, started, on_done))
 

@@ -64,7 +64,7 @@ def serve(config_path: str) -> None:
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": g.workers,
         "worker_class": "gevent",
-        "worker_connections": 4096,
+        "worker_connections": g.worker_connections,
         "timeout": 60,
         "graceful_timeout": 30,
         # Idle keep-alive connections hold a gevent worker at shutdown: keep them short.

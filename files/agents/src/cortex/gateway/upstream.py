@@ -16,6 +16,7 @@ class UpstreamError(Exception):
 
 class Upstream:
     def __init__(self, token: str, connect: float, read: float, pool: int = 64) -> None:
+        # Kept connections per neuron: past this, extra connections are opened and dropped.
         self.http = urllib3.PoolManager(maxsize=pool, block=False, retries=False)
         self.connect, self.read = connect, read
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
