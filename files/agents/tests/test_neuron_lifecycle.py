@@ -124,3 +124,36 @@ def test_drain_is_reported_and_survives_a_restart(neuron_factory, tmp_path):
     again.post("/drain", {"drained": False})
     assert again.get("/health").json()["drained"] is False
     assert n.post("/drain", {"drained": "yes"}).status_code == 422
+
+
+def test_ctransformers_engine_serves_plain_llama_and_explains_its_limits(neuron, models_dir,
+                                                                         smollm2_file):
+    """The optional engine (ctransformers 0.2.27, last released 2023-09) runs a plain
+    llama GGUF; where it cannot (tied embeddings, newer archs) the neuron says so and
+    names the alternative instead of passing on ctransformers' bare RuntimeError."""
+    import shutil
+
+    from cortex.testing.tiny_gguf import SCRIPT_HELLO, build_tiny_gguf, script_text
+
+    assert "ctransformers" in neuron.get("/discovery").json()["harnesses"]
+    neuron.load("file:tiny-hello", harness="ctransformers")
+    body = neuron.chat("tiny-hello", temperature=0).json()
+    assert body["choices"][0]["message"]["content"] == script_text(SCRIPT_HELLO)
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert neuron.get("/models").json()[0]["harness"] == "ctransformers"
+    neuron.post("/models/unload", {"model_id": "file:tiny-hello"})
+
+    shutil.copy(smollm2_file, models_dir / "smol.gguf")  # tied embeddings
+    build_tiny_gguf(models_dir / "tiny-qwen.gguf", script=SCRIPT_HELLO, arch="qwen2")
+    try:
+        r = neuron.post("/models/load", {"model_id": "file:smol", "harness": "ctransformers"})
+        err = r.json()["error"]
+        assert r.status_code == 422 and err["kind"] == "engine_load_failed"
+        assert "llama_cpp" in err["detail"] and "2023" in err["detail"]
+        r = neuron.post("/models/load", {"model_id": "file:tiny-qwen",
+                                         "harness": "ctransformers"})
+        assert "cannot run the 'qwen2' architecture" in r.json()["error"]["detail"]
+    finally:
+        (models_dir / "tiny-qwen.gguf").unlink()
+        (models_dir / "smol.gguf").unlink()
+    assert neuron.get("/health").json()["models"] == []  # nothing half-loaded
