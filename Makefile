@@ -11,6 +11,7 @@ STAMP := $(VENV)/.installed
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
 .PHONY: help test demo demo-local lab-up lab-down lab-test venv collection sysdeps lint pytest \
+	collection-test playbook-test \
 	constraints clean
 
 help:
@@ -46,11 +47,20 @@ lint: $(STAMP) collection
 pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
 
+# The collection's modules and module_utils, against real neuron/gateway apps on loopback.
+collection-test: $(STAMP) collection
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+# The fleet playbooks (validate, models, fleet_report) against real neurons and a gateway
+# on loopback (the inventory plugin's tests are under tests/unit, run by collection-test).
+playbook-test: $(STAMP) collection
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/playbooks
+
 # The lab: site.yml on three systemd hosts, then the fleet through the gateway.
 lab-test: $(STAMP) collection
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/lab
 
-test: lint pytest lab-test
+test: lint pytest collection-test playbook-test lab-test
 
 # The main job: the lab's three systemd hosts, deployed by site.yml, answering a question.
 demo: $(STAMP) collection
