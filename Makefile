@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
 .PHONY: help test demo demo-local lab-up lab-down lab-test venv collection sysdeps lint pytest \
-	collection-test playbook-test \
+	collection-test playbook-test molecule-test \
 	constraints clean
 
 help:
@@ -41,7 +41,7 @@ sysdeps:
 	fi
 
 lint: $(STAMP) collection
-	$(BIN)/ruff check $(AGENTS) scripts bench tests/lab
+	$(BIN)/ruff check $(AGENTS) scripts bench tests
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps
@@ -60,7 +60,13 @@ playbook-test: $(STAMP) collection
 lab-test: $(STAMP) collection
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/lab
 
-test: lint pytest collection-test playbook-test lab-test
+# molecule: each role converged on the lab, idempotence, then its verify play.
+molecule-test: $(STAMP) collection
+	cd $(CURDIR) && for s in neuron gateway; do \
+	  PATH=$(CURDIR)/$(BIN):$$PATH MOLECULE_PROJECT_DIRECTORY=$(CURDIR) \
+	    $(BIN)/molecule test -s $$s || exit 1; done
+
+test: lint pytest collection-test playbook-test lab-test molecule-test
 
 # The main job: the lab's three systemd hosts, deployed by site.yml, answering a question.
 demo: $(STAMP) collection
