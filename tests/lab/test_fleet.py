@@ -55,3 +55,40 @@ def test_files_users_and_ports(fleet):
     listening = lab("exec", "gateway1", "ss", "-ltnH").stdout
     assert ":31313" in listening and ":31314" in listening
     assert ":13131" in lab("exec", "neuron2", "ss", "-ltnH").stdout
+
+
+def test_rolling_restart_under_load_drops_no_request(fleet):
+    """playbooks/rolling_restart.yml restarts both neurons one at a time while clients keep
+    asking through the gateway: every request is answered (they move to the other neuron)."""
+    import threading
+
+    playbook("site.yml", "-e", "@tests/lab/two_replicas.yml")
+    stop = threading.Event()
+    results: list[str] = []
+
+    def ask(stream: bool) -> None:
+        client = OpenAI(base_url=f"{GATEWAY}/v1", api_key="lab", timeout=120, max_retries=0)
+        while not stop.is_set():
+            try:
+                r = client.chat.completions.create(
+                    model="gpt-4o-mini", max_tokens=8, stream=stream,
+                    messages=[{"role": "user", "content": "Say hello."}])
+                if stream:
+                    assert list(r)
+                results.append("ok")
+            except Exception as exc:  # any failure a client would see
+                results.append(repr(exc))
+
+    clients = [threading.Thread(target=ask, args=(s,)) for s in (False, False, True)]
+    for t in clients:
+        t.start()
+    try:
+        out = playbook("playbooks/rolling_restart.yml").stdout
+    finally:
+        stop.set()
+        for t in clients:
+            t.join()
+        playbook("site.yml")  # back to the demo's layout
+    assert recap(out)["neuron1"]["failed"] == 0 and recap(out)["neuron2"]["failed"] == 0
+    failures = [r for r in results if r != "ok"]
+    assert len(results) >= 20 and failures == [], (len(results), failures[:5])

@@ -159,8 +159,8 @@ def gateway_factory(tmp_path: Path) -> Iterator:
     def make(neurons: dict, models: list[ModelEntry] | None = None, *, aliases=None,
              strategy: str = "lru", entitlements: EntitlementsSection | None = None,
              **gateway) -> ServedGateway:
-        section = GatewaySection(state_dir=str(tmp_path / "gw-state"), poll_interval_secs=0.2,
-                                 **gateway)
+        section = GatewaySection(**{"state_dir": str(tmp_path / "gw-state"),
+                                    "poll_interval_secs": 0.2, **gateway})
         cfg = GatewayConfig(gateway=section, eviction=EvictionSection(strategy=strategy),
                             neurons=[NeuronEntry(name, n.url) for name, n in neurons.items()],
                             entitlements=entitlements or EntitlementsSection())

@@ -33,6 +33,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "trailer", "transfer-encoding", "upgrade", "content-length", "host",
               "authorization", "x-api-key", "x-helexa-account-id", "x-helexa-key-id"}
 PASS_BACK = ("content-type", "retry-after")
+RETRY_CODES = {"node_drained", "shutting_down"}
 
 
 @dataclass
@@ -106,6 +107,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
         headers["X-Helexa-Account-Id"] = principal.account_id
         headers["X-Helexa-Key-Id"] = principal.key_id
     headers["Content-Type"] = "application/json"
+    headers["X-Helexa-Routed"] = "1"
     tried: set[str] = set()
     sent_s = time.monotonic() - started
     while True:
@@ -118,8 +120,11 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
             failure = str(exc)
         else:
             failure = "" if upstream.status < 500 else f"HTTP {upstream.status}"
-            if failure and upstream.status == 503:
-                failure = ""  # a neuron's own 503 (queue full, shutting down) goes back as is
+            if upstream.status == 503:
+                # A neuron's own 503 goes back as is (queue full...), but a drained or
+                # stopping neuron did no work: another replica can take the request.
+                code = _error_code(upstream)
+                failure = f"{target.node.name} is {code}" if code in RETRY_CODES else ""
         if not failure:
             break
         # Nothing reached the client yet: try once more on another replica.
@@ -145,13 +150,22 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
 def read_body(ex: Exchange) -> bytes:
     """The whole (non-streaming) answer; accounts for it."""
     try:
-        data = ex.response.read()
+        data = ex.response.data  # the body, read now or earlier (_error_code)
     finally:
         ex.response.release_conn()
     ex.outcome.first_chunk_at = time.monotonic()
     _account_body(data, ex.outcome)
     ex.finish()
     return data
+
+
+def _error_code(upstream: urllib3.BaseHTTPResponse) -> str:
+    """The code of a small JSON error reply, read in full (it is kept for the client)."""
+    try:
+        body = json.loads(upstream.data)
+        return body["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return ""
 
 
 def _check_context(target: Target, body: dict) -> None:
