@@ -195,32 +195,28 @@ def _set_drained(name: str, drained: bool) -> Any:
 
 @bp.post("/admin/nodes/<name>/models/load")
 def admin_load(name: str) -> Any:
-    gw = _gw()
-    gw.auth.require_admin()
-    node = gw.node(name)
-    body = json_body()
-    entry = gw.catalogue.resolve(str(body.get("model", "")))
-    load = {"model_id": entry.load_id if entry else body.get("model"),
-            "harness": body.get("harness") or (entry.harness if entry else ""),
-            "quant": body.get("quant") or (entry.quant if entry else "")}
-    status, reply = gw.upstream.post_json(f"{node.endpoint}/models/load", load,
-                                          read=gw.cfg.gateway.load_timeout_secs)
-    gw.fleet.refresh(node)
-    if status != 200:
-        raise neuron_error(status, reply, name)
-    return json_response(reply)
+    return _admin_model_call(name, "load")
 
 
 @bp.post("/admin/nodes/<name>/models/unload")
 def admin_unload(name: str) -> Any:
+    return _admin_model_call(name, "unload")
+
+
+def _admin_model_call(name: str, action: str) -> Any:
+    """Load or unload a model on one node; catalogue ids and aliases resolve to load ids."""
     gw = _gw()
     gw.auth.require_admin()
     node = gw.node(name)
     body = json_body()
     entry = gw.catalogue.resolve(str(body.get("model", "")))
-    model_id = entry.load_id if entry else body.get("model")
-    status, reply = gw.upstream.post_json(f"{node.endpoint}/models/unload",
-                                          {"model_id": model_id}, read=60)
+    call: dict[str, Any] = {"model_id": entry.load_id if entry else body.get("model")}
+    read = 60.0
+    if action == "load":
+        call["harness"] = body.get("harness") or (entry.harness if entry else "")
+        call["quant"] = body.get("quant") or (entry.quant if entry else "")
+        read = gw.cfg.gateway.load_timeout_secs
+    status, reply = gw.upstream.post_json(f"{node.endpoint}/models/{action}", call, read=read)
     gw.fleet.refresh(node)
     if status != 200:
         raise neuron_error(status, reply, name)
