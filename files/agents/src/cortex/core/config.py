@@ -30,17 +30,19 @@ def load_config(cls: type[T], path: str | Path | None, env_prefix: str,
                 environ: typing.Mapping[str, str] | None = None) -> T:
     """Read `path` (may be None for defaults only), apply env overrides, build `cls`."""
     source = str(path) if path else "<defaults>"
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"{source}: file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    data = read_toml(path) if path else {}
     apply_env(data, env_prefix, os.environ if environ is None else environ)
     return build(cls, data, source)
+
+
+def read_toml(path: str | Path, missing: str = "file not found") -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {missing}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def apply_env(data: dict[str, Any], prefix: str, environ: typing.Mapping[str, str]) -> None:

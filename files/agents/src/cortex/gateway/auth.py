@@ -78,9 +78,8 @@ class Auth:
             return
         now = now or time.time()
         if entry.window.kind == "rolling":
-            spent = self.store.window_total(p.key_id, entry.window.seconds, now)
+            spent, oldest = self.store.window(p.key_id, entry.window.seconds, now)
             if spent >= entry.hard_cap:
-                oldest = self.store.oldest_in_window(p.key_id, entry.window.seconds, now)
                 wait = (oldest + entry.window.seconds - now) if oldest else entry.window.seconds
                 raise TooManyRequests(
                     f"key {p.key_id} spent {spent} tokens in the last {entry.window.seconds} s "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cortex.core.config import ConfigError, build, load_config, parse_listen
+from cortex.core.config import build, load_config, parse_listen, read_toml
 
 DEFAULT_PORT, DEFAULT_METRICS_PORT = 31313, 31314
 
@@ -199,13 +199,6 @@ def load(path: str | Path) -> tuple[GatewayConfig, ModelsConfig]:
 
 
 def load_models(path: Path) -> ModelsConfig:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: models_config file not found (set models_config in "
-                          "cortex.toml or create the file)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "models_config file not found (set models_config in cortex.toml "
+                           "or create the file)")
     return build(ModelsConfig, data, str(path))

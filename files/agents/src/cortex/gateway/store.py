@@ -32,6 +32,10 @@ class SpendStore(Protocol):
     def total(self, key_id: str) -> int:
         """All tokens ever spent by ``key_id`` (the balance window)."""
 
+    def window(self, key_id: str, seconds: float, now: float | None = None
+               ) -> tuple[int, float | None]:
+        """``window_total`` and ``oldest_in_window`` at once (one query)."""
+
     def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
         """Tokens spent by ``key_id`` in the ``seconds`` before ``now``."""
 
@@ -67,6 +71,24 @@ class _Buckets:
             raise ValueError(f"window of {seconds} s outside (0, retention_s={self.retention_s}]")
         w = FINE_S if seconds <= FINE_MAX_WINDOW_S else COARSE_S
         return w, math.floor((now - seconds) / w) * w, math.floor(now / w) * w
+
+    def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens}")
+        if tokens:
+            self._record(key_id, tokens, time.time() if now is None else now)
+
+    def window(self, key_id: str, seconds: float, now: float | None = None
+               ) -> tuple[int, float | None]:
+        """(tokens spent in the window, end of its oldest counted bucket) in one query."""
+        return self._window(key_id, seconds, time.time() if now is None else now)
+
+    def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
+        return self.window(key_id, seconds, now)[0]
+
+    def oldest_in_window(self, key_id: str, seconds: float,
+                         now: float | None = None) -> float | None:
+        return self.window(key_id, seconds, now)[1]
 
 
 class SQLiteStore(_Buckets):
@@ -116,12 +138,7 @@ class SQLiteStore(_Buckets):
         conn.executescript(self._SCHEMA)
         return conn
 
-    def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
-        if tokens < 0:
-            raise ValueError(f"tokens must be >= 0, got {tokens}")
-        if tokens == 0:
-            return
-        now = time.time() if now is None else now
+    def _record(self, key_id: str, tokens: int, now: float) -> None:
         conn, lock = self._conn()
         with lock, conn:  # `with conn` commits, or rolls back on an error
             # IMMEDIATE takes the write lock up front, so concurrent writers wait on
@@ -149,8 +166,8 @@ class SQLiteStore(_Buckets):
                                (key_id,)).fetchone()
         return row[0] if row else 0
 
-    def _window(self, key_id: str, seconds: float, now: float | None) -> tuple[int, float | None]:
-        width, lo, hi = self.span(seconds, time.time() if now is None else now)
+    def _window(self, key_id: str, seconds: float, now: float) -> tuple[int, float | None]:
+        width, lo, hi = self.span(seconds, now)
         conn, lock = self._conn()
         with lock:
             total, oldest = conn.execute(
@@ -158,13 +175,6 @@ class SQLiteStore(_Buckets):
                 "WHERE key_id = ? AND width = ? AND start BETWEEN ? AND ?",
                 (key_id, width, lo, hi)).fetchone()
         return total, None if oldest is None else float(oldest + width)
-
-    def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
-        return self._window(key_id, seconds, now)[0]
-
-    def oldest_in_window(self, key_id: str, seconds: float,
-                         now: float | None = None) -> float | None:
-        return self._window(key_id, seconds, now)[1]
 
     def close(self) -> None:
         state, self._state = self._state, None
@@ -191,12 +201,7 @@ class RedisStore(_Buckets):
     def _key(self, key_id: str, part: str) -> str:
         return f"{self._prefix}{{{key_id}}}:{part}"
 
-    def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
-        if tokens < 0:
-            raise ValueError(f"tokens must be >= 0, got {tokens}")
-        if tokens == 0:
-            return
-        now = time.time() if now is None else now
+    def _record(self, key_id: str, tokens: int, now: float) -> None:
         pipe = self._redis.pipeline(transaction=True)  # MULTI/EXEC: all of it or none
         pipe.incrby(self._key(key_id, "total"), tokens)
         for width, start, keep in self.buckets(now):
@@ -209,19 +214,12 @@ class RedisStore(_Buckets):
     def total(self, key_id: str) -> int:
         return int(self._redis.get(self._key(key_id, "total")) or 0)
 
-    def _window(self, key_id: str, seconds: float, now: float | None) -> tuple[int, float | None]:
-        width, lo, hi = self.span(seconds, time.time() if now is None else now)
+    def _window(self, key_id: str, seconds: float, now: float) -> tuple[int, float | None]:
+        width, lo, hi = self.span(seconds, now)
         starts = range(lo, hi + 1, width)
         values = self._redis.mget([self._key(key_id, f"{width}:{s}") for s in starts])
         spent = [(s, int(v)) for s, v in zip(starts, values, strict=True) if v is not None]
         return sum(v for _, v in spent), float(spent[0][0] + width) if spent else None
-
-    def window_total(self, key_id: str, seconds: float, now: float | None = None) -> int:
-        return self._window(key_id, seconds, now)[0]
-
-    def oldest_in_window(self, key_id: str, seconds: float,
-                         now: float | None = None) -> float | None:
-        return self._window(key_id, seconds, now)[1]
 
     def close(self) -> None:
         self._redis.close()
