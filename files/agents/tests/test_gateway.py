@@ -263,3 +263,23 @@ def test_overhead_header_on_non_streaming(two, gateway_factory):
     assert 0 <= overhead < wall_ms - upstream_ms + 1
     samples = gw.gw.metrics.overhead.collect()[0].samples
     assert [s.value for s in samples if s.name.endswith("_count")] == [2.0]
+
+
+def test_a_stale_view_of_a_drained_node_is_retried_elsewhere(two, gateway_factory):
+    """Another gateway worker may not have polled the drain yet: the neuron refuses routed
+    requests while drained, and the gateway retries on a replica (no error reaches the
+    client); a direct caller of the drained neuron is still served."""
+    for n in two.values():
+        n.load("file:tiny-hello")
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], poll_interval_secs=60)
+    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    two["n1"].post("/drain", {"drained": True})  # behind the gateway's back
+    for _ in range(3):
+        r = gw.chat("tiny-hello")
+        assert r.status_code == 200 and r.headers["X-Cortex-Node"] == "n2"
+    assert two["n1"].chat("tiny-hello").status_code == 200
+    two["n1"].neuron.registry.shutting_down = True
+    two["n1"].post("/drain", {"drained": False})
+    gw.gw.fleet.refresh(gw.gw.fleet.nodes["n1"])
+    assert gw.chat("tiny-hello").headers["X-Cortex-Node"] == "n2"  # shutting down: retried
+    two["n1"].neuron.registry.shutting_down = False
