@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -156,6 +157,36 @@ def test_unknown_model_is_404(two, gateway_factory):
     assert r.status_code == 400 and r.json()["error"]["code"] == "missing_model_field"
 
 
+@pytest.mark.parametrize("data, headers, status, code", [
+    (b'{"model": "tiny-hello", "messages": [', {"Content-Type": "application/json"}, 400,
+     "malformed_json"),
+    (b'["not", "an", "object"]', {"Content-Type": "application/json"}, 422,
+     "invalid_request_body"),
+    (b'model=tiny-hello', {"Content-Type": "application/x-www-form-urlencoded"}, 415,
+     "unsupported_media_type"),
+    (b'{"messages": []}', {"Content-Type": "application/json"}, 400, "missing_model_field"),
+    (b'{"model": "tiny-hello", "pad": "' + b"x" * 5000 + b'"}',
+     {"Content-Type": "application/json"}, 413, "request_too_large"),
+])
+def test_bad_bodies_get_a_clear_error(two, gateway_factory, data, headers, status, code):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], max_body_bytes=4096)
+    r = gw.http.post(gw.url + "/v1/chat/completions", data=data, headers=headers, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.json()["error"]["code"] == code
+    assert not loads_on(two["n1"]) + loads_on(two["n2"])  # nothing reached a neuron
+
+
+def test_chunked_upload_and_wrong_method(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    body = json.dumps({"model": "tiny-hello", "messages": MSG}).encode()
+    r = gw.http.post(gw.url + "/v1/chat/completions", data=iter([body[:10], body[10:]]),
+                     headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == HELLO
+    r = gw.get("/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
 def test_context_limit_from_the_catalogue(two, gateway_factory):
     from cortex.gateway.config import Limit
 
@@ -236,7 +267,8 @@ def test_metrics(two, gateway_factory):
     gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
     gw.chat("tiny-hello")
     reg = gw.gw.metrics.registry
-    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue))
+    # As the metrics server does: the gauges are read from the neurons at scrape time.
+    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue, refresh=True))
     text = metrics_app(reg).test_client().get("/metrics").get_data(as_text=True)
     assert 'cortex_requests_total{model="tiny-hello",node="n1"} 1.0' in text
     assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text

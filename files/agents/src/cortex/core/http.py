@@ -30,12 +30,19 @@ def error_response(exc: ApiError) -> Response:
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a clear 4xx naming the problem and the fix."""
-    ctype = request.mimetype
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
-        raise ApiError(f"Content-Type {ctype!r} is not supported; send application/json",
+    check_json_type(request.mimetype)
+    # get_data raises RequestEntityTooLarge past the limit
+    return parse_json_object(request.get_data(cache=True))
+
+
+def check_json_type(mimetype: str) -> None:
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiError(f"Content-Type {mimetype!r} is not supported; send application/json",
                        code="unsupported_media_type", status=415,
                        type="invalid_request_error")
-    raw = request.get_data(cache=True)  # raises RequestEntityTooLarge past the limit
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -44,6 +51,11 @@ def json_body() -> dict[str, Any]:
         raise ApiError("the body must be a JSON object", code="invalid_request_body",
                        status=422, type="invalid_request_error")
     return body
+
+
+def too_large(limit: int | None) -> ApiError:
+    return ApiError(f"the body is larger than the {limit}-byte limit",
+                    code="request_too_large", status=413, type="invalid_request_error")
 
 
 def install_error_handlers(app: Flask, *, on_error=error_response) -> None:
@@ -55,10 +67,7 @@ def install_error_handlers(app: Flask, *, on_error=error_response) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
-        limit = app.config.get("MAX_CONTENT_LENGTH")
-        return on_error(ApiError(f"the body is larger than the {limit}-byte limit",
-                                 code="request_too_large", status=413,
-                                 type="invalid_request_error"))
+        return on_error(too_large(app.config.get("MAX_CONTENT_LENGTH")))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -73,8 +82,11 @@ def install_error_handlers(app: Flask, *, on_error=error_response) -> None:
 
 
 def bearer_token() -> str:
-    auth = request.headers.get("Authorization", "")
-    scheme, _, token = auth.partition(" ")
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def parse_bearer(authorization: str) -> str:
+    scheme, _, token = authorization.partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
 
 

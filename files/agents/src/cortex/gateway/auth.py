@@ -55,7 +55,10 @@ class Auth:
         return key
 
     def authenticate(self, allow_x_api_key: bool = False) -> Principal:
-        key = self.presented_key(allow_x_api_key)
+        return self.principal(self.presented_key(allow_x_api_key), allow_x_api_key)
+
+    def principal(self, key: str, allow_x_api_key: bool = False) -> Principal:
+        """Who presents `key`; 401 when auth is required and the key is missing or unknown."""
         for entry in self.keys:
             if key and hmac.compare_digest(key.encode(), entry.key.encode()):
                 return Principal(entry.account_id, entry.key_id, entry)

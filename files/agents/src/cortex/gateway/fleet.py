@@ -53,6 +53,9 @@ class Node:
     models: dict[str, ModelOnNode] = field(default_factory=dict)
     activation: dict[str, Any] = field(default_factory=dict)
     last_ok: float = 0.0
+    # Polls overlap (the poller's and a refresh after a load): the one started last wins.
+    polls_started: int = 0
+    applied_poll: int = 0
 
     @property
     def vram_free_mb(self) -> int:
@@ -113,6 +116,8 @@ class Fleet:
             self.changed.notify_all()
 
     def poll(self, node: Node) -> None:
+        node.polls_started += 1
+        seq = node.polls_started
         try:
             health = self.upstream.get_json(f"{node.endpoint}/health")
             models = self.upstream.get_json(f"{node.endpoint}/models")
@@ -124,9 +129,13 @@ class Fleet:
             node.healthy = node.healthy and node.failures < FAILURES_UNHEALTHY
             node.polled = True
             return
-        self.apply(node, health, models)
+        self.apply(node, health, models, seq)
 
-    def apply(self, node: Node, health: dict, models: list) -> None:
+    def apply(self, node: Node, health: dict, models: list, seq: int = 0) -> None:
+        if seq:
+            if seq < node.applied_poll:
+                return  # older than what the node already shows
+            node.applied_poll = seq
         if not node.healthy and node.polled:
             log.info("neuron %s is healthy", node.name)
         live = {m["id"]: m for m in health.get("models", [])}

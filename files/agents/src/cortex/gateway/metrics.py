@@ -8,7 +8,8 @@ them up at scrape time). The per-node gauges are re-exported from the neurons' o
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -21,6 +22,25 @@ if TYPE_CHECKING:
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 _TOK_S = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetMetrics:
+    """The labelled children for one (model, node): looked up once, not per request."""
+
+    requests: Any
+    duration: Any
+    ttft: Any
+    tok_s: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMetrics:
+    spend: Any
+    prompt: Any
+    completion: Any
 
 
 class GatewayMetrics:
@@ -54,9 +74,34 @@ class GatewayMetrics:
         self.spend_completion = Counter("cortex_spend_completion_tokens",
                                         "Completion tokens per key", ak, registry=r)
 
-    def tokens(self, model: str, node: str, prompt: int, completion: int) -> None:
-        self.prompt_tokens.labels(model, node).inc(prompt)
-        self.completion_tokens.labels(model, node).inc(completion)
+        # prometheus-client's labels() costs ~7 us a call (locks, validation); the proxy
+        # needs ten of them a request, so it keeps the children it has used.
+        self._targets: dict[tuple[str, str], TargetMetrics] = {}
+        self._keys: dict[tuple[str, str], KeyMetrics] = {}
+        self._overhead: dict[str, Any] = {}
+
+    def target(self, model: str, node: str) -> TargetMetrics:
+        t = self._targets.get((model, node))
+        if t is None:
+            t = self._targets[(model, node)] = TargetMetrics(*(
+                m.labels(model, node) for m in (self.requests, self.duration, self.ttft,
+                                                self.tok_s, self.prompt_tokens,
+                                                self.completion_tokens)))
+        return t
+
+    def key(self, account: str, key: str) -> KeyMetrics:
+        k = self._keys.get((account, key))
+        if k is None:
+            k = self._keys[(account, key)] = KeyMetrics(*(
+                m.labels(account, key) for m in (self.spend, self.spend_prompt,
+                                                 self.spend_completion)))
+        return k
+
+    def overhead_of(self, endpoint: str) -> Any:
+        h = self._overhead.get(endpoint)
+        if h is None:
+            h = self._overhead[endpoint] = self.overhead.labels(endpoint)
+        return h
 
 
 class FleetCollector(Collector):

@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import urllib3
-from flask import Response
-
 from cortex.core.errors import ApiError, BadRequest
 from cortex.core.http import SSE_HEADERS
 from cortex.gateway.auth import Principal
+from cortex.gateway.http1 import HttpError
+from cortex.gateway.http1 import Response as UpstreamResponse
 from cortex.gateway.router import Target
 from cortex.gateway.upstream import UpstreamError
 
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "content-length", "host",
               "authorization", "x-api-key", "x-helexa-account-id", "x-helexa-key-id"}
-PASS_BACK = ("content-type", "retry-after")
+PASS_BACK = ("Content-Type", "Retry-After")
 RETRY_CODES = {"node_drained", "shutting_down"}
 
 
@@ -46,6 +45,18 @@ class Outcome:
     status: int = 200
     code: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def client_headers(environ: dict[str, Any]) -> dict[str, str]:
+    """The caller's end-to-end headers, read off the WSGI environ (werkzeug's header view
+    costs more than the rest of the hop)."""
+    out = {}
+    for k, v in environ.items():
+        if k.startswith("HTTP_"):
+            name = k[5:].replace("_", "-").lower()
+            if name not in HOP_BY_HOP:
+                out[name] = v
+    return out
 
 
 def estimate_prompt_tokens(body: dict) -> int:
@@ -67,30 +78,41 @@ class Exchange:
     """An open upstream response for a caller to consume; `finish` records metrics and spend."""
 
     target: Target
-    response: urllib3.BaseHTTPResponse
+    response: UpstreamResponse
     outcome: Outcome
     finish: Callable[[], None]
 
 
+@dataclass
+class Reply:
+    """What goes back to the client: a status, headers, and the body (bytes, or the SSE
+    bytes of a stream as they come)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes | Iterator[bytes]
+
+
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
             client_headers: dict[str, str], *, started: float,
-            on_done: Callable[[Outcome], None] | None = None) -> Response:
+            on_done: Callable[[Outcome], None] | None = None) -> Reply:
     """Relay `body` to a neuron and its answer back unchanged, streaming or not."""
     ex = open_exchange(gw, path, body, principal, client_headers, started=started,
                        on_done=on_done)
     if body.get("stream") is True and ex.response.status == 200:
-        resp = Response(_relay(ex.response, ex.outcome, ex.finish), status=200,
-                        mimetype="text/event-stream", headers=SSE_HEADERS)
+        reply = Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
+                      _relay(ex.response, ex.outcome, ex.finish))
         # Of a stream, what the gateway adds is the work before the neuron gets the request.
-        gw.metrics.overhead.labels(path).observe(ex.outcome.extra["sent_s"])
+        gw.metrics.overhead_of(path).observe(ex.outcome.extra["sent_s"])
     else:
         data = read_body(ex)
-        resp = Response(data, status=ex.response.status, headers=_pass_back(ex.response))
+        reply = Reply(ex.response.status, _pass_back(ex.response), data)
         overhead = max((time.monotonic() - started) - _upstream_seconds(ex.outcome), 0.0)
-        gw.metrics.overhead.labels(path).observe(overhead)
-        resp.headers["X-Cortex-Overhead-Ms"] = f"{overhead * 1000:.2f}"
-    resp.headers["X-Cortex-Node"] = ex.target.node.name
-    return resp
+        gw.metrics.overhead_of(path).observe(overhead)
+        reply.headers["Content-Length"] = str(len(data))
+        reply.headers["X-Cortex-Overhead-Ms"] = f"{overhead * 1000:.2f}"
+    reply.headers["X-Cortex-Node"] = ex.target.node.name
+    return reply
 
 
 def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
@@ -130,7 +152,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
         # Nothing reached the client yet: try once more on another replica.
         gw.metrics.errors.labels(target.public_id, target.node.name, "upstream_failed").inc()
         if upstream is not None:
-            upstream.release_conn()
+            upstream.close()
         tried.add(target.node.name)
         log.warning("%s failed before the first byte (%s)", target.node.name, failure)
         gw.fleet.refresh(target.node)
@@ -141,7 +163,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
         except ApiError:
             raise ApiError(f"could not reach a neuron for {name}: {failure}", status=502,
                            code="upstream_connection_error", type="api_error") from None
-    gw.metrics.requests.labels(target.public_id, target.node.name).inc()
+    gw.metrics.target(target.public_id, target.node.name).requests.inc()
     outcome = Outcome(status=upstream.status, extra={"sent_s": sent_s})
     return Exchange(target, upstream, outcome,
                     _finisher(gw, target, principal, outcome, started, on_done))
@@ -150,21 +172,24 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
 def read_body(ex: Exchange) -> bytes:
     """The whole (non-streaming) answer; accounts for it."""
     try:
-        data = ex.response.data  # the body, read now or earlier (_error_code)
-    finally:
-        ex.response.release_conn()
+        data = ex.response.read()  # the body, read now or earlier (_error_code)
+    except HttpError as exc:
+        ex.outcome.status, ex.outcome.code = 502, "upstream_read_error"
+        ex.finish()
+        raise ApiError(f"the neuron's reply broke off: {exc}", status=502, type="api_error",
+                       code="upstream_read_error") from None
     ex.outcome.first_chunk_at = time.monotonic()
     _account_body(data, ex.outcome)
     ex.finish()
     return data
 
 
-def _error_code(upstream: urllib3.BaseHTTPResponse) -> str:
+def _error_code(upstream: UpstreamResponse) -> str:
     """The code of a small JSON error reply, read in full (it is kept for the client)."""
     try:
-        body = json.loads(upstream.data)
+        body = json.loads(upstream.read())
         return body["error"]["code"]
-    except (ValueError, KeyError, TypeError):
+    except (HttpError, ValueError, KeyError, TypeError):
         return ""
 
 
@@ -178,8 +203,9 @@ def _check_context(target: Target, body: dict) -> None:
                              max=limit, estimated_prompt_tokens=est)
 
 
-def _pass_back(upstream: urllib3.BaseHTTPResponse) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() in PASS_BACK}
+def _pass_back(upstream: UpstreamResponse) -> dict[str, str]:
+    return {name: upstream.headers[name.lower()] for name in PASS_BACK
+            if name.lower() in upstream.headers}
 
 
 def _upstream_seconds(outcome: Outcome) -> float:
@@ -204,7 +230,7 @@ def _account_body(data: bytes, outcome: Outcome) -> None:
         outcome.code = err.get("code") or err.get("kind") or "upstream_error"
 
 
-def _relay(upstream: urllib3.BaseHTTPResponse, outcome: Outcome,
+def _relay(upstream: UpstreamResponse, outcome: Outcome,
            finish: Callable[[], None]) -> Iterator[bytes]:
     """Yield the neuron's SSE bytes as they come; note usage; end with an error if cut."""
     tail = b""
@@ -216,15 +242,15 @@ def _relay(upstream: urllib3.BaseHTTPResponse, outcome: Outcome,
             if b"data: [DONE]" in tail:
                 done = True
         if not done:
-            raise urllib3.exceptions.ProtocolError("the stream ended without [DONE]")
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise HttpError("the stream ended without [DONE]")
+    except (HttpError, OSError) as exc:
         outcome.status, outcome.code = 502, "upstream_stream_error"
         log.warning("stream from upstream broke: %s", exc)
         err = ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
                        code="upstream_stream_error")
         yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
     finally:
-        upstream.release_conn() if done else upstream.close()
+        upstream.release() if done else upstream.close()
         _account_stream_tail(tail, outcome)
         finish()
 
@@ -247,21 +273,19 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
                     _account_chunk(chunk, ex.outcome)
                     yield chunk
         if not done:
-            raise urllib3.exceptions.ProtocolError("the stream ended without [DONE]")
-    except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise HttpError("the stream ended without [DONE]")
+    except (HttpError, OSError, ValueError) as exc:
         ex.outcome.status, ex.outcome.code = 502, "upstream_stream_error"
         log.warning("stream from upstream broke: %s", exc)
         raise ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
                        code="upstream_stream_error") from None
     finally:
-        ex.response.release_conn() if done else ex.response.close()
+        ex.response.release() if done else ex.response.close()
         ex.finish()
 
 
-def _raw(upstream: urllib3.BaseHTTPResponse, outcome: Outcome) -> Iterator[bytes]:
-    chunks = (upstream.read_chunked(decode_content=False) if upstream.chunked
-              else iter(lambda: upstream.read1(65536), b""))
-    for chunk in chunks:
+def _raw(upstream: UpstreamResponse, outcome: Outcome) -> Iterator[bytes]:
+    for chunk in upstream.stream():
         if chunk:
             if outcome.first_chunk_at is None:
                 outcome.first_chunk_at = time.monotonic()
@@ -298,23 +322,25 @@ def _account_stream_tail(tail: bytes, outcome: Outcome) -> None:
 def _finisher(gw: Gateway, target: Target, p: Principal, outcome: Outcome, started: float,
               on_done: Callable[[Outcome], None] | None) -> Callable[[], None]:
     def finish() -> None:
-        m, node = target.public_id, target.node.name
+        tm = gw.metrics.target(target.public_id, target.node.name)
         now = time.monotonic()
-        gw.metrics.duration.labels(m, node).observe(now - started)
+        tm.duration.observe(now - started)
         if outcome.first_chunk_at is not None:
-            gw.metrics.ttft.labels(m, node).observe(outcome.first_chunk_at - started)
+            tm.ttft.observe(outcome.first_chunk_at - started)
             decode = now - outcome.first_chunk_at
             if outcome.completion_tokens > 1 and decode > 0:
-                gw.metrics.tok_s.labels(m, node).observe(outcome.completion_tokens / decode)
+                tm.tok_s.observe(outcome.completion_tokens / decode)
         if outcome.status >= 400:
-            gw.metrics.errors.labels(m, node, outcome.code or str(outcome.status)).inc()
+            gw.metrics.errors.labels(target.public_id, target.node.name,
+                                     outcome.code or str(outcome.status)).inc()
         total = outcome.prompt_tokens + outcome.completion_tokens
-        gw.metrics.tokens(m, node, outcome.prompt_tokens, outcome.completion_tokens)
         if total:
-            gw.metrics.spend.labels(p.account_id, p.key_id).inc(total)
-            gw.metrics.spend_prompt.labels(p.account_id, p.key_id).inc(outcome.prompt_tokens)
-            gw.metrics.spend_completion.labels(p.account_id, p.key_id).inc(
-                outcome.completion_tokens)
+            tm.prompt_tokens.inc(outcome.prompt_tokens)
+            tm.completion_tokens.inc(outcome.completion_tokens)
+            km = gw.metrics.key(p.account_id, p.key_id)
+            km.spend.inc(total)
+            km.prompt.inc(outcome.prompt_tokens)
+            km.completion.inc(outcome.completion_tokens)
             gw.auth.record(p, total)
         if on_done is not None:
             on_done(outcome)

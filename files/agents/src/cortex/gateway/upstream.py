@@ -1,13 +1,12 @@
-"""HTTP to neurons: one pooled urllib3 client with explicit timeouts and the neuron token."""
+"""HTTP to neurons: one pooled keep-alive client with explicit timeouts and the neuron token."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import urllib3
-
 from cortex.core.errors import ApiError
+from cortex.gateway.http1 import Client, HttpError, Response
 
 
 class UpstreamError(Exception):
@@ -17,43 +16,40 @@ class UpstreamError(Exception):
 class Upstream:
     def __init__(self, token: str, connect: float, read: float, pool: int = 64) -> None:
         # Kept connections per neuron: past this, extra connections are opened and dropped.
-        self.http = urllib3.PoolManager(maxsize=pool, block=False, retries=False)
-        self.connect, self.read = connect, read
+        self.http = Client(pool_size=pool, connect_timeout=connect, read_timeout=read)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    def timeout(self, read: float | None = None) -> urllib3.Timeout:
-        return urllib3.Timeout(connect=self.connect, read=read or self.read)
 
     def get_json(self, url: str, read: float = 5.0) -> Any:
         try:
-            r = self.http.request("GET", url, headers=self.headers, timeout=self.timeout(read))
-        except urllib3.exceptions.HTTPError as exc:
-            raise UpstreamError(f"{url}: {exc}") from None
+            r = self.http.request("GET", url, headers=self.headers, read_timeout=read)
+            data = r.read()
+        except HttpError as exc:
+            raise UpstreamError(str(exc)) from None
         if r.status != 200:
             raise UpstreamError(f"{url}: HTTP {r.status}")
-        return json.loads(r.data)
+        return json.loads(data)
 
     def post_json(self, url: str, body: dict, read: float | None = None) -> tuple[int, Any]:
         headers = {**self.headers, "Content-Type": "application/json"}
         try:
-            r = self.http.request("POST", url, body=json.dumps(body).encode(), headers=headers,
-                                  timeout=self.timeout(read))
-        except urllib3.exceptions.HTTPError as exc:
-            raise UpstreamError(f"{url}: {exc}") from None
+            r = self.http.request("POST", url, json.dumps(body).encode(), headers,
+                                  read_timeout=read)
+            data = r.read()
+        except HttpError as exc:
+            raise UpstreamError(str(exc)) from None
         try:
-            return r.status, json.loads(r.data)
+            return r.status, json.loads(data)
         except ValueError:
-            return r.status, {"error": {"message": r.data[:200].decode(errors="replace")}}
+            return r.status, {"error": {"message": data[:200].decode(errors="replace")}}
 
     def open(self, method: str, url: str, body: bytes, headers: dict[str, str],
-             read: float | None = None) -> urllib3.BaseHTTPResponse:
-        """A streaming request: the caller reads and must release the response."""
+             read: float | None = None) -> Response:
+        """A streaming request: the caller reads the body, or releases or closes it."""
         try:
-            return self.http.urlopen(method, url, body=body, headers={**headers, **self.headers},
-                                     timeout=self.timeout(read), preload_content=False,
-                                     redirect=False)
-        except urllib3.exceptions.HTTPError as exc:
-            raise UpstreamError(f"{url}: {exc}") from None
+            return self.http.request(method, url, body, {**headers, **self.headers},
+                                     read_timeout=read)
+        except HttpError as exc:
+            raise UpstreamError(str(exc)) from None
 
 
 def neuron_error(status: int, body: Any, node: str) -> ApiError:

@@ -61,7 +61,7 @@ def messages() -> Any:
     req = translate.to_openai(body)
     model, thinking = body["model"], req["enable_thinking"]
     ex = proxy.open_exchange(gw, "/v1/chat/completions", req, principal,
-                             dict(request.headers), started=started)
+                             proxy.client_headers(request.environ), started=started)
     node = {"X-Cortex-Node": ex.target.node.name}
     if ex.response.status != 200:
         raise _refusal(ex)
@@ -112,7 +112,7 @@ def _refusal(ex: proxy.Exchange) -> ApiError:
     except ValueError:
         body = {"error": {"message": data[:200].decode(errors="replace")}}
     err = neuron_error(ex.response.status, body, ex.target.node.name)
-    retry = ex.response.headers.get("Retry-After")
+    retry = ex.response.headers.get("retry-after")
     if retry and retry.isdigit():
         err.retry_after = int(retry)
     return err

@@ -1,0 +1,185 @@
+"""The gateway's HTTP/1.1 client against a real socket server that sends scripted replies."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from cortex.gateway.http1 import Client, HttpError
+
+Script = Callable[[socket.socket, bytes], bool]  # (conn, request) -> keep the connection?
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[[Script], tuple[str, list]]]:
+    """A loopback server that answers each request on a connection with `script`."""
+    listeners: list[socket.socket] = []
+
+    def start(script: Script) -> tuple[str, list]:
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(16)
+        listeners.append(ls)
+        accepted: list[socket.socket] = []
+
+        def serve_conn(conn: socket.socket) -> None:
+            buf = b""
+            with conn:
+                while True:
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        buf += data
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":")[1])
+                    while len(buf) < length:
+                        buf += conn.recv(65536)
+                    body, buf = buf[:length], buf[length:]
+                    if not script(conn, head + b"\r\n\r\n" + body):
+                        return
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = ls.accept()
+                except OSError:
+                    return
+                accepted.append(conn)
+                threading.Thread(target=serve_conn, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        return f"http://127.0.0.1:{ls.getsockname()[1]}", accepted
+
+    yield start
+    for ls in listeners:
+        ls.close()
+
+
+def reply(status: str, body: bytes, headers: str = "") -> bytes:
+    return (f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{headers}\r\n").encode() + body
+
+
+def test_sized_replies_reuse_one_connection(server):
+    seen = []
+
+    def script(conn, req):
+        seen.append(req)
+        conn.sendall(reply("200 OK", b'{"ok":true}', "Content-Type: application/json\r\n"))
+        return True
+
+    url, accepted = server(script)
+    client = Client()
+    for _ in range(3):
+        r = client.request("POST", url + "/v1/x?a=1", b'{"q":1}', {"X-Test": "yes"})
+        assert (r.status, r.read(), r.headers["content-type"]) == (
+            200, b'{"ok":true}', "application/json")
+    assert len(accepted) == 1
+    assert seen[0].startswith(b"POST /v1/x?a=1 HTTP/1.1\r\n")
+    assert b"Content-Length: 7\r\n" in seen[0] and b"X-Test: yes\r\n" in seen[0]
+    assert seen[0].endswith(b'{"q":1}')
+
+
+def test_chunked_bodies_split_anywhere_are_decoded(server):
+    payload = [b"data: one\n\n", b"data: two\n\n", b"x" * 70000]
+    wire = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in payload) + b"0\r\nT: 1\r\n\r\n"
+
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, 210, 7):  # size lines, data and CRLFs split at odd places
+            conn.sendall(wire[i:i + 7])
+            time.sleep(0.001)
+        conn.sendall(wire[210:])
+        return True
+
+    url, accepted = server(script)
+    client = Client()
+    assert client.request("GET", url + "/").read() == b"".join(payload)
+    assert client.request("GET", url + "/").read() == b"".join(payload)
+    assert len(accepted) == 1  # the trailer was consumed: the connection was reusable
+
+
+def test_stream_yields_pieces_as_they_arrive(server):
+    gate = threading.Event()
+
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        gate.wait(5)
+        conn.sendall(b"6\r\nsecond\r\n0\r\n\r\n")
+        return True
+
+    url, _ = server(script)
+    pieces = Client().request("POST", url + "/", b"{}").stream()
+    assert next(pieces) == b"first"  # before the server sends the rest
+    gate.set()
+    assert list(pieces) == [b"second"]
+
+
+def test_close_delimited_http10_reply(server):
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+        return False
+
+    url, _ = server(script)
+    assert Client().request("GET", url + "/").read() == b"until the end"
+
+
+def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(server):
+    def script(conn, req):
+        conn.sendall(reply("200 OK", b"ok"))
+        return False  # close after each reply, as a neuron whose keep-alive ran out
+
+    url, accepted = server(script)
+    client = Client()
+    assert client.request("POST", url + "/", b"{}").read() == b"ok"
+    time.sleep(0.05)  # the close reaches us; the pooled connection is now dead
+    assert client.request("POST", url + "/", b"{}").read() == b"ok"
+    assert len(accepted) == 2
+
+
+def test_timeouts_and_refusals_are_http_errors(server):
+    def script(conn, req):
+        time.sleep(1)
+        return False
+
+    url, _ = server(script)
+    with pytest.raises(HttpError, match="no reply within 0.2 s"):
+        Client(read_timeout=0.2).request("GET", url + "/")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(HttpError, match="cannot connect"):
+        Client().request("GET", f"http://127.0.0.1:{port}/")
+
+
+def test_a_reply_cut_mid_body_is_an_error_and_never_pooled(server):
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        return False
+
+    url, _ = server(script)
+    client = Client()
+    with pytest.raises(HttpError, match="closed mid-reply"):
+        client.request("GET", url + "/").read()
+    assert not any(client._idle.values())
+
+
+def test_header_values_cannot_inject_headers(server):
+    seen = []
+
+    def script(conn, req):
+        seen.append(req)
+        conn.sendall(reply("204 No Content", b""))
+        return True
+
+    url, _ = server(script)
+    r = Client().request("GET", url + "/", headers={"X-Evil": "a\r\nX-Injected: 1", "X-Ok": "b"})
+    assert r.status == 204 and r.read() == b""
+    assert b"X-Injected" not in seen[0] and b"X-Ok: b\r\n" in seen[0]
