@@ -37,6 +37,7 @@ def test_decisions(backend):
     # A toolkit without a GPU: auto stays on CPU; forced cuda builds if told the architecture.
     assert cases["auto_toolkit_without_gpu"]["backend"] == "cpu"
     assert cases["auto_toolkit_without_gpu"]["probe"]["nvcc"].endswith("/bin/nvcc")
+    assert cases["auto_toolkit_without_gpu"]["probe"]["cublas"].endswith("/libcublas.so")
     assert cases["cuda_with_architecture"]["backend"] == "cuda"
 
 
@@ -44,6 +45,8 @@ def test_forced_cuda_fails_clearly(backend):
     msg = backend["cases"]["cuda_without_toolkit"]["failed"]
     assert "no CUDA toolkit" in msg and "/usr/local/cuda/bin" in msg
     assert "cortex_neuron_cuda_home" in msg and "cortex_neuron_llama_backend to cpu" in msg
+    msg = backend["cases"]["cuda_without_cublas"]["failed"]
+    assert "has no cuBLAS (libcublas.so)" in msg and "cuda-toolkit-12-x" in msg
     msg = backend["cases"]["cuda_without_gpu"]["failed"]
     assert "no NVIDIA GPU is visible" in msg and "CMAKE_CUDA_ARCHITECTURES" in msg
 
