@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -233,14 +234,16 @@ def _account_body(data: bytes, outcome: Outcome) -> None:
 def _relay(upstream: UpstreamResponse, outcome: Outcome,
            finish: Callable[[], None]) -> Iterator[bytes]:
     """Yield the neuron's SSE bytes as they come; note usage; end with an error if cut."""
-    tail = b""
+    recent: deque[bytes] = deque(maxlen=3)  # the usage chunk comes just before [DONE]
+    edge = b""  # the last bytes seen, for a marker split across reads
     done = False
     try:
         for chunk in _raw(upstream, outcome):
             yield chunk
-            tail = (tail + chunk)[-8192:]
-            if b"data: [DONE]" in tail:
-                done = True
+            recent.append(chunk)
+            window = edge + chunk  # only new bytes are searched, not the whole stream
+            done = done or b"data: [DONE]" in window
+            edge = window[-11:]
         if not done:
             raise HttpError("the stream ended without [DONE]")
     except (HttpError, OSError) as exc:
@@ -251,7 +254,7 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
         yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
     finally:
         upstream.release() if done else upstream.close()
-        _account_stream_tail(tail, outcome)
+        _account_stream_tail(b"".join(recent)[-8192:], outcome)
         finish()
 
 
