@@ -47,9 +47,20 @@ lint: $(STAMP) collection
 pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
 
-# The collection's modules and module_utils, against real neuron/gateway apps on loopback.
+# The collection's unit tests (ansible-test units): the module_utils client's contract with the
+# real neuron and gateway apps, and the inventory plugin against them, on loopback.
 collection-test: $(STAMP) collection
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/python scripts/run_ansible_test.py units
+
+.PHONY: sanity-test integration-test
+# ansible-test sanity, offline: each test in ansible-test's own venv with its pinned tools.
+sanity-test: $(STAMP)
+	$(BIN)/python scripts/run_ansible_test.py sanity
+
+# ansible-test integration: the modules and the inventory plugin against a real neuron and
+# gateway (`neuron serve`, `cortex serve`) that scripts/run_ansible_test.py runs on loopback.
+integration-test: $(STAMP)
+	$(BIN)/python scripts/run_ansible_test.py integration
 
 # The fleet playbooks (validate, models, fleet_report) against real neurons and a gateway
 # on loopback (the inventory plugin's tests are under tests/unit, run by collection-test).
@@ -66,7 +77,8 @@ molecule-test: $(STAMP) collection
 	  PATH=$(CURDIR)/$(BIN):$$PATH MOLECULE_PROJECT_DIRECTORY=$(CURDIR) \
 	    $(BIN)/molecule test -s $$s || exit 1; done
 
-test: lint pytest collection-test playbook-test lab-test molecule-test
+test: lint pytest collection-test sanity-test integration-test playbook-test lab-test \
+	molecule-test
 
 # The main job: the lab's three systemd hosts, deployed by site.yml, answering a question.
 demo: $(STAMP) collection

@@ -8,7 +8,7 @@ name: neurons
 short_description: Neurons of a helexa.cortex fleet, from a gateway or a list of endpoints
 version_added: 0.1.0
 author:
-  - helexa.cortex maintainers
+  - helexa (@helexa)
 description:
   - Builds an inventory of neuron agents from live data. The neurons are read from a
     gateway's C(/admin/nodes) (O(gateway_url)) or from a list of endpoints (O(neurons)).

@@ -48,6 +48,8 @@ options:
       - The quantisation to load (for a repository or folder with several GGUF files), for
         example V(Q8_0).
       - When the model is already loaded with another quant, it is unloaded and loaded again.
+        When that load fails (the neuron's preflight rejects the quant, for example), the model
+        is loaded again as it was and the task fails (see RV(restored)).
     type: str
   harness:
     description:
@@ -139,6 +141,12 @@ body:
   description: The neuron's error body.
   returned: failure
   type: raw
+restored:
+  description: After a failed reload (another quant, harness or devices), whether the model was
+    loaded again as it was before the task.
+  returned: failure, when a reload failed
+  type: bool
+  sample: true
 """
 
 import time
@@ -183,6 +191,17 @@ def _wait_settled(client, name, timeout):
         if not entry or entry.get("status") != "loading" or time.time() >= deadline:
             return models
         time.sleep(0.5)
+
+
+def _restore(client, entry, timeout):
+    """Load ``entry`` (a /models entry) again as it was; return whether that worked."""
+    try:
+        client.load(entry["id"], quant=entry.get("quant") or None,
+                    harness=entry.get("harness") or None,
+                    devices=entry.get("devices") or None, timeout=timeout)
+    except CortexApiError:
+        return False
+    return True
 
 
 def main():
@@ -240,6 +259,8 @@ def main():
                 except CortexApiError as exc:
                     # wait=false: a load still running when the short call times out is fine.
                     if p["wait"] or exc.status is not None:
+                        if reload_reason:
+                            result["restored"] = _restore(client, entry, p["timeout"])
                         raise
             else:
                 client.unload(name, timeout=p["timeout"])

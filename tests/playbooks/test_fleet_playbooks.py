@@ -119,7 +119,7 @@ def test_fleet_report_from_the_inventory_plugin(fleet, tmp_path):
     node = gwstate.fleet.nodes["neuron-a"]
     wait_for(lambda: getattr(node.models.get("file:tiny-hello"), "status", "") == "loaded",
              what="the gateway to see the model loaded")
-    for _ in range(2):
+    for _request in range(2):
         r = requests.post(fleet["gw"].url + "/v1/chat/completions", timeout=120,
                           headers={"Authorization": f"Bearer {ADMIN_KEY}"},
                           json={"model": "file:tiny-hello", "max_tokens": 8,

@@ -1,12 +1,11 @@
-"""Fixtures: a real neuron (and gateway) on 127.0.0.1 over tiny GGUF models, and a runner for
-ansible / ansible-playbook against localhost pointed at them.
+"""Fixtures: a real neuron (and gateway) on 127.0.0.1 over tiny GGUF models.
 
-Needs the repo's .venv (the agents package ``cortex``) and ``make collection``.
+Needs the repo's .venv (the agents package ``cortex``). Run by ``make collection-test``
+(ansible-test units, from the staged collection) or plainly: ``pytest tests/unit``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,9 +19,12 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".cache" / "collections"
-if not (COLLECTIONS / "ansible_collections" / "helexa" / "cortex").exists():
-    subprocess.run(["make", "-s", "collection"], cwd=REPO, check=True)
+if REPO.parent.parent.name == "ansible_collections":
+    COLLECTIONS = REPO.parents[2]  # ansible-test's staged copy: a real collection tree
+else:
+    COLLECTIONS = REPO / ".cache" / "collections"  # a checkout: `make collection` links it
+    if not (COLLECTIONS / "ansible_collections" / "helexa" / "cortex").exists():
+        subprocess.run(["make", "-s", "collection"], cwd=REPO, check=True)
 sys.path.insert(0, str(COLLECTIONS))
 
 cortex = pytest.importorskip("cortex", reason="the agents package (make venv) is not installed")
@@ -97,65 +99,3 @@ def gateway(neuron, tmp_path):
     s.token = ADMIN
     yield s
     s.close()
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
-        ANSIBLE_CALLBACK_PLUGINS=str(Path(__file__).parent / "callback"),
-        ANSIBLE_STDOUT_CALLBACK="cortex_test_json",
-        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-        PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-    )
-    return env
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
-
-def _results(proc) -> list[dict]:
-    """Every task result (in order) from the json callback's output."""
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith('{"results"'):
-            return [dict(r["result"], _task=r["task"]) for r in json.loads(line)["results"]]
-    raise AssertionError(f"no JSON from ansible:\n{proc.stdout}\n{proc.stderr}")
-
-
-@pytest.fixture
-def playbook(tmp_path):
-    """Run a playbook (a list of tasks as YAML text) on localhost; return the task results."""
-
-    def run(tasks: str, *args: str, vars: dict | None = None, rc: int | None = 0):
-        pb = tmp_path / "pb.yml"
-        pb.write_text("- hosts: localhost\n  connection: local\n  gather_facts: false\n"
-                      "  tasks:\n" + "\n".join("    " + line for line in tasks.splitlines())
-                      + "\n")
-        cmd = [_bin("ansible-playbook"), "-i", "localhost,", str(pb),
-               "-e", f"ansible_python_interpreter={sys.executable}",
-               "-e", json.dumps(vars or {}), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
-        if rc is not None:
-            assert proc.returncode == rc, proc.stdout + proc.stderr
-        return _results(proc)
-
-    return run
-
-
-@pytest.fixture
-def adhoc():
-    """Run ``ansible localhost -m MODULE -a ARGS``; return (rc, result)."""
-
-    def run(module: str, args: str, *extra: str):
-        cmd = [_bin("ansible"), "localhost", "-i", "localhost,", "-c", "local",
-               "-e", f"ansible_python_interpreter={sys.executable}", "-m", module, "-a", args,
-               *extra]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
-        return proc.returncode, _results(proc)[0]
-
-    return run
