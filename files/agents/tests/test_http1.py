@@ -150,7 +150,7 @@ def test_timeouts_and_refusals_are_http_errors(server):
         return False
 
     url, _ = server(script)
-    with pytest.raises(HttpError, match="no reply within 0.2 s"):
+    with pytest.raises(HttpError, match=r"no reply within 0\.2 s"):
         Client(read_timeout=0.2).request("GET", url + "/")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
