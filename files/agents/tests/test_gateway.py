@@ -30,7 +30,9 @@ def loads_on(neuron) -> int:
 
 @pytest.fixture
 def two(neuron_factory):
-    return {"n1": neuron_factory(), "n2": neuron_factory()}
+    # The same fixed memory on both (not this machine's MemAvailable, which moves between
+    # polls), so placement ties really tie and go by node name.
+    return {"n1": neuron_factory(cpu_memory_mb=4096), "n2": neuron_factory(cpu_memory_mb=4096)}
 
 
 def test_cold_load_then_answer_with_the_openai_client(two, gateway_factory):
