@@ -69,6 +69,23 @@ def test_gunicorn_gevent_gateway_end_to_end(served_gateway):
     assert 'cortex_node_up{node="n1"} 1.0' in text
 
 
+def test_replies_with_and_without_a_body_on_one_keep_alive_connection(served_gateway):
+    # The gateway's worker sends a reply's head with its body; bodiless replies (HEAD, a
+    # 404 error, a stream's chunked end) must still be whole and keep the connection usable.
+    base, _, _ = served_gateway
+    s = requests.Session()
+    assert s.head(base + "/health", timeout=10).status_code == 200
+    assert s.get(base + "/health", timeout=10).json()["nodes"]["healthy"] == 1
+    assert s.get(base + "/nowhere", timeout=10).json()["error"]["code"] == "not_found"
+    body = {"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}],
+            "stream": True}
+    with s.post(base + "/v1/chat/completions", json=body, stream=True, timeout=60) as r:
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        assert r.text.rstrip().endswith("data: [DONE]")
+    r = s.post(base + "/v1/chat/completions", json=dict(body, stream=False), timeout=60)
+    assert r.json()["choices"][0]["message"]["content"] == script_text(SCRIPT_HELLO)
+
+
 def test_cortex_cli_status_models_drain(served_gateway):
     base, _, _ = served_gateway
     requests.post(base + "/v1/chat/completions", timeout=30, json={

@@ -63,7 +63,7 @@ def serve(config_path: str) -> None:
     Server(factory, {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": g.workers,
-        "worker_class": "gevent",
+        "worker_class": "cortex.gateway.worker.GatewayWorker",  # gevent, one write a reply
         "worker_connections": g.worker_connections,
         "timeout": 60,
         "graceful_timeout": 30,
