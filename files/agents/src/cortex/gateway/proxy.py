@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +91,7 @@ class Reply:
 
     status: int
     headers: dict[str, str]
-    body: bytes | Iterator[bytes]
+    body: bytes | Iterable[bytes]
 
 
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
@@ -100,20 +100,42 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
     """Relay `body` to a neuron and its answer back unchanged, streaming or not."""
     ex = open_exchange(gw, path, body, principal, client_headers, started=started,
                        on_done=on_done)
+    node = {"X-Cortex-Node": ex.target.node.name}
     if body.get("stream") is True and ex.response.status == 200:
-        reply = Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
-                      _relay(ex.response, ex.outcome, ex.finish))
         # Of a stream, what the gateway adds is the work before the neuron gets the request.
         gw.metrics.overhead_of(path).observe(ex.outcome.extra["sent_s"])
-    else:
-        data = read_body(ex)
-        reply = Reply(ex.response.status, _pass_back(ex.response), data)
-        overhead = max((time.monotonic() - started) - _upstream_seconds(ex.outcome), 0.0)
+        return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
+                     _relay(ex.response, ex.outcome, ex.finish))
+    data = fetch_body(ex)
+    # The gateway's own time: before the request went out, and since the reply came in.
+    overhead = ex.outcome.extra["sent_s"] + time.monotonic() - ex.outcome.first_chunk_at
+
+    def account() -> None:  # once the reply is on the wire: off the client's clock
         gw.metrics.overhead_of(path).observe(overhead)
-        reply.headers["Content-Length"] = str(len(data))
-        reply.headers["X-Cortex-Overhead-Ms"] = f"{overhead * 1000:.2f}"
-    reply.headers["X-Cortex-Node"] = ex.target.node.name
-    return reply
+        _account(ex, data)
+
+    return Reply(ex.response.status, {**_pass_back(ex.response), **node,
+                                      "Content-Length": str(len(data)),
+                                      "X-Cortex-Overhead-Ms": f"{overhead * 1000:.2f}"},
+                 ThenRun(data, account))
+
+
+class ThenRun:
+    """A one-piece WSGI body that runs `after` when the server closes it, once sent."""
+
+    def __init__(self, data: bytes, after: Callable[[], None]) -> None:
+        self.data, self.after = data, after
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter((self.data,))
+
+    def close(self) -> None:
+        after, self.after = self.after, None
+        if after is not None:
+            try:
+                after()
+            except Exception:  # the reply is out; bookkeeping must not break the worker
+                log.exception("accounting for a finished request failed")
 
 
 def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
@@ -132,9 +154,9 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
     headers["Content-Type"] = "application/json"
     headers["X-Helexa-Routed"] = "1"
     tried: set[str] = set()
-    sent_s = time.monotonic() - started
     while True:
         payload = json.dumps(dict(body, model=target.model_id)).encode()
+        sent_at = time.monotonic()
         try:
             upstream = gw.upstream.open("POST", f"{target.node.endpoint}{path}", payload,
                                         headers)
@@ -165,13 +187,20 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
             raise ApiError(f"could not reach a neuron for {name}: {failure}", status=502,
                            code="upstream_connection_error", type="api_error") from None
     gw.metrics.target(target.public_id, target.node.name).requests.inc()
-    outcome = Outcome(status=upstream.status, extra={"sent_s": sent_s})
+    outcome = Outcome(status=upstream.status, extra={"sent_s": sent_at - started})
     return Exchange(target, upstream, outcome,
                     _finisher(gw, target, principal, outcome, started, on_done))
 
 
 def read_body(ex: Exchange) -> bytes:
     """The whole (non-streaming) answer; accounts for it."""
+    data = fetch_body(ex)
+    _account(ex, data)
+    return data
+
+
+def fetch_body(ex: Exchange) -> bytes:
+    """The whole (non-streaming) answer, not yet accounted for (but for a broken one)."""
     try:
         data = ex.response.read()  # the body, read now or earlier (_error_code)
     except HttpError as exc:
@@ -180,9 +209,12 @@ def read_body(ex: Exchange) -> bytes:
         raise ApiError(f"the neuron's reply broke off: {exc}", status=502, type="api_error",
                        code="upstream_read_error") from None
     ex.outcome.first_chunk_at = time.monotonic()
+    return data
+
+
+def _account(ex: Exchange, data: bytes) -> None:
     _account_body(data, ex.outcome)
     ex.finish()
-    return data
 
 
 def _error_code(upstream: UpstreamResponse) -> str:
@@ -209,10 +241,6 @@ def _pass_back(upstream: UpstreamResponse) -> dict[str, str]:
             if name.lower() in upstream.headers}
 
 
-def _upstream_seconds(outcome: Outcome) -> float:
-    return outcome.extra.get("upstream_s", 0.0)
-
-
 def _account_body(data: bytes, outcome: Outcome) -> None:
     try:
         body = json.loads(data)
@@ -222,10 +250,6 @@ def _account_body(data: bytes, outcome: Outcome) -> None:
     if usage:
         outcome.prompt_tokens = usage.get("prompt_tokens", 0)
         outcome.completion_tokens = usage.get("completion_tokens", 0)
-    timing = body.get("helexa_timing") if isinstance(body, dict) else None
-    if timing:
-        outcome.extra["upstream_s"] = (timing.get("prefill_ms", 0) + timing.get("decode_ms", 0)
-                                       + timing.get("queue_ms", 0)) / 1000
     if isinstance(body, dict) and "error" in body:
         err = body["error"]
         outcome.code = err.get("code") or err.get("kind") or "upstream_error"
