@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 # Never forwarded either way (RFC 9110 7.6.1), nor what we set ourselves.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "content-length", "host",
-              "authorization", "x-api-key", "x-helexa-account-id", "x-helexa-key-id"}
+              "authorization", "x-api-key", "x-helexa-account-id", "x-helexa-key-id",
+              "x-helexa-routed"}
 PASS_BACK = ("Content-Type", "Retry-After")
 RETRY_CODES = {"node_drained", "shutting_down"}
 
