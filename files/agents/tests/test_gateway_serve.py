@@ -74,9 +74,12 @@ def test_replies_with_and_without_a_body_on_one_keep_alive_connection(served_gat
     # 404 error, a stream's chunked end) must still be whole and keep the connection usable.
     base, _, _ = served_gateway
     s = requests.Session()
-    assert s.head(base + "/health", timeout=10).status_code == 200
+    head = s.head(base + "/health", timeout=10)
+    assert head.status_code == 200 and head.headers["Connection"] == "keep-alive"
     assert s.get(base + "/health", timeout=10).json()["nodes"]["healthy"] == 1
-    assert s.get(base + "/nowhere", timeout=10).json()["error"]["code"] == "not_found"
+    missing = s.get(base + "/nowhere", timeout=10)
+    assert missing.json()["error"]["code"] == "not_found"
+    assert missing.headers["Connection"] == "keep-alive"
     body = {"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}],
             "stream": True}
     with s.post(base + "/v1/chat/completions", json=body, stream=True, timeout=60) as r:

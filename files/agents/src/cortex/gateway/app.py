@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import cortex
 from cortex.core.errors import NotFound
 from cortex.core.http import install_error_handlers, json_body, json_response
-from cortex.gateway import hotpath
+from cortex.gateway import hotpath  # serves /v1/chat/completions and /v1/completions
 from cortex.gateway.anthropic.routes import bp as anthropic_bp
 from cortex.gateway.auth import Auth
 from cortex.gateway.catalogue import Catalogue
@@ -141,22 +140,6 @@ def models() -> Any:
     gw = _gw()
     gw.auth.authenticate()
     return json_response({"object": "list", "data": gw.catalogue.listing(gw.fleet, gw.router)})
-
-
-def _openai(path: str) -> Any:
-    # Served by the HotPath layer in front of Flask; here only for a bare Flask app.
-    reply = hotpath.handle(_gw(), path, request.environ, time.monotonic())
-    return Response(reply.body, status=reply.status, headers=reply.headers)
-
-
-@bp.post("/v1/chat/completions")
-def chat_completions() -> Any:
-    return _openai("/v1/chat/completions")
-
-
-@bp.post("/v1/completions")
-def completions() -> Any:
-    return _openai("/v1/completions")
 
 
 # -- admin -------------------------------------------------------------------------------

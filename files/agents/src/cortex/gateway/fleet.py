@@ -131,11 +131,10 @@ class Fleet:
             return
         self.apply(node, health, models, seq)
 
-    def apply(self, node: Node, health: dict, models: list, seq: int = 0) -> None:
-        if seq:
-            if seq < node.applied_poll:
-                return  # older than what the node already shows
-            node.applied_poll = seq
+    def apply(self, node: Node, health: dict, models: list, seq: int) -> None:
+        if seq < node.applied_poll:
+            return  # older than what the node already shows
+        node.applied_poll = seq
         if not node.healthy and node.polled:
             log.info("neuron %s is healthy", node.name)
         live = {m["id"]: m for m in health.get("models", [])}

@@ -59,17 +59,22 @@ def read_json(environ: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 class HotPath:
-    """WSGI middleware: the hot routes here, the rest to `app` (the Flask wsgi_app)."""
+    """WSGI middleware: the hot routes here (any method), the rest to `app` (Flask's)."""
 
     def __init__(self, gw: Gateway, app: Callable[..., Iterable[bytes]]) -> None:
         self.gw, self.app = gw, app
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
-        if path not in HOT or environ.get("REQUEST_METHOD") != "POST":
+        if path not in HOT:
             return self.app(environ, start_response)
         started = time.monotonic()
+        method = environ.get("REQUEST_METHOD", "")
         try:
+            if method != "POST":
+                raise ApiError(f"Method Not Allowed: {method} {path}; use POST",
+                               code="method_not_allowed", status=405,
+                               type="invalid_request_error")
             reply = handle(self.gw, path, environ, started)
         except ApiError as exc:
             reply = error_reply(exc)

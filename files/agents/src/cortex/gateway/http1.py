@@ -342,4 +342,4 @@ def _nothing_came(conn: Connection, exc: BaseException) -> bool:
         return False
     if isinstance(exc, TimeoutError | socket.timeout):
         return False  # it may be working on it: do not send the request twice
-    return isinstance(exc, ConnectionError | BrokenPipeError | HttpError)
+    return isinstance(exc, ConnectionError | HttpError)  # reset, broken pipe, EOF
