@@ -109,26 +109,9 @@ from ansible_collections.helexa.cortex.plugins.module_utils._api import (
 )
 
 
-# How long to wait for the gateway's node list to show a drain or undrain this task made.
-SETTLE_SECONDS = 15
-
-
 def _busy(node):
     return sum(int(m.get("in_flight") or 0) + int(m.get("queue_depth") or 0)
                for m in node.get("models") or [])
-
-
-def _settled(client, name, drained, node):
-    """The node as the gateway lists it once that list shows the drain state ``drained``.
-
-    A gateway worker learns a node's drain state from its own polls of the neuron, so for up to
-    one poll interval after a drain another worker may still list the old state.
-    """
-    deadline = time.time() + SETTLE_SECONDS
-    while bool(node.get("drained")) != drained and time.time() < deadline:
-        time.sleep(0.2)
-        node = client.node(name) or node
-    return node
 
 
 def main():
@@ -153,8 +136,7 @@ def main():
         if result["changed"] and not module.check_mode:
             reply = client.drain(name) if want else client.undrain(name)
             result["in_flight"] = int(reply.get("in_flight") or 0)
-            node = _settled(client, name, bool(reply.get("drained", want)),
-                            client.node(name) or node)
+            node = client.node(name) or node  # the gateway reads the neurons afresh
         if want and p["wait"] and not module.check_mode:
             started = time.time()
             while _busy(node) > 0:

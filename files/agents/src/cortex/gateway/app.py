@@ -147,6 +147,9 @@ def models() -> Any:
 def admin_nodes() -> Any:
     gw = _gw()
     gw.auth.require_admin()
+    # Read the neurons now: another worker's drain, or a request that just ended, must show
+    # at once to the operator (the modules wait on these states); admin reads are rare.
+    gw.fleet.poll_all()
     return json_response({"nodes": [n.summary() for n in gw.fleet.nodes.values()],
                           "health": gw.health()})
 
