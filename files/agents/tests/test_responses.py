@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -208,6 +209,54 @@ def test_thinking_effort_reaches_the_chat_template(neuron_factory, gateway_facto
     assert r.output_text == HELLO and [o.type for o in r.output] == ["message"]
 
 
+def test_input_tokens_is_the_neurons_count(client, neuron):
+    body = {"model": "tiny-agent", "instructions": "Be brief.", "tools": [SPAWN],
+            "input": "Lint the repo with a sub-agent."}
+    counted = client.responses.input_tokens.count(**body)
+    assert counted.object == "response.input_tokens"
+    assert counted.input_tokens == neuron_count(neuron, body) > 100  # the tools are in it
+    assert client.responses.create(**body).usage.input_tokens == counted.input_tokens
+
+
+class Tap:
+    """A real neuron app that also keeps the chat bodies it was sent."""
+
+    def __init__(self, app) -> None:
+        self.app, self.extensions, self.bodies = app, app.extensions, []
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/v1/chat/completions":
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            self.bodies.append(json.loads(raw))
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
+        return self.app(environ, start_response)
+
+
+def test_structured_output_reaches_the_neuron(agent_dir, tmp_path, gateway_factory):
+    from conftest import Served
+    from cortex.neuron.app import create_app
+    from cortex.neuron.config import NeuronConfig
+
+    tap = Tap(create_app(NeuronConfig(models_dir=str(agent_dir), n_threads=2,
+                                      cache_dir=str(tmp_path / "cache"))))
+    served = Served(tap)
+    try:
+        gw = gateway_factory({"n1": served}, [ModelEntry(id="tiny-hello")])
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        schema = {"type": "object", "properties": {"city": {"type": "string"}},
+                  "required": ["city"], "additionalProperties": False}
+        client.responses.create(model="tiny-hello", input="Where?", text={"format": {
+            "type": "json_schema", "name": "place", "schema": schema, "strict": True}})
+        client.responses.create(model="tiny-hello", input="Where?",
+                                text={"format": {"type": "json_object"}})
+    finally:
+        served.close()
+    assert [b.get("response_format") for b in tap.bodies] == [
+        {"type": "json_schema", "json_schema": {"name": "place", "schema": schema,
+                                                "strict": True}},
+        {"type": "json_object"}]
+
+
 # -- tools -------------------------------------------------------------------------------
 def test_function_call_round_trip(client):
     ask = [{"role": "user", "content": "Lint the repo with a sub-agent."}]
@@ -279,6 +328,11 @@ def test_invalid_requests_are_400(client):
     with pytest.raises(openai.BadRequestError) as exc:  # the neuron's 422 is a 400 here
         client.responses.create(model="tiny-hello", input="Hi", temperature=7)
     assert error_of(exc.value)["param"] == "temperature"
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}
+    with pytest.raises(openai.BadRequestError) as exc:  # translated, then refused: text only
+        client.responses.create(model="tiny-hello", input=[{"role": "user", "content": [
+            {"type": "input_text", "text": "What is it?"}, image]}])
+    assert "text only" in error_of(exc.value)["message"]
     with pytest.raises(openai.BadRequestError) as exc:  # not JSON
         client.post("/responses", cast_to=object, body="nope",
                     options={"headers": {"Content-Type": "text/plain"}})

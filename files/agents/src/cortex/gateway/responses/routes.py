@@ -20,7 +20,7 @@ from cortex.core.http import SSE_HEADERS, json_body, json_response, too_large
 from cortex.gateway import proxy
 from cortex.gateway.responses import errors, translate
 from cortex.gateway.responses.stream import Converter
-from cortex.gateway.upstream import neuron_error
+from cortex.gateway.upstream import UpstreamError, neuron_error
 
 log = logging.getLogger(__name__)
 bp = Blueprint("responses", __name__)
@@ -67,6 +67,24 @@ def create() -> Any:
         return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS | node)
     reply = json.loads(proxy.read_body(ex))
     return json_response(translate.to_response(reply, plan), headers=node)
+
+
+@bp.post("/v1/responses/input_tokens")
+def input_tokens() -> Any:
+    """The prompt's size by the neuron's own template and tokenizer (`POST /tokenize`)."""
+    gw = current_app.extensions["gateway"]
+    gw.auth.authenticate()
+    chat = translate.to_chat(json_body()).chat
+    target = gw.router.route(chat["model"])  # the model's own tokenizer lives on its node
+    url = f"{target.node.endpoint}/tokenize"
+    try:
+        status, reply = gw.upstream.post_json(url, dict(chat, model=target.model_id), read=60)
+    except UpstreamError as exc:
+        raise ApiError(f"could not reach {target.node.name} to count tokens: {exc}",
+                       code="upstream_connection_error", status=502) from None
+    if status != 200:
+        raise neuron_error(status, reply, target.node.name)
+    return json_response({"object": "response.input_tokens", "input_tokens": reply["tokens"]})
 
 
 @bp.route("/v1/responses/<response_id>", methods=["GET", "DELETE"])

@@ -50,8 +50,12 @@ class Converter:
 
     def events(self, chunks: Iterator[dict[str, Any] | None]) -> Iterator[bytes]:
         """SSE bytes for the upstream chunks (None among them means keep-alive)."""
-        for event in self.dicts(chunks):
-            yield KEEPALIVE if event is None else sse(event)
+        events = self.dicts(chunks)
+        try:
+            for event in events:
+                yield KEEPALIVE if event is None else sse(event)
+        finally:
+            events.close()  # now, not when collected: it frees the neuron's slot
 
     def dicts(self, chunks: Iterator[dict[str, Any] | None]
               ) -> Iterator[dict[str, Any] | None]:
