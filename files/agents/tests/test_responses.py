@@ -14,7 +14,7 @@ import requests
 
 from conftest import free_port
 from cortex.gateway.config import EntitlementsSection, KeyEntry, Limit, ModelEntry, Window
-from cortex.gateway.responses import translate
+from cortex.gateway.responses import reply, translate
 from cortex.testing.tiny_gguf import EOS, SCRIPT_HELLO, build_tiny_gguf, script_text
 
 HELLO = script_text(SCRIPT_HELLO)
@@ -422,7 +422,7 @@ def test_unexpected_failure_is_500(client, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(translate, "to_response", broken)
+    monkeypatch.setattr(reply, "to_response", broken)
     with pytest.raises(openai.InternalServerError) as exc:
         client.responses.create(model="tiny-hello", input="Hi")
     assert exc.value.status_code == 500

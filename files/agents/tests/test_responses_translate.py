@@ -13,7 +13,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from cortex.core.errors import ApiError, BadRequest
-from cortex.gateway.responses import errors, translate
+from cortex.gateway.responses import errors, reply, translate
 from cortex.gateway.responses.stream import KEEPALIVE, Converter
 
 # What Codex CLI 0.171 sent (`codex exec`), recorded as is.
@@ -222,15 +222,14 @@ def completion(message: dict, finish: str = "stop", cached: int = 3) -> dict:
 
 def test_reply_with_reasoning_text_and_calls():
     plan = plan_for(tools=[WEATHER, SPAWN])
-    reply = completion({"role": "assistant", "content": "On it.\n\n", "reasoning_content": "Hmm",
-                        "tool_calls": [
-                            {"id": "call_a", "type": "function", "function": {
+    done = completion({"role": "assistant", "content": "On it.\n\n", "reasoning_content": "Hmm",
+                       "tool_calls": [
+                           {"id": "call_a", "type": "function", "function": {
                                 "name": "get_weather", "arguments": '{"city":"Paris"}'}},
                             {"id": "call_b", "type": "function", "function": {
                                 "name": "agents__spawn", "arguments": {"task": "x"}}}]},
                        finish="tool_calls")
-    r = translate.to_response(reply, plan)
-    parsed = Response.model_validate(r)  # the SDK's own type, strictly
+    parsed = Response.model_validate(reply.to_response(done, plan))  # the SDK's type, strictly
     assert parsed.id.startswith("resp_") and parsed.object == "response"
     assert (parsed.status, parsed.model, parsed.store) == ("completed", "pub", False)
     assert [o.type for o in parsed.output] == ["reasoning", "message", "function_call",
@@ -248,7 +247,7 @@ def test_reply_with_reasoning_text_and_calls():
 
 
 def test_reply_cut_at_max_tokens_is_incomplete():
-    r = translate.to_response(completion({"role": "assistant", "content": "la di"}, "length"),
+    r = reply.to_response(completion({"role": "assistant", "content": "la di"}, "length"),
                               plan_for(max_output_tokens=2))
     parsed = Response.model_validate(r)
     assert parsed.status == "incomplete"
@@ -329,7 +328,7 @@ def test_stream_reasoning_and_calls_neuron_and_fragment_shapes():
     assert arg_deltas == ['{"task"', ': "x"}']
     assert events[-1]["response"]["output"] == items
     # the same reply, whole, makes the same items
-    whole = translate.to_response(completion({
+    whole = reply.to_response(completion({
         "role": "assistant", "content": "\n\nOn it.\n", "reasoning_content": "Thinking",
         "tool_calls": [
             {"id": "call_a", "function": {"name": "get_weather",
@@ -440,7 +439,7 @@ def test_stream_and_whole_reply_agree(thinking, text, tool_calls, finish):
         message["reasoning_content"] = "".join(thinking)
     if whole_calls:
         message["tool_calls"] = whole_calls
-    whole = translate.to_response(completion(message, finish_reason), plan)
+    whole = reply.to_response(completion(message, finish_reason), plan)
     got = strip_ids(events[-1]["response"]["output"])
     want = strip_ids(whole["output"])
     for item in want:  # an empty call streams as "{}", as a call's arguments must be JSON

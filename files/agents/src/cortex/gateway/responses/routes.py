@@ -1,6 +1,6 @@
 """`POST /v1/responses`: the Responses API, stateless, relayed as a chat completion.
 
-The web layer only: translation lives in `translate` and `stream`, pure functions of data.
+The web layer only: the translation (`translate`, `reply`, `stream`) is pure functions of data.
 Auth is a Bearer token (what the OpenAI SDK and Codex send). Every error on these routes
 leaves in OpenAI's envelope, and once a stream has begun, as `response.failed`.
 """
@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from cortex.core.errors import ApiError, NotFound
 from cortex.core.http import SSE_HEADERS, json_body, json_response, too_large
 from cortex.gateway import proxy
-from cortex.gateway.responses import errors, translate
+from cortex.gateway.responses import errors, reply, translate
 from cortex.gateway.responses.stream import Converter
 from cortex.gateway.upstream import UpstreamError, neuron_error
 
@@ -65,8 +65,8 @@ def create() -> Any:
     if plan.stream:
         events = Converter(plan).events(proxy.iter_chunks(ex))
         return Response(events, mimetype="text/event-stream", headers=SSE_HEADERS | node)
-    reply = json.loads(proxy.read_body(ex))
-    return json_response(translate.to_response(reply, plan), headers=node)
+    completion = json.loads(proxy.read_body(ex))
+    return json_response(reply.to_response(completion, plan), headers=node)
 
 
 @bp.post("/v1/responses/input_tokens")
@@ -78,13 +78,15 @@ def input_tokens() -> Any:
     target = gw.router.route(chat["model"])  # the model's own tokenizer lives on its node
     url = f"{target.node.endpoint}/tokenize"
     try:
-        status, reply = gw.upstream.post_json(url, dict(chat, model=target.model_id), read=60)
+        status, counted = gw.upstream.post_json(url, dict(chat, model=target.model_id),
+                                                read=60)
     except UpstreamError as exc:
         raise ApiError(f"could not reach {target.node.name} to count tokens: {exc}",
                        code="upstream_connection_error", status=502) from None
     if status != 200:
-        raise neuron_error(status, reply, target.node.name)
-    return json_response({"object": "response.input_tokens", "input_tokens": reply["tokens"]})
+        raise neuron_error(status, counted, target.node.name)
+    return json_response({"object": "response.input_tokens",
+                          "input_tokens": counted["tokens"]})
 
 
 @bp.route("/v1/responses/<response_id>", methods=["GET", "DELETE"])

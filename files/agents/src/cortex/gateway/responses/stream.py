@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cortex.core.errors import ApiError
-from cortex.gateway.responses import errors, translate
+from cortex.gateway.responses import errors, reply
 from cortex.gateway.responses.translate import Plan
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ class Converter:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.response = translate.shell(plan, translate.new_id("resp"), int(time.time()),
-                                        "in_progress")
+        self.response = reply.shell(plan, reply.new_id("resp"), int(time.time()), "in_progress")
         self.seq = -1
         self.output: list[dict[str, Any]] = []  # the items done so far
         self.item: dict[str, Any] | None = None  # the open item
@@ -107,8 +106,8 @@ class Converter:
             yield self._text_delta(self.held)  # the answer's own end, e.g. before a stop
         yield from self._close("incomplete" if cut else "completed")
         response = dict(self.response, output=list(self.output),
-                        usage=translate.usage(self.usage))
-        translate.finish(response, self.finish)
+                        usage=reply.usage(self.usage))
+        reply.finish(response, self.finish)
         kind = "response.incomplete" if response["status"] == "incomplete" else \
             "response.completed"
         yield self._event(kind, response=response)
@@ -119,14 +118,13 @@ class Converter:
             output.append(self._whole("incomplete"))
         response = dict(self.response, status="failed", output=output,
                         error=errors.failure(exc),
-                        usage=translate.usage(self.usage) if self.usage else None)
+                        usage=reply.usage(self.usage) if self.usage else None)
         return self._event("response.failed", response=response)
 
     # -- items ---------------------------------------------------------------------------
     def _reasoning(self, text: str) -> Iterator[dict[str, Any]]:
         if self.item is None or self.item["type"] != "reasoning":
-            yield from self._open(translate.reasoning_item(translate.new_id("rs"), "",
-                                                           "in_progress"))
+            yield from self._open(reply.reasoning_item(reply.new_id("rs"), "", "in_progress"))
             yield self._part("response.content_part.added",
                              {"type": "reasoning_text", "text": ""})
         self.text += text
@@ -142,9 +140,8 @@ class Converter:
             self.held = text
             return
         if self.item is None or self.item["type"] != "message":
-            yield from self._open(translate.message_item(translate.new_id("msg"), None,
-                                                         "in_progress"))
-            yield self._part("response.content_part.added", translate.text_part(""))
+            yield from self._open(reply.message_item(reply.new_id("msg"), None, "in_progress"))
+            yield self._part("response.content_part.added", reply.text_part(""))
         self.held = text[len(body):]
         yield self._text_delta(body)
 
@@ -158,15 +155,14 @@ class Converter:
         fn = call.get("function") or {}
         if at not in self.calls or (call.get("id") and self.item is not None
                                     and self.item.get("call_id") != call["id"]):
-            item = translate.call_item(translate.new_id("fc"),
-                                       call.get("id") or translate.new_id("call"),
-                                       fn.get("name", ""), "", self.plan.names, "in_progress")
+            item = reply.call_item(reply.new_id("fc"), call.get("id") or reply.new_id("call"),
+                                   fn.get("name", ""), "", self.plan.names, "in_progress")
             yield from self._open(item)
             self.calls[at] = item["id"]
         args = fn.get("arguments")
         if args is None or args == "":
             return
-        args = translate.arguments_text(args)
+        args = reply.arguments_text(args)
         if self.item is not None and self.item["id"] == self.calls[at]:
             self.text += args
             yield self._event("response.function_call_arguments.delta", **self._at(),
@@ -206,9 +202,9 @@ class Converter:
         """The open item as it stands, complete with its text."""
         item = self.item or {}
         if item["type"] == "message":
-            return translate.message_item(item["id"], self.text, status)
+            return reply.message_item(item["id"], self.text, status)
         if item["type"] == "reasoning":
-            whole = translate.reasoning_item(item["id"], self.text, status)
+            whole = reply.reasoning_item(item["id"], self.text, status)
             whole["content"] = [{"type": "reasoning_text", "text": self.text}]
             return whole
         return dict(item, arguments=self.text or "{}", status=status)
