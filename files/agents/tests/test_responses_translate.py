@@ -225,9 +225,9 @@ def test_reply_with_reasoning_text_and_calls():
     done = completion({"role": "assistant", "content": "On it.\n\n", "reasoning_content": "Hmm",
                        "tool_calls": [
                            {"id": "call_a", "type": "function", "function": {
-                                "name": "get_weather", "arguments": '{"city":"Paris"}'}},
-                            {"id": "call_b", "type": "function", "function": {
-                                "name": "agents__spawn", "arguments": {"task": "x"}}}]},
+                               "name": "get_weather", "arguments": '{"city":"Paris"}'}},
+                           {"id": "call_b", "type": "function", "function": {
+                               "name": "agents__spawn", "arguments": {"task": "x"}}}]},
                        finish="tool_calls")
     parsed = Response.model_validate(reply.to_response(done, plan))  # the SDK's type, strictly
     assert parsed.id.startswith("resp_") and parsed.object == "response"
