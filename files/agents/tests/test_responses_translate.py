@@ -479,3 +479,69 @@ def test_any_body_is_translated_or_refused_by_field(body):
         return
     assert plan.chat["messages"] and isinstance(plan.chat["model"], str)
     json.dumps(plan.chat)
+
+
+words = st.text(alphabet=st.sampled_from("ab c\n"), min_size=1, max_size=8)
+
+
+@st.composite
+def conversations(draw) -> list[dict]:
+    """A history as Codex sends it: user turns; model turns of reasoning, words and calls,
+    each call answered by its output before the next user turn."""
+    items: list[dict] = []
+    for n in range(draw(st.integers(1, 4))):
+        items.append({"type": "message", "role": draw(st.sampled_from(["user", "developer"])),
+                      "content": [{"type": "input_text", "text": draw(words)}]})
+        if draw(st.booleans()):
+            items.append({"type": "reasoning", "id": f"rs_{n}", "summary": [],
+                          "content": [{"type": "reasoning_text", "text": draw(words)}]})
+        if draw(st.booleans()):
+            items.append({"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": draw(words), "annotations": []}]})
+        calls = [f"call_{n}_{k}" for k in range(draw(st.integers(0, 2)))]
+        for call in calls:
+            items.append({"type": "function_call", "call_id": call, "name": "get_weather",
+                          "arguments": "{}"})
+        for call in calls:
+            items.append({"type": "function_call_output", "call_id": call,
+                          "output": draw(words)})
+    return items
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=conversations())
+def test_history_keeps_every_word_call_and_output_in_order(items):
+    messages = chat({"input": items})["messages"]
+
+    def text(i):
+        return i["content"][0]["text"]
+
+    def of(role):
+        return [i for i in items if i.get("role") == role]
+
+    lead = 0  # the developer messages before anything else form the system prompt
+    while lead < len(items) and items[lead].get("role") in ("developer", None) \
+            and items[lead]["type"] in ("message", "reasoning"):
+        lead += 1
+    leading = [text(i) for i in items[:lead] if i.get("role") == "developer"]
+    later = [text(i) for i in items[lead:] if i.get("role") == "developer"]
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    assert system == (["\n\n".join(leading)] if leading else []) + later
+    assert [m["content"] for m in messages if m["role"] == "user"] == [
+        text(i) for i in of("user")]
+    assert "".join(m["content"] or "" for m in messages if m["role"] == "assistant") == \
+        "".join(text(i) for i in of("assistant"))
+    calls_seen: set[str] = set()
+    for m in messages:
+        if m["role"] == "assistant":
+            calls_seen |= {c["id"] for c in m.get("tool_calls") or []}
+        if m["role"] == "tool":  # every output follows the call it answers
+            assert m["tool_call_id"] in calls_seen
+    assert calls_seen == {i["call_id"] for i in items if i["type"] == "function_call"}
+    outputs = [i["output"] for i in items if i["type"] == "function_call_output"]
+    assert [m["content"] for m in messages if m["role"] == "tool"] == outputs
+    # a thought goes with the model's turn right after it, or nowhere
+    followed = [text(i) for i, after in zip(items, [*items[1:], {}], strict=True)
+                if i["type"] == "reasoning" and (after.get("type") == "function_call"
+                                                 or after.get("role") == "assistant")]
+    assert [m["reasoning_content"] for m in messages if "reasoning_content" in m] == followed

@@ -27,6 +27,8 @@ HOSTED_ITEMS = {"web_search_call", "file_search_call", "computer_call", "compute
                 "apply_patch_call", "apply_patch_call_output", "mcp_call", "mcp_list_tools",
                 "mcp_approval_request", "mcp_approval_response", "tool_search_call",
                 "tool_search_output", "compaction", "compaction_summary"}
+# What the model itself produced in a turn (its thoughts go with these).
+MODEL_ITEMS = {"reasoning", "function_call", "custom_tool_call", *HOSTED_ITEMS}
 # Fields that need state kept on the server; the gateway keeps none.
 STATEFUL = {
     "previous_response_id": "send the whole conversation in 'input' instead",
@@ -127,6 +129,8 @@ def _messages(raw: Any, instructions: Any, names: dict) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise bad(where, "expected an input item object {type, ...}")
         kind = item.get("type", "message" if "role" in item else None)
+        if item.get("role") != "assistant" and kind not in MODEL_ITEMS:
+            reasoning.clear()  # thoughts belong to the model's turn right after them
         if kind == "message":
             role = item.get("role")
             if role not in ROLES:
