@@ -450,6 +450,55 @@ def test_neuron_dying_mid_stream_is_response_failed(neuron_process, gateway_fact
     assert "response.output_text.delta" in [n for n, _ in events]
 
 
+def test_under_gunicorn_gevent_with_spend_metrics(neuron_process, tmp_path):
+    """`cortex serve` as deployed: gevent workers stream the events; spend is counted."""
+    import subprocess
+    import sys
+    import time
+
+    from test_gateway_serve import write_config
+
+    n = neuron_process()
+    cfg = write_config(tmp_path, {"n1": n.url}, '[[models]]\nid = "tiny-hello"\n')
+    text = cfg.read_text()
+    listen = re.search(r'^listen = "(.*)"', text, re.M)[1]
+    metrics = re.search(r'^metrics_listen = "(.*)"', text, re.M)[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "cortex"), "serve", "--config",
+                             str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # wait until the gateway sees the neuron
+            try:
+                health = requests.get(f"http://{listen}/health", timeout=2).json()
+                if health["nodes"]["healthy"] == 1:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "cortex serve did not see the neuron"
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"http://{listen}/v1", api_key="x", max_retries=0)
+        with client.responses.stream(model="tiny-hello", input="Hi") as s:
+            final = s.get_final_response()
+        assert final.output_text == HELLO
+        r = client.responses.create(model="tiny-hello", input="Hi")
+        assert r.output_text == HELLO
+        labels = '{model="tiny-hello",node="n1"}'
+        want = [f"cortex_requests_total{labels} 2.0",
+                f"cortex_prompt_tokens_total{labels} {2 * r.usage.input_tokens}.0",
+                f"cortex_completion_tokens_total{labels} {2 * r.usage.output_tokens}.0"]
+        deadline = time.monotonic() + 10
+        while True:  # a stream is accounted for once its last event is out
+            scraped = requests.get(f"http://{metrics}/metrics", timeout=10).text
+            if all(line in scraped for line in want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [line for line in want if line not in scraped] == []
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 # -- a real model ------------------------------------------------------------------------
 @pytest.mark.smollm2
 def test_smollm2_answers_paris(smollm2_file, neuron_factory, gateway_factory, tmp_path):
