@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 ROLES = {"user", "assistant", "system", "developer"}
 TEXT_PARTS = {"input_text", "output_text", "text", "refusal", "summary_text", "reasoning_text"}
-# Items that only OpenAI's hosted tools produce: a local model cannot replay them, so the
-# history drops them (their outcome, if any, is in the messages around them).
+# Items of OpenAI's built-in tools (hosted ones, and those only OpenAI's models are trained
+# to call): the fleet offers none of them, so the history drops them (their outcome, if
+# any, is in the messages around them).
 HOSTED_ITEMS = {"web_search_call", "file_search_call", "computer_call", "computer_call_output",
                 "image_generation_call", "code_interpreter_call", "local_shell_call",
                 "local_shell_call_output", "shell_call", "shell_call_output",
