@@ -20,6 +20,7 @@ from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import GatewayConfig, ModelsConfig
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.responses.routes import bp as responses_bp
 from cortex.gateway.router import Router
 from cortex.gateway.upstream import Upstream, neuron_error
 
@@ -100,6 +101,7 @@ def create_app(cfg: GatewayConfig, models: ModelsConfig, *, start: bool = True,
     install_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(anthropic_bp)
+    app.register_blueprint(responses_bp)
     app.wsgi_app = hotpath.HotPath(gw, app.wsgi_app)  # type: ignore[method-assign]
     if start:
         gw.start()
@@ -127,7 +129,7 @@ def index() -> Any:
     return json_response({"name": "helexa.cortex", "version": cortex.__version__,
                           "endpoints": ["/v1/chat/completions", "/v1/completions",
                                         "/v1/messages", "/v1/messages/count_tokens",
-                                        "/v1/models", "/health"]})
+                                        "/v1/responses", "/v1/models", "/health"]})
 
 
 @bp.get("/health")
