@@ -144,6 +144,13 @@ def test_the_dashboard_shows_the_fleet_and_acts_on_it(fleet, page, tmp_path):
         # Finished requests show in this worker's list, by key id, never a key.
         page.locator('#requests tbody tr[data-seq] >> text="tiny-hello"').first.wait_for()
         assert "this gateway worker only" in page.locator("#worker").inner_text()
+        # A picture for a reader while the traffic flows: a few seconds of the chart.
+        wait_for("six chart points", lambda: page.evaluate("window.cortexUi.series.length") >= 6)
+        shot = tmp_path / "dashboard.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        if SCREENSHOT_COPY:
+            shutil.copy(shot, SCREENSHOT_COPY)
     finally:
         stop.set()
         sender.join(30)
@@ -156,13 +163,7 @@ def test_the_dashboard_shows_the_fleet_and_acts_on_it(fleet, page, tmp_path):
     assert nodes["n1"]["drained"] is True and nodes["n2"]["drained"] is False
     assert n1.get("/health").json()["drained"] is True
     page.locator('[data-node="n1"] .badge >> text="drained"').wait_for()
-
-    page.wait_for_timeout(1500)  # let the chart draw a few more points for the picture
-    shot = tmp_path / "dashboard.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000
-    if SCREENSHOT_COPY:
-        shutil.copy(shot, SCREENSHOT_COPY)
+    page.screenshot(path=str(tmp_path / "dashboard-drained.png"), full_page=True)
     # Undrain again from the page: the node takes requests once more.
     page.click('[data-node="n1"] [data-action="undrain"]')
     page.locator('[data-node="n1"] [data-action="drain"]').wait_for()

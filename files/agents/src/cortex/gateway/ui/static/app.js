@@ -412,7 +412,7 @@ function drawChart(canvas, field, models) {
   for (let i = 0; i <= 4; i++) {
     const v = (max * i) / 4;
     g.beginPath(); g.moveTo(pad.l, y(v)); g.lineTo(w - pad.r, y(v)); g.stroke();
-    g.fillText(v >= 10 ? v.toFixed(0) : v.toFixed(1), 4, y(v) + 4);
+    g.fillText(Number.isInteger(v) ? String(v) : v.toFixed(v >= 10 ? 1 : 2), 4, y(v) + 4);
   }
   for (let m = 0; m <= WINDOW_SECS / 60; m++) {
     const t = now - m * 60;
