@@ -3,6 +3,7 @@ a real gateway and two real neurons serving tiny GGUF models."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,8 +17,12 @@ from pathlib import Path
 import openai
 import pytest
 import requests
+from playwright.sync_api import Error as PlaywrightError
 
 from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry
+from cortex.neuron.config import HubConfig
+from cortex.testing.fake_hub import FakeHub
+from cortex.testing.tiny_gguf import SCRIPT_HELLO, build_tiny_gguf
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -168,6 +173,38 @@ def test_the_dashboard_shows_the_fleet_and_acts_on_it(fleet, page, tmp_path):
     page.click('[data-node="n1"] [data-action="undrain"]')
     page.locator('[data-node="n1"] [data-action="drain"]').wait_for()
     assert n1.get("/health").json()["drained"] is False
+    assert page.errors == []
+
+
+def test_a_load_shows_its_progress_bar(neuron_factory, gateway_factory, page, tmp_path,
+                                      small_hub_chunks):
+    weights = build_tiny_gguf(tmp_path / "slow.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
+    with FakeHub({"acme/slow-GGUF": {"slow.Q8_0.gguf": weights}},
+                 rate=weights.stat().st_size / 5) as hub:  # about 5 s on the wire
+        n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
+        gw = gateway_factory({"n1": n1}, [ModelEntry(id="acme/slow-GGUF", source="hf")],
+                             admin_keys=[ADMIN])
+        page.goto(gw.url + "/ui/")
+        page.evaluate(f"sessionStorage.setItem('cortex.key', {json.dumps(ADMIN)})")
+        page.reload()
+        page.select_option('[data-node="n1"] select', "acme/slow-GGUF")
+        page.click('[data-node="n1"] [data-action="load"]')
+        row = page.locator('[data-node="n1"] tr[data-model="acme/slow-GGUF"]')
+        bar = row.locator("[data-progress]")
+        seen: list[float] = []
+
+        def progressed() -> bool:
+            if row.get_attribute("data-status", timeout=30_000) == "loaded":
+                return True
+            if bar.count():
+                with contextlib.suppress(PlaywrightError):  # re-drawn meanwhile
+                    seen.append(float(bar.get_attribute("data-progress", timeout=1000)))
+            return False
+
+        wait_for("the load to finish on the page", progressed, timeout=60)
+        page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
+    fractions = sorted(set(seen))
+    assert len(fractions) >= 2 and seen == sorted(seen), seen  # the bar grew, never shrank
     assert page.errors == []
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 import requests
 
 from cortex.gateway.config import ModelEntry
@@ -14,15 +13,6 @@ from cortex.neuron.config import HubConfig
 from cortex.neuron.engines.llama_cpp import LlamaCppEngine
 from cortex.testing.fake_hub import FakeHub
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, build_tiny_gguf, script_text
-
-
-@pytest.fixture
-def small_hub_chunks(monkeypatch):
-    """huggingface_hub writes a download in 10 MB pieces, so a few-hundred-KB test model
-    lands in one piece; 16 KB pieces let its progress show as a real model's would."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
 
 
 def test_engine_load_reports_progress_up_to_one(models_dir):
