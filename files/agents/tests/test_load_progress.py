@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import requests
 
+from cortex.core.errors import ApiError
 from cortex.gateway.config import ModelEntry
 from cortex.neuron.config import HubConfig
 from cortex.neuron.engines.llama_cpp import LlamaCppEngine
@@ -99,3 +101,50 @@ def test_prewarm_progress_shows_in_activation(neuron_factory, tmp_path, small_hu
             time.sleep(0.1)
     assert act["completed"] == ["hf:acme/warm-GGUF"] and "progress" not in act
     assert len(set(seen)) >= 2 and max(seen) > 0, seen
+
+
+def test_a_router_wait_on_a_cold_load_hears_its_progress(neuron_factory, gateway_factory,
+                                                          tmp_path, small_hub_chunks):
+    from cortex.gateway.coldwait import Waiting, route_waiting
+    from cortex.gateway.router import Target
+
+    weights = build_tiny_gguf(tmp_path / "cold.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
+    size = weights.stat().st_size
+    with FakeHub({"acme/cold-GGUF": {"cold.Q8_0.gguf": weights}}, rate=size / 3) as hub:
+        n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
+        gw = gateway_factory({"n1": n1}, [ModelEntry(id="acme/cold-GGUF", source="hf")],
+                             aliases={"cold": "acme/cold-GGUF"}).gw
+        heard = list(route_waiting(gw, "cold", tick=0.2))
+        # A second wait on the loaded model: the Target at once, no thread.
+        again = list(route_waiting(gw, "cold", tick=0.2))
+    *waits, target = heard
+    assert isinstance(target, Target) and target.cold and target.node.name == "n1"
+    assert waits and all(isinstance(w, Waiting) and w.model == "acme/cold-GGUF" for w in waits)
+    downloading = [w.fraction for w in waits if w.phase == "downloading"]
+    assert len(set(downloading)) >= 2 and downloading == sorted(downloading), waits
+    assert all(w.node == "n1" for w in waits if w.phase != "waiting")
+    assert b"loading acme/cold-GGUF: downloading" in b"".join(w.comment() for w in waits)
+    assert len(again) == 1 and isinstance(again[0], Target) and not again[0].cold
+
+
+def test_a_waiter_that_gives_up_does_not_cancel_the_load(neuron_factory, gateway_factory,
+                                                          tmp_path, small_hub_chunks):
+    from cortex.gateway.coldwait import Waiting, route_waiting
+
+    weights = build_tiny_gguf(tmp_path / "left.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
+    with FakeHub({"acme/left-GGUF": {"left.Q8_0.gguf": weights}},
+                 rate=weights.stat().st_size / 2) as hub:
+        n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
+        gw = gateway_factory({"n1": n1}, [ModelEntry(id="acme/left-GGUF", source="hf")]).gw
+        waiting = route_waiting(gw, "acme/left-GGUF", tick=0.2)
+        assert isinstance(next(waiting), Waiting)
+        waiting.close()  # the client went away
+        deadline = time.monotonic() + 60
+        while not any(m["id"] == "hf:acme/left-GGUF" and m["status"] == "loaded"
+                      for m in n1.get("/models").json()):
+            assert time.monotonic() < deadline, "the load was abandoned"
+            time.sleep(0.1)
+    # And an unknown model fails before any wait: the caller can still answer 404.
+    with pytest.raises(ApiError) as err:
+        next(route_waiting(gw, "no-such-model"))
+    assert err.value.status == 404
