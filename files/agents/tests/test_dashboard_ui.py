@@ -247,9 +247,15 @@ def test_the_event_stream_carries_state_and_never_a_key(fleet):
 
 def test_with_require_auth_the_data_needs_a_client_key(neuron_factory, gateway_factory, page):
     n1 = neuron_factory()
+    n1.load("file:tiny-hello")
     ent = EntitlementsSection(require_auth=True,
-                              keys=[KeyEntry(key="client-key-1", account_id="acme")])
-    gw = gateway_factory({"n1": n1}, [], entitlements=ent, admin_keys=[ADMIN])
+                              keys=[KeyEntry(key="client-key-1", account_id="acme"),
+                                    KeyEntry(key="client-key-2", account_id="other")])
+    gw = gateway_factory({"n1": n1}, [ModelEntry(id="tiny-hello")], entitlements=ent,
+                         admin_keys=[ADMIN])
+    for key in ("client-key-1", "client-key-2"):
+        openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0).chat.completions \
+            .create(model="tiny-hello", messages=[{"role": "user", "content": "Hi"}])
     assert requests.get(gw.url + "/ui/", timeout=10).status_code == 200  # the page itself
     for path in ("/ui/api/state", "/ui/events"):
         r = requests.get(gw.url + path, timeout=10)
@@ -258,6 +264,14 @@ def test_with_require_auth_the_data_needs_a_client_key(neuron_factory, gateway_f
                      headers={"Authorization": "Bearer client-key-1"})
     viewer = r.json()["hello"]["viewer"]
     assert viewer["admin"] is False and viewer["key_id"] and viewer["key_id"] != "client-key-1"
+    # A client key sees its own finished requests only; the admin sees all of them.
+    mine = {x["key_id"] for x in r.json()["hello"]["requests"]}
+    assert mine == {viewer["key_id"]}
+    r = requests.get(gw.url + "/ui/api/state", timeout=10,
+                     headers={"Authorization": f"Bearer {ADMIN}"})
+    everyone = {x["key_id"] for x in r.json()["hello"]["requests"]}
+    assert len(everyone) == 2 and viewer["key_id"] in everyone
+    assert "client-key" not in r.text
     # In the browser: the page asks for a key, then shows the fleet read-only.
     page.goto(gw.url + "/ui/")
     page.locator("#notice >> text=requires an API key").wait_for()

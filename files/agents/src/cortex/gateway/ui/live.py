@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cortex.core.http import sse_event
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from cortex.gateway.app import Gateway
 
 log = logging.getLogger(__name__)
+
+Sees = Callable[[dict[str, Any]], bool]
 
 HEARTBEAT_SECS = 15.0
 IDLE_STOP_SECS = 60.0  # the sampler rests when nobody has watched for this long
@@ -36,7 +39,8 @@ class Live:
         self.tick = tick
         self.rates = views.Rates()
         self.series: deque[dict[str, Any]] = deque(maxlen=history)  # one point a tick
-        self._subs: set[queue.Queue] = set()
+        # Each subscriber's queue, and which finished requests it may see (None: all).
+        self._subs: dict[queue.Queue, Sees | None] = {}
         self._lock = threading.Lock()
         self._sampler: threading.Thread | None = None
         self._last_watched = time.monotonic()
@@ -44,34 +48,36 @@ class Live:
         gw.recent.listeners.append(self._on_request)
 
     # -- subscribers -------------------------------------------------------------------
-    def subscribe(self) -> queue.Queue:
+    def subscribe(self, sees: Sees | None = None) -> queue.Queue:
         q: queue.Queue = queue.Queue(maxsize=256)
         with self._lock:
-            self._subs.add(q)
+            self._subs[q] = sees
         self.ensure_sampling()
         return q
 
     def unsubscribe(self, q: queue.Queue) -> None:
         with self._lock:
-            self._subs.discard(q)
+            self._subs.pop(q, None)
             self._last_watched = time.monotonic()
 
     @property
     def watchers(self) -> int:
         return len(self._subs)
 
-    def publish(self, event: str, data: Any) -> None:
+    def publish(self, event: str, data: Any, item: dict[str, Any] | None = None) -> None:
         raw = sse_event(data, event)
         with self._lock:
-            subs = list(self._subs)
-        for q in subs:
+            subs = list(self._subs.items())
+        for q, sees in subs:
+            if item is not None and sees is not None and not sees(item):
+                continue
             with contextlib.suppress(queue.Full):  # a slow page misses this one
                 q.put_nowait(raw)
 
     def _on_request(self, item: dict[str, Any]) -> None:
         try:
             if self._subs:
-                self.publish("request", item)
+                self.publish("request", item, item)
         except Exception:  # the request is done; the dashboard must never break it
             log.exception("publishing a finished request failed")
 
@@ -109,9 +115,10 @@ class Live:
     def state(self) -> dict[str, Any]:
         return views.state(self.gw)
 
-    def hello(self, viewer: dict[str, Any]) -> dict[str, Any]:
+    def hello(self, viewer: dict[str, Any], sees: Sees | None = None) -> dict[str, Any]:
         g = self.gw.cfg
+        recent = [r for r in self.gw.recent.items() if sees is None or sees(r)]
         return {"viewer": viewer, "worker": self.worker, "tick_secs": self.tick,
                 "require_auth": g.entitlements.require_auth,
                 "admin_enabled": bool(g.gateway.admin_keys),
-                "series": list(self.series), "requests": self.gw.recent.items()[:100]}
+                "series": list(self.series), "requests": recent[:100]}

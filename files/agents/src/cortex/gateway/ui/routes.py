@@ -41,6 +41,15 @@ def _viewer(live: Live) -> dict[str, Any]:
     return {"admin": False, "key_id": p.key_id if p.entry is not None else None}
 
 
+def _sees(live: Live, viewer: dict[str, Any]) -> Any:
+    """Which finished requests a viewer may see: all on an open gateway or for an admin;
+    with require_auth, a client key sees only its own."""
+    if viewer["admin"] or not live.gw.cfg.entitlements.require_auth:
+        return None
+    own = viewer["key_id"]
+    return lambda item: item["key_id"] == own
+
+
 @bp.get("/")
 def page() -> Response:
     resp = send_from_directory(bp.static_folder, "index.html", max_age=0)
@@ -59,19 +68,21 @@ def api_state() -> Response:
     live = _live()
     viewer = _viewer(live)
     live.ensure_sampling()
-    return json_response({"hello": live.hello(viewer), "state": live.state()})
+    return json_response({"hello": live.hello(viewer, _sees(live, viewer)),
+                          "state": live.state()})
 
 
 @bp.get("/events")
 def events() -> Response:
     live = _live()
     viewer = _viewer(live)
-    q = live.subscribe()
+    sees = _sees(live, viewer)
+    q = live.subscribe(sees)
 
     def stream() -> Iterator[bytes]:
         try:
             yield b"retry: 2000\n\n"
-            yield sse_event(live.hello(viewer), "hello")
+            yield sse_event(live.hello(viewer, sees), "hello")
             yield sse_event(live.state(), "state")
             while True:
                 try:
