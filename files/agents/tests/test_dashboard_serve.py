@@ -4,6 +4,7 @@ streams at once, each a greenlet, and the gateway still answers everything else.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -18,7 +19,19 @@ STREAMS = 24
 
 
 @pytest.fixture
-def served(neuron_process, tmp_path):
+def served(served_proc):
+    return served_proc[0]
+
+
+def wait_until(check, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def served_proc(neuron_process, tmp_path):
     n1 = neuron_process()
     cfg = write_config(tmp_path, {"n1": n1.url}, '[[models]]\nid = "tiny-hello"\n')
     c = gw_config.load(cfg)[0]
@@ -35,7 +48,7 @@ def served(neuron_process, tmp_path):
         assert proc.poll() is None, proc.stdout.read().decode()
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    yield base
+    yield base, proc
     proc.terminate()
     proc.wait(30)
 
@@ -94,3 +107,37 @@ def test_many_event_streams_under_gevent_workers(served):
     assert not errors, errors
     assert len(results) == STREAMS
     assert all([n["name"] for n in got["state"]["nodes"]] == ["n1"] for got in results)
+
+
+def test_a_reload_ends_open_streams_so_pages_reconnect(served_proc):
+    base, proc = served_proc
+    ended = threading.Event()
+    got: dict = {}
+
+    def watch() -> None:
+        with requests.get(base + "/ui/events", stream=True, timeout=60) as r:
+            chunks = r.iter_content(chunk_size=None)  # one iterator for the whole stream
+            buf = b""
+            for chunk in chunks:
+                buf += chunk
+                _, hello, rest = buf.partition(b"event: hello\ndata: ")
+                if hello and b"\n\n" in rest:
+                    got["hello"] = json.loads(rest.split(b"\n\n")[0])
+                    break
+            for _ in chunks:
+                pass
+        ended.set()
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    wait_until(lambda: got, "the first stream's hello")
+    old = got["hello"]["worker"]["pid"]
+    proc.send_signal(signal.SIGHUP)  # `systemctl reload`: new workers, old ones stop
+    # The old worker ends the stream itself, well before gunicorn's 30 s graceful timeout.
+    assert ended.wait(20), "the stream held the old worker"
+
+    def new_worker() -> bool:  # the old one may still accept for a moment (and end at once)
+        with requests.get(base + "/ui/events", stream=True, timeout=30) as r:
+            return read_events(r, {"hello"})["hello"]["worker"]["pid"] != old
+
+    wait_until(new_worker, "a stream from a new worker")

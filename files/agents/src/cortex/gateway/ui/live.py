@@ -45,6 +45,7 @@ class Live:
         self._sampler: threading.Thread | None = None
         self._last_watched = time.monotonic()
         self.worker = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.closing = False
         gw.recent.listeners.append(self._on_request)
 
     # -- subscribers -------------------------------------------------------------------
@@ -54,6 +55,16 @@ class Live:
             self._subs[q] = sees
         self.ensure_sampling()
         return q
+
+    def close(self) -> None:
+        """End every stream now (the worker is stopping): pages reconnect to a live one
+        instead of holding this worker until its graceful timeout."""
+        with self._lock:
+            self.closing = True
+            subs = list(self._subs)
+        for q in subs:
+            with contextlib.suppress(queue.Full):  # a full queue wakes its stream anyway
+                q.put_nowait(None)
 
     def unsubscribe(self, q: queue.Queue) -> None:
         with self._lock:

@@ -84,11 +84,14 @@ def events() -> Response:
             yield b"retry: 2000\n\n"
             yield sse_event(live.hello(viewer, sees), "hello")
             yield sse_event(live.state(), "state")
-            while True:
+            while not live.closing:
                 try:
-                    yield q.get(timeout=HEARTBEAT_SECS)
+                    raw = q.get(timeout=HEARTBEAT_SECS)
                 except queue.Empty:
-                    yield b": keep-alive\n\n"  # also how a closed connection is noticed
+                    raw = b": keep-alive\n\n"  # also how a closed connection is noticed
+                if raw is None:  # the worker is stopping
+                    return
+                yield raw
         finally:
             live.unsubscribe(q)
 
