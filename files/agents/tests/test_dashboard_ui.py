@@ -199,6 +199,11 @@ def test_a_load_shows_its_progress_bar(neuron_factory, gateway_factory, page, tm
             if bar.count():
                 with contextlib.suppress(PlaywrightError):  # re-drawn meanwhile
                     seen.append(float(bar.get_attribute("data-progress", timeout=1000)))
+                if seen and 0.3 < seen[-1] < 1 and not (tmp_path / "loading.png").exists():
+                    shot = tmp_path / "loading.png"  # a picture of the bar on its way
+                    page.screenshot(path=str(shot), full_page=True)
+                    if SCREENSHOT_COPY:
+                        shutil.copy(shot, SCREENSHOT_COPY.replace(".png", "-loading.png"))
             return False
 
         wait_for("the load to finish on the page", progressed, timeout=60)

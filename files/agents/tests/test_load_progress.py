@@ -148,3 +148,19 @@ def test_a_waiter_that_gives_up_does_not_cancel_the_load(neuron_factory, gateway
     with pytest.raises(ApiError) as err:
         next(route_waiting(gw, "no-such-model"))
     assert err.value.status == 404
+
+
+def test_the_registry_feeds_the_engine_progress_into_the_load(neuron):
+    from cortex.neuron.progress import LoadProgress
+    from cortex.neuron.registry import LoadRequest
+    from cortex.neuron.sources import parse_model_id
+
+    reg = neuron.neuron.registry
+    progress = LoadProgress("file:tiny-hello")
+    # The load of a local file is too quick to watch from outside: follow it from within.
+    loaded = reg._load("file:tiny-hello", parse_model_id("file:tiny-hello"),
+                       LoadRequest("file:tiny-hello"), progress)
+    snap = progress.snapshot()
+    assert snap["phase"] == "loading" and snap["fraction"] == 1.0
+    assert snap["bytes_total"] == snap["bytes_done"] == loaded.path.stat().st_size
+    assert neuron.chat("file:tiny-hello").status_code == 200

@@ -418,6 +418,11 @@ function drawChart(canvas, field, models) {
     const t = now - m * 60;
     g.fillText(m ? `-${m}m` : "now", x(t) - (m ? 10 : 22), hgt - 4);
   }
+  if (!models.size) {
+    g.textAlign = "center";
+    g.fillText("no requests in the last 5 minutes", (w + pad.l) / 2, hgt / 2);
+    g.textAlign = "start";
+  }
   g.lineWidth = 2;
   for (const m of models) {
     g.strokeStyle = colorOf(m);
