@@ -1,9 +1,10 @@
 """How far a model load has come: download bytes, then the engine's own progress.
 
 A load goes through phases: `preparing` (preflight, listing the repository), `downloading`
-(hub bytes, watched on disk), `loading` (llama.cpp's progress callback: the share of
-tensor bytes read). `fraction` is the current phase's share done; `eta_secs` extrapolates
-the phase's own pace, so it is None until the phase has made some progress.
+(hub bytes, watched on disk), `queued` (behind another model's engine load), `loading`
+(llama.cpp's progress callback: the share of tensor bytes read). `fraction` is the
+current phase's share done; `eta_secs` extrapolates the phase's own pace, so it is None
+until the phase has made some progress.
 """
 
 from __future__ import annotations

@@ -195,6 +195,7 @@ class Registry:
         n_ctx = min(self.cfg.n_ctx, facts["context_length"] or self.cfg.n_ctx)
         need = gguf_header.estimate_mb(path, meta, n_ctx)
         devices = self._check_devices(req.devices, key)
+        progress.begin("queued")  # behind another model's engine load, if any
         with self._engine_lock:
             free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
                        if not devices or d.index in devices)
@@ -204,7 +205,9 @@ class Registry:
                     "a model or choose another node", code="insufficient_vram", retry_after=5,
                     need_mb=need, free_mb=free)
             t0 = time.monotonic()
-            progress.begin("loading", total=_size(path))
+            # llama.cpp counts the bytes of every shard (they sit side by side).
+            progress.begin("loading", total=sum(_size(path.parent / Path(f).name)
+                                                for f in plan.files))
             try:
                 model = engine.load(path, n_ctx=n_ctx, n_threads=self.cfg.n_threads,
                                     n_gpu_layers=self.cfg.n_gpu_layers, devices=devices,
