@@ -29,7 +29,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 ADMIN = "admin-key-for-the-test"
-SCREENSHOT_COPY = os.environ.get("CORTEX_UI_SCREENSHOT", "")  # a second copy, for a reader
+# A second copy for a reader (not CORTEX_*: the gateway would read it as a config key).
+SCREENSHOT_COPY = os.environ.get("HELEXA_UI_SCREENSHOT", "")
 
 
 @pytest.fixture(scope="module")
