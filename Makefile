@@ -30,8 +30,9 @@ $(STAMP): $(AGENTS)/pyproject.toml $(CONSTRAINTS) requirements/collection.txt
 
 venv: $(STAMP)
 
-# Debian packages the tests use for real (a Redis server for the shared spend store).
-SYSDEPS := redis-server
+# Debian packages the tests use for real: a Redis server for the shared spend store, and
+# Chromium for the dashboard's browser tests (driven by Playwright, never `playwright install`).
+SYSDEPS := redis-server chromium
 sysdeps:
 	@missing=""; for c in $(SYSDEPS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \

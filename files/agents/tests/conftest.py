@@ -303,3 +303,12 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with redis.Redis.from_url(url) as client:
         client.flushdb()
     yield url
+
+
+@pytest.fixture
+def small_hub_chunks(monkeypatch):
+    """huggingface_hub writes a download in 10 MB pieces, so a few-hundred-KB test model
+    lands in one piece; 16 KB pieces let its progress show as a real model's would."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)

@@ -22,6 +22,7 @@ from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.responses.routes import bp as responses_bp
 from cortex.gateway.router import Router
+from cortex.gateway.ui import RecentRequests, install_ui  # the dashboard at /ui/
 from cortex.gateway.upstream import Upstream, neuron_error
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Gateway:
         self.router = Router(self.fleet, self.catalogue, self.metrics,
                              strategy=cfg.eviction.strategy, load_timeout=g.load_timeout_secs)
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
+        self.recent = RecentRequests()  # this worker's finished requests, for /ui
         self._stop = threading.Event()
 
     def start(self) -> None:
@@ -102,6 +104,7 @@ def create_app(cfg: GatewayConfig, models: ModelsConfig, *, start: bool = True,
     app.register_blueprint(bp)
     app.register_blueprint(anthropic_bp)
     app.register_blueprint(responses_bp)
+    install_ui(app, gw)
     app.wsgi_app = hotpath.HotPath(gw, app.wsgi_app)  # type: ignore[method-assign]
     if start:
         gw.start()

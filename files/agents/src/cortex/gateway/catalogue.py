@@ -68,6 +68,10 @@ class Catalogue:
                 status = m.status if node.healthy else "recovering"
                 locations.append({"node": node.name, "status": status,
                                   "vram_estimate_mb": m.vram_mb})
+                if m.status == "loading" and m.info.get("progress"):
+                    p = m.info["progress"]  # the neuron's own report (download, then load)
+                    locations[-1]["progress"] = {k: p.get(k) for k in (
+                        "phase", "fraction", "bytes_done", "bytes_total", "eta_secs")}
             elif node in feasible:
                 locations.append({"node": node.name, "status": "unloaded",
                                   "vram_estimate_mb": entry.vram_mb if entry else None})

@@ -370,6 +370,7 @@ def _finisher(gw: Gateway, target: Target, p: Principal, outcome: Outcome, start
             km.prompt.inc(outcome.prompt_tokens)
             km.completion.inc(outcome.completion_tokens)
             gw.auth.record(p, total)
+        gw.recent.record(target.public_id, target.node.name, p.key_id, outcome, started, now)
         if on_done is not None:
             on_done(outcome)
 

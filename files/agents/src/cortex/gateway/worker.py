@@ -41,6 +41,16 @@ class OneWriteResponse(wsgi.Response):
 
 
 class GatewayWorker(GeventWorker):
+    def handle_exit(self, sig, frame) -> None:
+        # A graceful stop (SIGTERM: a restart, or a reload's old workers) waits for open
+        # requests; a dashboard's event stream never ends by itself, so end it now.
+        super().handle_exit(sig, frame)
+        live = getattr(self.wsgi, "extensions", {}).get("cortex_ui")
+        if live is not None:
+            import gevent
+
+            gevent.spawn(live.close)  # not from inside the signal handler
+
     def init_process(self) -> None:
         # wsgi.create() builds each HTTP/1 response from this module attribute; the patch
         # lives in this worker process only (the neuron's workers are untouched).

@@ -117,6 +117,7 @@ def discovery() -> Any:
 def health() -> Any:
     n = _neuron()
     reg = n.registry
+    progress = reg.load_progress()
     devices = n.devices.snapshot(reg.used_mb())
     for d in devices:
         n.metrics.vram_used.labels(str(d.index)).set(d.vram_used_mb)
@@ -132,23 +133,29 @@ def health() -> Any:
             "tok_s_decode": round(w.stats.tok_s_decode, 1),
             "last_used": round(w.stats.last_used, 3), "vram_used_mb": m.vram_mb,
             "rejections": dict(w.stats.rejections),
+            **n.metrics.totals(m.id),
         })
     return json_response({
         "status": "shutting_down" if reg.shutting_down else "ok",
         "drained": n.drained,
         "uptime_secs": round(time.time() - n.started, 1),
         "devices": [d.live() for d in devices],
-        "activation": reg.activation.snapshot(),
+        "activation": reg.activation.with_progress(reg.progress),
         "loading": reg.loading(),
+        "load_progress": progress,
         "models": models,
     })
 
 
 @bp.get("/models")
 def models() -> Any:
-    reg = _neuron().registry
-    out = [m.describe() for m in list(reg.models.values())]
-    out += [{"id": mid, "status": "loading", "devices": [], "vram_used_mb": 0}
+    n = _neuron()
+    reg = n.registry
+    slots = {"slots": n.cfg.admission.max_in_flight}
+    out = [m.describe() | slots | n.metrics.totals(m.id) for m in list(reg.models.values())]
+    progress = reg.load_progress()
+    out += [{"id": mid, "status": "loading", "devices": [], "vram_used_mb": 0,
+             **({"progress": progress[mid]} if mid in progress else {})}
             for mid in reg.loading()]
     known = {m["id"] for m in out}
     models_dir = reg.cfg.models_path

@@ -50,6 +50,15 @@ class NeuronMetrics:
         if decode_s > 0 and completion > 1:
             self.decode_tok_s.labels(model).observe((completion - 1) / decode_s)
 
+    def totals(self, model: str) -> dict[str, int]:
+        """Requests finished and tokens generated for `model` since this process began:
+        gateways turn the change between two polls into the fleet's req/s and tok/s."""
+        requests = sum(s.value for metric in self.requests.collect() for s in metric.samples
+                       if s.name.endswith("_total") and s.labels.get("model") == model)
+        tokens = self.registry.get_sample_value("neuron_completion_tokens_total",
+                                                {"model": model}) or 0
+        return {"requests_total": int(requests), "completion_tokens_total": int(tokens)}
+
     def forget(self, model: str) -> None:
         """Drop a model's gauges when it is unloaded (counters keep their history)."""
         for g in (self.in_flight, self.queue_depth):

@@ -20,6 +20,7 @@ from cortex.neuron.engines import LoadedModel, get_engine
 from cortex.neuron.gpu import Devices
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.preflight import Plan, plan_load
+from cortex.neuron.progress import LoadProgress
 from cortex.neuron.sources import Hub, parse_model_id
 from cortex.neuron.worker import ModelWorker
 
@@ -93,6 +94,13 @@ class Activation:
                 "in_progress": self.in_progress, "completed": list(self.completed),
                 "failed": list(self.failed)}
 
+    def with_progress(self, progress: dict[str, LoadProgress]) -> dict[str, Any]:
+        snap = self.snapshot()
+        p = progress.get(self.in_progress or "")
+        if p is not None:
+            snap["progress"] = p.snapshot()
+        return snap
+
 
 class Registry:
     def __init__(self, cfg: NeuronConfig, devices: Devices, metrics: NeuronMetrics) -> None:
@@ -102,6 +110,7 @@ class Registry:
         self.hub = Hub(cfg.hf, Path(cfg.cache_dir))
         self.models: dict[str, Loaded] = {}
         self._loading: dict[str, Future] = {}
+        self.progress: dict[str, LoadProgress] = {}  # loads under way, by canonical id
         self._lock = threading.Lock()
         self._engine_lock = threading.Lock()  # one engine load at a time keeps memory honest
         self.shutting_down = False
@@ -132,6 +141,9 @@ class Registry:
     def loading(self) -> list[str]:
         return list(self._loading)
 
+    def load_progress(self) -> dict[str, dict[str, Any]]:
+        return {k: p.snapshot() for k, p in list(self.progress.items())}
+
     def used_mb(self) -> int:
         return sum(m.vram_mb for m in self.models.values())
 
@@ -150,11 +162,12 @@ class Registry:
             owner = fut is None
             if owner:
                 fut = self._loading[key] = Future()
+                progress = self.progress[key] = LoadProgress(key)
         if not owner:
             return fut.result(), False
         started = time.monotonic()
         try:
-            loaded = self._load(key, src, req)
+            loaded = self._load(key, src, req, progress)
         except BaseException as exc:
             fut.set_exception(exc)
             self.metrics.load_seconds.labels(key, "failed").observe(time.monotonic() - started)
@@ -166,13 +179,14 @@ class Registry:
         finally:
             with self._lock:
                 self._loading.pop(key, None)
+                self.progress.pop(key, None)
 
-    def _load(self, key: str, src: Any, req: LoadRequest) -> Loaded:
+    def _load(self, key: str, src: Any, req: LoadRequest, progress: LoadProgress) -> Loaded:
         harness = req.harness or self.cfg.harness
         engine = get_engine(harness, model_id=key)
         plan = plan_load(src, models_dir=self.cfg.models_path, hub=self.hub, quant=req.quant,
                          tensor_parallel=req.tensor_parallel, harness=harness)
-        path = self._fetch(plan, key)
+        path = self._fetch(plan, key, progress)
         try:
             meta = gguf_header.read_metadata(path)
         except (OSError, gguf_header.GGUFError) as exc:
@@ -181,6 +195,7 @@ class Registry:
         n_ctx = min(self.cfg.n_ctx, facts["context_length"] or self.cfg.n_ctx)
         need = gguf_header.estimate_mb(path, meta, n_ctx)
         devices = self._check_devices(req.devices, key)
+        progress.begin("queued")  # behind another model's engine load, if any
         with self._engine_lock:
             free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
                        if not devices or d.index in devices)
@@ -190,10 +205,14 @@ class Registry:
                     "a model or choose another node", code="insufficient_vram", retry_after=5,
                     need_mb=need, free_mb=free)
             t0 = time.monotonic()
+            # llama.cpp counts the bytes of every shard (they sit side by side).
+            progress.begin("loading", total=sum(_size(path.parent / Path(f).name)
+                                                for f in plan.files))
             try:
                 model = engine.load(path, n_ctx=n_ctx, n_threads=self.cfg.n_threads,
                                     n_gpu_layers=self.cfg.n_gpu_layers, devices=devices,
-                                    has_gpu=self.devices.has_gpu)
+                                    has_gpu=self.devices.has_gpu,
+                                    progress=lambda f: progress.update(fraction=f))
             except (ValueError, RuntimeError, OSError) as exc:
                 raise PreflightError("engine_load_failed", key,
                                      f"{harness} could not load {path.name}: {exc}") from None
@@ -209,13 +228,23 @@ class Registry:
                  seconds, loaded.vram_mb)
         return loaded
 
-    def _fetch(self, plan: Plan, key: str) -> Path:
+    def _fetch(self, plan: Plan, key: str, progress: LoadProgress) -> Path:
         if plan.base is not None:
             return plan.base / plan.files[0]
+        repo = plan.source.name
+        sizes = {name: self.hub.remote_size(repo, name) for name in plan.files}
+        moving = [n for n in plan.files if sizes[n]]  # cached files move no bytes
+        if moving:
+            progress.begin("downloading", total=sum(sizes[n] or 0 for n in moving))
+        finished = 0
         paths = []
         for name in plan.files:
             try:
-                paths.append(self.hub.download(plan.source.name, name))
+                paths.append(self.hub.download(
+                    repo, name, on_bytes=lambda n, base=finished: progress.update(done=base + n)))
+                if sizes[name]:
+                    finished += sizes[name] or 0
+                    progress.update(done=finished)
             except Exception as exc:
                 raise PreflightError("repo_fetch_failed", key,
                                      f"download of {name} failed: {type(exc).__name__}: {exc}"
@@ -279,6 +308,13 @@ class Registry:
         t = threading.Thread(target=run, name="prewarm", daemon=True)
         t.start()
         return t
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _trim_heap() -> None:

@@ -7,11 +7,14 @@ before anything touches the disk or the network: nothing may leave `models_dir`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,10 +110,28 @@ class Hub:
             names.update(str(p.relative_to(snap)) for p in snap.rglob("*") if p.is_file())
         return sorted(names)
 
-    def download(self, repo: str, filename: str) -> Path:
+    def remote_size(self, repo: str, filename: str) -> int | None:
+        """The file's size in bytes, or None if it is cached already (or cannot be known):
+        what a download of it will move."""
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+        if self.offline or isinstance(
+                try_to_load_from_cache(repo, filename, cache_dir=str(self.cache_dir)), str):
+            return None
+        try:
+            url = hf_hub_url(repo, filename, endpoint=self.endpoint)
+            return get_hf_file_metadata(url, token=self.token).size
+        except Exception as exc:  # the download itself will say what is wrong
+            log.debug("size of %s/%s unknown: %s", repo, filename, exc)
+            return None
+
+    def download(self, repo: str, filename: str,
+                 on_bytes: Callable[[int], None] | None = None) -> Path:
+        """Fetch one file into the cache; `on_bytes` hears how many bytes are on disk."""
         from huggingface_hub import hf_hub_download
 
-        with _Progress(self.cache_dir, f"{repo}/{filename}"):
+        blobs = self.cache_dir / f"models--{repo.replace('/', '--')}" / "blobs"
+        with _Progress(blobs, f"{repo}/{filename}", on_bytes):
             path = hf_hub_download(repo, filename, cache_dir=str(self.cache_dir),
                                    endpoint=self.endpoint, token=self.token,
                                    local_files_only=self.offline)
@@ -118,11 +139,13 @@ class Hub:
 
 
 class _Progress:
-    """Logs download progress by watching the partial file grow (the hub's own
-    progress bars go to a terminal a service does not have)."""
+    """Watches the partial file grow (the hub's own progress bars go to a terminal a
+    service does not have): tells `on_bytes` often and the log now and then."""
 
-    def __init__(self, cache_dir: Path, label: str, every: float = 5.0) -> None:
-        self.cache_dir, self.label, self.every = cache_dir, label, every
+    def __init__(self, blobs: Path, label: str, on_bytes: Callable[[int], None] | None,
+                 tick: float = 0.25, log_every: float = 5.0) -> None:
+        self.blobs, self.label, self.on_bytes = blobs, label, on_bytes
+        self.tick, self.log_every = tick, log_every
         self._done = threading.Event()
 
     def __enter__(self) -> _Progress:
@@ -135,8 +158,14 @@ class _Progress:
         log.info("download %s: %s", self.label, "failed" if exc[0] else "done")
 
     def _watch(self) -> None:
-        while not self._done.wait(self.every):
-            partial = [p.stat().st_size for p in self.cache_dir.rglob("*.incomplete")
-                       if p.exists()]
-            if partial:
-                log.info("download %s: %.1f MB so far", self.label, sum(partial) / 2**20)
+        last_log = time.monotonic()
+        while not self._done.wait(self.tick):
+            size = 0
+            for p in self.blobs.glob("*.incomplete"):
+                with contextlib.suppress(OSError):  # renamed into place meanwhile
+                    size += p.stat().st_size
+            if self.on_bytes is not None and size:
+                self.on_bytes(size)
+            if size and time.monotonic() - last_log >= self.log_every:
+                last_log = time.monotonic()
+                log.info("download %s: %.1f MB so far", self.label, size / 2**20)

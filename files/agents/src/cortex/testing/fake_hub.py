@@ -24,6 +24,7 @@ import io
 import json
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -140,8 +141,12 @@ class FakeHub:
         gated: Iterable[str] = (),
         token: str | None = None,
         private: Iterable[str] = (),
+        rate: float | None = None,
     ) -> None:
         self.token = token
+        # Bytes a second for file bodies (None: as fast as loopback goes), for tests that
+        # watch a download's progress.
+        self.rate = rate
         self.gated: set[str] = set(gated)
         self.private: set[str] = set(private)
         self.requests: list[RecordedRequest] = []
@@ -392,11 +397,15 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "GET":
             return
         self.hub._count_download(repo_id, filename)
+        piece = _CHUNK if not self.hub.rate else max(1024, int(self.hub.rate / 20))
         with _open(f.source) as body:
             body.seek(start)
-            while length > 0 and (chunk := body.read(min(_CHUNK, length))):
+            while length > 0 and (chunk := body.read(min(piece, length))):
                 self.wfile.write(chunk)
                 length -= len(chunk)
+                if self.hub.rate:  # pace the body: a slow link, not a synchronisation
+                    self.wfile.flush()
+                    time.sleep(len(chunk) / self.hub.rate)
 
     def _json(self, payload: object) -> None:
         self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})

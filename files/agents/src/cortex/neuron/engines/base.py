@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,4 +77,6 @@ class Engine(ABC):
 
     @abstractmethod
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
-             devices: list[int], has_gpu: bool) -> LoadedModel: ...
+             devices: list[int], has_gpu: bool,
+             progress: Callable[[float], None] | None = None) -> LoadedModel:
+        """Load `path`; `progress`, where the backend can, hears the share done (0..1)."""

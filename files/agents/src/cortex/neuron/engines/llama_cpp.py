@@ -5,11 +5,12 @@ from __future__ import annotations
 import ctypes
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import llama_cpp
 
+from cortex.neuron.engines import llama_progress
 from cortex.neuron.engines.base import Engine, GenerationRequest, LoadedModel, TokenEvent
 
 
@@ -17,7 +18,8 @@ class LlamaCppEngine(Engine):
     name = "llama_cpp"
 
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
-             devices: list[int], has_gpu: bool) -> LoadedModel:
+             devices: list[int], has_gpu: bool,
+             progress: Callable[[float], None] | None = None) -> LoadedModel:
         kwargs: dict = {}
         if has_gpu and devices:
             if len(devices) == 1:
@@ -30,9 +32,10 @@ class LlamaCppEngine(Engine):
                 kwargs.update(split_mode=llama_cpp.LLAMA_SPLIT_MODE_LAYER, main_gpu=devices[0],
                               tensor_split=split)
         threads = n_threads or len(os.sched_getaffinity(0))
-        llm = llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-            n_gpu_layers=n_gpu_layers if has_gpu else 0, verbose=False, **kwargs)
+        with llama_progress.reporting(progress):
+            llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers if has_gpu else 0, verbose=False, **kwargs)
         return LlamaCppModel(llm)
 
 
