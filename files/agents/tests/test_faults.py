@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -272,14 +273,12 @@ def test_slow_neuron_times_out_and_the_replica_is_unaffected(fleet):
 
     # n1 still answers its polls, but holds every inference request.
     slow.set(Delay(120))
-    result: dict = {}
-    t = threading.Thread(target=lambda: result.update(r=chat(gw, "tiny-think", timeout=20)))
-    t.start()
-    wait_until(lambda: slow.holding == 1, 10, "the request held by n1")
-    for _ in range(3):  # meanwhile the other node serves as usual
-        answered(gw, node="n2")
-    t.join(30)
-    err = envelope(result["r"], 502, 504)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(chat, gw, "tiny-think", timeout=20)
+        wait_until(lambda: slow.holding == 1, 10, "the request held by n1")
+        for _ in range(3):  # meanwhile the other node serves as usual
+            answered(gw, node="n2")
+        err = envelope(held.result(30), 502, 504)
     assert "3 s" in err["message"] or "time" in err["message"].lower(), err
 
     # A stream that stops half way: the read timeout ends it with an error event.
@@ -393,6 +392,28 @@ def test_neuron_200_that_is_not_json(proxied):
     envelope(r, 502)
 
 
+def test_a_request_that_breaks_a_neuron_is_tried_once(fleet):
+    """A neuron's 500 caused by the request itself would be the same on every replica:
+    it must not be retried elsewhere (issue 12), and the client should get a 400."""
+    n1, n2 = fleet.neurons("n1", "n2", extra=PREWARM_HELLO)
+    p1, p2 = fleet.proxy(n1), fleet.proxy(n2)  # pass-through: they count what reaches n1, n2
+    gw = fleet.gateway({"n1": p1, "n2": p2}, HELLO_MODEL).wait_ready()
+    wait_locations(gw, "tiny-hello", {"n1": "loaded", "n2": "loaded"})
+    body = b'{"model": "tiny-hello", "messages": [{"role": "user", "content": "\\udc80"}]}'
+    r = requests.post(gw.url + "/v1/chat/completions", data=body, timeout=30,
+                      headers={"Authorization": f"Bearer {KEY}",
+                               "Content-Type": "application/json"})
+    tries = p1.requests + p2.requests
+    assert 400 <= r.status_code < 600 and r.json()["error"]["message"]
+    answered(gw)
+    idle(n1, n2)
+    assert gw.health()["nodes"]["healthy"] == 2
+    known_defect(tries == 1, "known (issue 12): the gateway retries a neuron's 500 caused by "
+                 "the request on another replica")
+    known_defect(r.status_code == 400, "known (issue 12): a lone surrogate in a message is a "
+                 "500 on the neuron, not a 400 naming the field")
+
+
 # -- a load failing half way ---------------------------------------------------------------
 def test_load_failing_half_way_registers_nothing(fleet, models_dir, tmp_path):
     models = tmp_path / "models-broken"
@@ -410,7 +431,7 @@ def test_load_failing_half_way_registers_nothing(fleet, models_dir, tmp_path):
         assert "tiny-broken" in err["message"], err
     assert n1.health()["models"] == [] and n1.health()["loading"] == []
     assert n1.models()["file:tiny-broken"]["status"] == "available"
-    assert n1.loads("file:tiny-broken", result="failed") == 2
+    assert 1 <= n1.loads("file:tiny-broken", result="failed") <= 2  # tried, not in a loop
     wait_locations(gw, "tiny-broken", {"n1": "unloaded"})
     answered(gw, node="n1")  # a good model loads and answers
     assert n1.loaded() == {"file:tiny-hello"}
@@ -456,18 +477,13 @@ def test_two_gateways_cold_loading_one_model_load_it_once(fleet):
     for gw in gws:
         gw.wait_ready()
     barrier = threading.Barrier(8)
-    codes: list[int] = []
 
-    def go(gw: GatewayServer) -> None:
-        barrier.wait(10)
-        r = chat(gw, "tiny-hello", timeout=60, max_tokens=8)
-        codes.append(r.status_code)
+    def go(gw: GatewayServer) -> int:
+        barrier.wait(10)  # all at once, before any has seen the model loaded
+        return chat(gw, "tiny-hello", timeout=60, max_tokens=8).status_code
 
-    threads = [threading.Thread(target=go, args=(gws[i % 2],)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(go, [gws[i % 2] for i in range(8)], timeout=90))
     assert codes == [200] * 8
     assert n1.loads("file:tiny-hello") + n2.loads("file:tiny-hello") == 1
     assert n1.loads("file:tiny-hello", "failed") + n2.loads("file:tiny-hello", "failed") == 0

@@ -362,8 +362,9 @@ class FaultProxy:
 
     Each request gets its own upstream connection and goes out with `Connection: close`,
     so the proxy never has to frame a reply: it relays bytes until the neuron closes.
-    Faults apply to requests `match` selects (inference by default); `hits` counts them
-    and `holding` tells how many are being held right now (to wait on, not sleep).
+    Faults apply to requests `match` selects (inference by default); `requests` counts
+    those, `hits` the ones a fault met, and `holding` how many are held right now (to wait
+    on, not sleep).
     """
 
     def __init__(self, upstream: str,
@@ -372,7 +373,8 @@ class FaultProxy:
         self.upstream = (host, int(port))
         self.match = match
         self.fault: Fault | None = None
-        self.hits = 0
+        self.requests = 0  # requests `match` selected, faulted or not
+        self.hits = 0  # of which a fault met
         self.holding = 0
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -410,10 +412,11 @@ class FaultProxy:
             if request is None:
                 return
             method, path, data = request
-            fault = self.fault if self.match(method, path) else None
-            if fault is not None:
-                with self._lock:
-                    self.hits += 1
+            matched = self.match(method, path)
+            fault = self.fault if matched else None
+            with self._lock:
+                self.requests += matched
+                self.hits += fault is not None
             if isinstance(fault, Reply):
                 client.sendall(fault.raw)
                 return
