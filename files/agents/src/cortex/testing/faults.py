@@ -133,8 +133,8 @@ class Service:
 
     def kill(self) -> None:
         """kill -9 of the master and every worker, as a crash or the OOM killer would."""
-        if self.proc is None:
-            return
+        if self.proc is None or self.proc.returncode is not None:
+            return  # reaped: its number may belong to someone else now
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(30)
@@ -146,19 +146,19 @@ class Service:
         self.signal(signal.SIGCONT)
 
     def stop(self, timeout: float = 30) -> None:
-        """A graceful stop (SIGTERM to the master), then kill -9 if it lingers."""
+        """A graceful stop (SIGTERM to the master), then kill -9 of whatever is left."""
         self.http.close()  # an idle keep-alive connection would hold a worker's exit
         if not self.running:
             return
         self.resume()  # a stopped process cannot handle SIGTERM
         self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        # Orphaned workers of a killed master would keep the port: take the group down.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        # Wait for the master to exit without reaping it, so that its process group can
+        # still be named safely: a worker it left behind would keep the port.
+        while (os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+               is None and time.monotonic() < deadline):
+            time.sleep(0.05)
+        self.kill()
 
     def log_tail(self, size: int = 4000) -> str:
         try:
