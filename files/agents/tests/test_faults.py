@@ -1,8 +1,9 @@
 """The fault matrix: what a client sees when the fleet misbehaves, and that nothing is lost.
 
 Every case runs the real thing: `cortex serve` (gunicorn + gevent) over `neuron serve`
-processes with tiny GGUF models on loopback, killed, restarted, paused or put behind a
-fault proxy that delays, cuts or replaces their replies. Only the public HTTP APIs and the
+processes with tiny GGUF models on loopback, killed, restarted or put behind a fault
+proxy that delays, cuts or replaces their replies (SIGSTOP is left to bench/soak.py: a
+paused neuron takes three 5 s polls to be dropped). Only the public HTTP APIs and the
 official clients are used, so the cases hold whatever the gateway and neuron look like
 inside. After each fault: the next request succeeds, the neuron's /health shows nothing
 running or queued, and the gateway's catalogue tells the truth.
