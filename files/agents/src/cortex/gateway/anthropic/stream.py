@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cortex.core.errors import ApiError
-from cortex.core.http import sse_event
+from cortex.core.wire import sse_event
 from cortex.gateway.anthropic import errors, translate
 
 log = logging.getLogger(__name__)
