@@ -39,8 +39,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 PASS_BACK = ("Content-Type", "Retry-After")
 RETRY_CODES = {"node_drained", "shutting_down"}
 # A client that hangs up mid-stream: read on this long (bytes, seconds) for the usage chunk,
-# so what the neuron generated is billed; past it, the relayed text is counted instead.
-DRAIN_BYTES, DRAIN_S = 1 << 18, 1.0
+# so what the neuron generated is billed exactly; past it, the stream is cut (the neuron
+# stops) and the prompt plus each relayed event is billed.
+DRAIN_BYTES, DRAIN_S = 1 << 18, 2.0
 
 
 @dataclass
@@ -248,8 +249,9 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
     done = False
     first = b""
     events = 0  # relayed: a floor on the tokens generated, if the usage never comes
+    pieces = _raw(upstream, outcome)
     try:
-        for chunk in _raw(upstream, outcome):
+        for chunk in pieces:
             first = first or chunk
             recent.append(chunk)
             events += chunk.count(b"data: ")
@@ -267,7 +269,7 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
         yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
     except GeneratorExit:  # the client went away: still bill what the neuron generated
         outcome.code = "client_closed"
-        done = _drain(upstream, recent, edge)
+        done = _drain(pieces, recent, edge)
         if not done:
             _estimate_usage(first, events - 1, outcome)  # the first event is the role
         raise
@@ -277,12 +279,12 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
         _finish_quietly(finish)
 
 
-def _drain(upstream: UpstreamResponse, recent: deque[bytes], edge: bytes) -> bool:
-    """Read a little more of a stream nobody listens to, for its usage chunk; True if the
-    stream's end ([DONE]) came within DRAIN_BYTES and DRAIN_S."""
+def _drain(pieces: Iterator[bytes], recent: deque[bytes], edge: bytes) -> bool:
+    """Read a little more of a stream nobody listens to (`pieces`: where the relay left
+    off), for its usage chunk; True if its end ([DONE]) came within DRAIN_BYTES, DRAIN_S."""
     deadline, left = time.monotonic() + DRAIN_S, DRAIN_BYTES
     try:
-        for chunk in upstream.stream():
+        for chunk in pieces:
             recent.append(chunk)
             window = edge + chunk
             if b"data: [DONE]" in window:
@@ -323,8 +325,9 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
     done = False
     buf = b""
     events = 0
+    pieces = _raw(ex.response, ex.outcome)
     try:
-        for raw in _raw(ex.response, ex.outcome):
+        for raw in pieces:
             *lines, buf = (buf + raw).split(b"\n")
             for line in lines:
                 if line.startswith(b":"):
@@ -349,7 +352,7 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
     except GeneratorExit:  # the client went away: still bill what the neuron generated
         ex.outcome.code = "client_closed"
         tail: deque[bytes] = deque([buf], maxlen=3)
-        done = _drain(ex.response, tail, buf[-11:])
+        done = _drain(pieces, tail, buf[-11:])
         if done:
             _account_stream_tail(b"".join(tail)[-8192:], ex.outcome)
         else:
