@@ -5,6 +5,8 @@ parses headers with the email package and writes head and body in two syscalls),
 eight times this client. Neurons speak plain HTTP/1.1 (TLS optional) on a private network:
 no redirects, proxies, compression or 100-continue to handle. Under gevent the sockets are
 cooperative, so one worker holds thousands of these connections.
+Against geventhttpclient, in bench/gateway_overhead.py's floor proxy (2026-12-02, load ~12):
+P50 +1.98 ms vs +2.74 ms added latency, 455 vs 451 req/s at 50 clients, TTFT 5.84 vs 6.90 ms.
 """
 
 from __future__ import annotations
