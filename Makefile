@@ -43,6 +43,8 @@ sysdeps:
 
 lint: $(STAMP) collection
 	$(BIN)/ruff check $(AGENTS) scripts bench tests
+	# The import layering (files/agents/LAYERS.md): no cycles, no upward imports.
+	cd $(AGENTS) && PYTHONPATH=src ../../$(BIN)/lint-imports --no-cache
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps

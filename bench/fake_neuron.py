@@ -3,7 +3,8 @@
 aiohttp on 127.0.0.1, one process, no model. `GET /health` and `GET /models` report one
 loaded model (`file:fake`); `POST /v1/chat/completions` answers a fixed reply, or with
 `"stream": true` a stream of `--chunks` chunks `--interval` seconds apart, then a usage
-chunk and `data: [DONE]`. Each chunk's content is `T<time.monotonic() at send>` so a
+chunk and `data: [DONE]`; `POST /v1/embeddings` answers OpenAI's embeddings shape. Each
+chunk's content is `T<time.monotonic() at send>` so a
 client on the same machine can tell how long the chunk took to arrive (CLOCK_MONOTONIC
 is the same in every process).
 
@@ -85,10 +86,20 @@ def make_app(chunks: int, interval: float) -> web.Application:
             pass  # the client went away
         return resp
 
+    async def embeddings(request: web.Request) -> web.Response:
+        body = json.loads(await request.read() or b"{}")
+        inputs = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
+        return web.json_response({
+            "object": "list", "model": MODEL,
+            "data": [{"object": "embedding", "index": i, "embedding": [0.25] * 8}
+                     for i in range(len(inputs))],
+            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}})
+
     app = web.Application()
     app.router.add_get("/health", health)
     app.router.add_get("/models", models)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", embeddings)
     return app
 
 

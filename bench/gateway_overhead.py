@@ -2,9 +2,14 @@
 
 A fast fake neuron (bench/fake_neuron.py, aiohttp, its own process) on loopback; the real
 gateway (`cortex serve`, gunicorn + gevent, `--workers`, default 1 for per-worker figures)
-in front of it; optionally the LiteLLM proxy against the same upstream (`--litellm`).
+in front of it; the floor of the stack (bench/floor_proxy.py: gunicorn + gevent, forwards
+the body, streams the reply back, nothing else) twice, once with geventhttpclient ("floor")
+and once with the gateway's own gateway/http1.py ("floor-http1"), so the two HTTP clients
+are compared with all else equal; optionally the LiteLLM proxy (`--litellm`).
 Calls alternate in a shuffled order within each round between "direct" (to the upstream),
-"direct-b" (the same again, to show the harness's own noise), "gateway" and "litellm".
+"direct-b" (the same again, to show the harness's own noise), the proxies and "litellm".
+The "routes" phase times each data-plane route through the gateway (/v1/chat/completions,
+/v1/messages, /v1/embeddings) beside the same call direct and through the floor.
 Figures: medians of per-round medians, P99 of paired differences (same round, same
 index), the CPU seconds of every process in each phase, and the load average (the
 machine has 2 cores; the bench client, the upstream and the gateway share them with
@@ -213,10 +218,11 @@ class Target:
     port: int
     model: str
     headers: dict[str, str] = field(default_factory=dict)
+    path: str = "/v1/chat/completions"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/v1/chat/completions"
+        return f"http://{self.host}:{self.port}{self.path}"
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float,
@@ -264,6 +270,20 @@ def start_gateway(procs: Procs, tmp: Path, upstream: int, workers: int) -> int:
                                 str(tmp / "cortex.toml")], log)
     body = json.dumps({"model": "fake", "messages": MSG}).encode()
     wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", p, log, 90,
+              headers={"Content-Type": "application/json"}, data=body)
+    return port
+
+
+def start_floor(procs: Procs, tmp: Path, upstream: int, client: str) -> int:
+    port = free_port()
+    log = tmp / f"floor-{client}.log"
+    env = dict(os.environ, UPSTREAM=f"http://127.0.0.1:{upstream}", FLOOR_CLIENT=client)
+    p = procs.start(f"floor-{client}", [
+        str(BIN / "gunicorn"), "-k", "gevent", "-w", "1", "--worker-connections", "4096",
+        "--chdir", str(HERE), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+        "floor_proxy:app"], log, env)
+    body = json.dumps({"model": "fake", "messages": MSG}).encode()
+    wait_http(f"http://127.0.0.1:{port}/v1/chat/completions", p, log, 60,
               headers={"Content-Type": "application/json"}, data=body)
     return port
 
@@ -416,6 +436,59 @@ async def throughput(targets: list[Target], clients: int, secs: float, reps: int
         print(f"{t.name:<10} {med(rates[t.name]):8.0f} req/s  latency P50 "
               f"{ms(med(lat[t.name]))} ms P99 {ms(pct(lat[t.name], 0.99))} ms  "
               f"errors {errs[t.name]}")
+
+
+# -- phase 2b: each data-plane route --------------------------------------------------------
+ROUTE_BODIES = {
+    "/v1/chat/completions": {"model": "fake", "messages": MSG},
+    "/v1/messages": {"model": "fake", "max_tokens": 16, "messages": MSG},
+    "/v1/embeddings": {"model": "fake", "input": ["Hi there"]},
+}
+
+
+async def routes(targets: list[Target], calls: int) -> None:
+    """Non-streaming P50 per route; /v1/messages exists only on the gateway (its direct
+    baseline is the chat call it becomes)."""
+    by = {t.name: t for t in targets}
+    plan = []
+    for path, body in ROUTE_BODIES.items():
+        for name in ("direct", "floor", "gateway"):
+            if path == "/v1/messages" and name != "gateway":
+                continue
+            t = by[name]
+            plan.append((path, name, Target(t.name, t.host, t.port, t.model, t.headers, path),
+                         json.dumps(body).encode()))
+    ss = {(path, name): aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+          for path, name, _, _ in plan}
+    got: dict[tuple[str, str], list[float]] = {(p, n): [] for p, n, _, _ in plan}
+    errors: dict[tuple[str, str], int] = dict.fromkeys(got, 0)
+    try:
+        for k in range(calls + 20):
+            random.shuffle(plan)
+            for path, name, t, body in plan:
+                try:
+                    took, _ = await one_call(ss[(path, name)], t, body)
+                except Exception:
+                    errors[(path, name)] += 1
+                    continue
+                if k >= 20:  # the first 20 warm up
+                    got[(path, name)].append(took)
+    finally:
+        for s in ss.values():
+            await s.close()
+    print(f"\n== routes: {calls} non-streaming calls each, one at a time, shuffled ==")
+    print(f"{'route':<22} {'target':<8} {'P50 ms':>8} {'P99 ms':>8} {'added P50':>10} "
+          f"{'errors':>7}")
+    for path in ROUTE_BODIES:
+        base_path = "/v1/chat/completions" if path == "/v1/messages" else path
+        base = med(got[(base_path, "direct")])
+        for name in ("direct", "floor", "gateway"):
+            if (path, name) not in got:
+                continue
+            v = got[(path, name)]
+            added = "" if name == "direct" else f"{(med(v) - base) * 1000:+9.2f}"
+            print(f"{path:<22} {name:<8} {ms(med(v)):>8} {ms(pct(v, 0.99)):>8} {added:>10} "
+                  f"{errors[(path, name)]:>7}")
 
 
 # -- phase 3: one stream at a time ---------------------------------------------------------
@@ -719,7 +792,11 @@ async def run(a: argparse.Namespace, procs: Procs, tmp: Path) -> None:
     gw = start_gateway(procs, tmp, up, a.workers)
     targets = [Target("direct", "127.0.0.1", up, "file:fake"),
                Target("direct-b", "127.0.0.1", up, "file:fake"),
-               Target("gateway", "127.0.0.1", gw, "fake")]
+               Target("gateway", "127.0.0.1", gw, "fake"),
+               Target("floor", "127.0.0.1", start_floor(procs, tmp, up, "geventhttpclient"),
+                      "fake"),
+               Target("floor-http1", "127.0.0.1", start_floor(procs, tmp, up, "http1"),
+                      "fake")]
     if a.litellm:
         exe = find_litellm(a.litellm_bin)
         if exe is None:
@@ -740,6 +817,9 @@ async def run(a: argparse.Namespace, procs: Procs, tmp: Path) -> None:
     if a.stream_rounds:
         with CpuPhase(procs, "streams"):
             await streams(targets, a.stream_rounds, a.stream_per_round)
+    if a.route_calls:
+        with CpuPhase(procs, "routes"):
+            await routes(targets, a.route_calls)
     for spread in a.ramp_spread:
         if a.levels:
             await ramp(procs, targets, a.levels, a.ramp_timeout, spread)
@@ -757,6 +837,8 @@ def main() -> None:
     p.add_argument("--throughput-reps", type=int, default=2)
     p.add_argument("--stream-rounds", type=int, default=12)
     p.add_argument("--stream-per-round", type=int, default=1)
+    p.add_argument("--route-calls", type=int, default=200,
+                   help="calls per route and target in the routes phase (0 to skip)")
     p.add_argument("--levels", default="250,500,1000,2000,3000",
                    help="concurrent stream counts, comma separated ('' to skip)")
     p.add_argument("--ramp-timeout", type=float, default=60.0)
@@ -772,7 +854,7 @@ def main() -> None:
     if a.quick:
         a.rounds, a.per_round, a.warmup = 5, 5, 10
         a.throughput_secs, a.throughput_reps = 1.0, 1
-        a.stream_rounds, a.levels = 2, "100"
+        a.stream_rounds, a.levels, a.route_calls = 2, "100", 20
     a.levels = [int(x) for x in a.levels.split(",") if x.strip()]
     a.ramp_spread = [float(x) for x in a.ramp_spread.split(",") if x.strip()]
     random.seed(a.seed)

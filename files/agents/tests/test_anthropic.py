@@ -275,12 +275,21 @@ def test_count_tokens_is_the_neurons_count(client, neuron):
     body = {"model": "tiny-agent", "system": [{"type": "text", "text": "Be brief.",
                                                "cache_control": {"type": "ephemeral"}}],
             "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": TOOLS}
+    m = client.messages.create(max_tokens=200, **body)  # loads the model
     counted = client.messages.count_tokens(**body).input_tokens
     assert counted == neuron_count(neuron, body) > 50  # the tools are in the prompt
-    m = client.messages.create(max_tokens=200, **body)
-    assert m.usage.input_tokens == counted
+    assert m.usage.input_tokens + m.usage.cache_read_input_tokens == counted
     bare = client.messages.count_tokens(model="tiny-agent", messages=body["messages"])
     assert bare.input_tokens < counted
+
+
+def test_count_tokens_never_loads_a_model(client, neuron):
+    with pytest.raises(anthropic.InternalServerError) as exc:  # 503: retry once loaded
+        client.messages.count_tokens(model="tiny-agent", messages=HI)
+    assert exc.value.status_code == 503 and "not loaded" in error_of(exc.value)["message"]
+    assert exc.value.response.headers["Retry-After"]
+    # nothing was loaded (nor evicted) for it
+    assert not [m for m in neuron.get("/models").json() if m["status"] != "available"]
 
 
 # -- a request as Claude Code sends it -------------------------------------------------
@@ -288,6 +297,7 @@ def test_claude_code_request_replayed(gw, client):
     recorded = json.loads((DATA / "claude_code_request.json").read_text())
     body, headers = recorded["body"], recorded["headers"]
     assert len(body["tools"]) >= 12 and len(body["messages"]) >= 12
+    client.messages.create(model=body["model"], max_tokens=1, messages=HI)  # loads it
     counted = client.messages.count_tokens(
         **{k: body[k] for k in ("model", "system", "messages", "tools")}).input_tokens
     r = requests.post(gw.url + "/v1/messages?beta=true", json=body, stream=True, timeout=120,
@@ -295,7 +305,8 @@ def test_claude_code_request_replayed(gw, client):
     assert r.status_code == 200, r.text
     events = sse_events(r)
     assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
-    assert events[0][1]["message"]["usage"]["input_tokens"] == counted > 2000
+    usage = events[0][1]["message"]["usage"]
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == counted > 2000
     assert events[0][1]["message"]["model"] == body["model"]
     text = "".join(d["delta"].get("text", "") for n, d in events if n == "content_block_delta")
     assert text == ANSWER  # the last turn was a tool result: the model answers in words

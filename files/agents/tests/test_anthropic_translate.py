@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cortex.core.errors import ApiError
+from cortex.core.errors import ApiError, BadRequest
 from cortex.gateway.anthropic import errors
 from cortex.gateway.anthropic.stream import Converter
 from cortex.gateway.anthropic.translate import stop_reason, to_anthropic, to_openai, tool_input
@@ -309,7 +309,9 @@ def test_stream_text():
     assert events[2][1]["content_block"] == {"type": "text", "text": ""}
     assert events[-2][1] == {"type": "message_delta",
                              "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                             "usage": {"input_tokens": 21, "output_tokens": 2}}
+                             "usage": {"input_tokens": 21, "output_tokens": 2,
+                                       "cache_creation_input_tokens": 0,
+                                       "cache_read_input_tokens": 0}}
 
 
 def test_stream_interleaved_blocks_get_their_own_indexes():
@@ -427,3 +429,44 @@ def test_stream_broken_upstream_ends_with_an_error_event():
     assert b"message_stop" not in raw and closed == ["started", "closed"]
     # nothing at all before the end: an error too, never an empty success
     assert run([])[-1][1]["error"]["type"] == "api_error"
+
+
+# -- Claude Code's billing line, structured output, cached tokens --------------------------
+def test_billing_line_loses_its_per_request_values_only():
+    line = "x-anthropic-billing-header: cc_version=2.1.197.{}; cc_entrypoint=sdk-cli;"
+    old = "x-anthropic-billing-header: cc_version=1.0.88.abc; cc_entrypoint=cli; cch={};"
+    for template in (line, old):
+        a, b = (to_openai({"model": "m", "max_tokens": 1, "messages": [
+            {"role": "user", "content": "Hi"}], "system": [
+            {"type": "text", "text": template.format(h)},
+            {"type": "text", "text": "You are an agent.\n  keep me  byte for byte "}]})
+            for h in ("725", "3f2a1"))
+        assert a["messages"][0] == b["messages"][0]
+        assert "725" not in a["messages"][0]["content"]
+        assert a["messages"][0]["content"].endswith(
+            "\n\nYou are an agent.\n  keep me  byte for byte ")
+    plain = "cc_version=2.1.197.725 is not a billing line"
+    assert to_openai({"model": "m", "max_tokens": 1, "system": plain, "messages": [
+        {"role": "user", "content": "Hi"}]})["messages"][0]["content"] == plain
+
+
+def test_output_config_format_becomes_response_format():
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    req = to_openai({"model": "m", "max_tokens": 9, "messages": [{"role": "user",
+                     "content": "Hi"}], "output_config": {"format": {
+                         "type": "json_schema", "schema": schema}, "effort": "high"}})
+    assert req["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": schema, "strict": True}}
+    with pytest.raises(BadRequest) as exc:
+        to_openai({"model": "m", "max_tokens": 9, "messages": [{"role": "user",
+                   "content": "Hi"}], "output_config": {"format": {"type": "xml"}}})
+    assert exc.value.param == "output_config.format"
+
+
+def test_cached_tokens_are_reported_as_cache_reads():
+    reply = {"choices": [{"message": {"content": "Hi"}, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 100, "completion_tokens": 2,
+                       "prompt_tokens_details": {"cached_tokens": 80}}}
+    assert to_anthropic(reply, "m", thinking=False)["usage"] == {
+        "input_tokens": 20, "output_tokens": 2, "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 80}

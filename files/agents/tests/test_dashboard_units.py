@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cortex.gateway.fleet import ModelOnNode, Node
 from cortex.gateway.proxy import Outcome
-from cortex.gateway.ui.recent import RecentRequests
+from cortex.gateway.recent import RecentRequests
 from cortex.gateway.ui.views import Rates
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cortex.gateway.http1 import Client, HttpError
 
@@ -183,3 +186,131 @@ def test_header_values_cannot_inject_headers(server):
     r = Client().request("GET", url + "/", headers={"X-Evil": "a\r\nX-Injected: 1", "X-Ok": "b"})
     assert r.status == 204 and r.read() == b""
     assert b"X-Injected" not in seen[0] and b"X-Ok: b\r\n" in seen[0]
+
+
+# -- what may not happen: a POST sent twice, a reply that never ends, lenient framing -------
+def test_a_post_that_may_have_reached_the_neuron_is_never_sent_again(server):
+    seen = []
+
+    def script(conn, req):
+        seen.append(req)
+        if len(seen) == 2:
+            return False  # it read the request, then died before answering
+        conn.sendall(reply("200 OK", b"ok"))
+        return True
+
+    url, accepted = server(script)
+    client = Client()
+    assert client.request("POST", url + "/", b"{}").read() == b"ok"
+    with pytest.raises(HttpError, match="closed mid-reply"):
+        client.request("POST", url + "/", b'{"n": 2}')
+    assert len(seen) == 2 and len(accepted) == 1  # not resent on a fresh connection
+
+
+def test_a_reply_dribbling_bytes_ends_at_its_deadline(server):
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        try:
+            for _ in range(400):
+                conn.sendall(b"x")
+                time.sleep(0.02)
+        except OSError:
+            pass
+        return False
+
+    url, _ = server(script)
+    r = Client(read_timeout=5).request("GET", url + "/", deadline=0.5)
+    started = time.monotonic()
+    with pytest.raises(HttpError, match="deadline"):
+        r.read()
+    assert time.monotonic() - started < 3  # each read was quick; the whole was not
+
+
+def test_interim_replies_are_bounded(server):
+    def script(conn, req):
+        n = 2 if b"few" in req else 100
+        conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * n
+                     + reply("200 OK", b"real"))
+        return True
+
+    url, _ = server(script)
+    assert Client().request("GET", url + "/few").read() == b"real"
+    with pytest.raises(HttpError, match="interim"):
+        Client().request("GET", url + "/many")
+
+
+@pytest.mark.parametrize("head", [
+    b"Content-Length: -1\r\n", b"Content-Length: +5\r\n", b"Content-Length: 5, 5\r\n",
+    b"Content-Length: 0x5\r\n"])
+def test_a_bad_content_length_is_refused(server, head):
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.1 200 OK\r\n" + head + b"\r\nhello")
+        return False
+
+    url, _ = server(script)
+    with pytest.raises(HttpError, match="Content-Length"):
+        Client().request("GET", url + "/")
+
+
+def test_trailers_are_bounded(server):
+    def script(conn, req):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n")
+        try:
+            for _ in range(200):
+                conn.sendall(b"X-T: " + b"t" * 1000 + b"\r\n")
+        except OSError:
+            pass
+        return False
+
+    url, _ = server(script)
+    with pytest.raises(HttpError, match="trailers"):
+        Client().request("GET", url + "/").read()
+
+
+# -- the chunk parser, by property -----------------------------------------------------------
+def decode_chunked(wire: bytes, read_size: int) -> bytes:
+    """`wire` (a chunked body) through the client's parser over a real socket pair, read
+    at most `read_size` bytes at a time, so that every split of it is met."""
+    from cortex.gateway import http1
+
+    a, b = socket.socketpair()
+    writer = threading.Thread(target=lambda: (b.sendall(wire), b.shutdown(socket.SHUT_WR)),
+                              daemon=True)
+    writer.start()
+    old, http1.READ_SIZE = http1.READ_SIZE, read_size
+    try:
+        conn = http1.Connection(a)
+        conn.timeout = 5.0
+        a.settimeout(5.0)
+        r = http1.Response(Client(), ("http", "x", 1), conn, 200,
+                           {"transfer-encoding": "chunked"})
+        return b"".join(r.stream())
+    finally:
+        http1.READ_SIZE = old
+        writer.join()
+        a.close()
+        b.close()
+
+
+hex_case = st.sampled_from(["{:x}", "{:X}", "{:04x}"])
+chunks = st.lists(st.binary(min_size=1, max_size=300), max_size=8)
+extension = st.sampled_from([b"", b";name=value", b';a="b c"', b"  ;x"])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks, hex_case, extension, st.integers(min_value=1, max_value=9),
+       st.binary(max_size=40).filter(lambda t: b"\r\n\r\n" not in t and b"\r\n" not in t))
+def test_any_valid_chunked_body_decodes_to_its_data(pieces, fmt, ext, read_size, trailer):
+    wire = b"".join(fmt.format(len(p)).encode() + ext + b"\r\n" + p + b"\r\n" for p in pieces)
+    wire += b"0\r\n" + (b"X-T: " + trailer + b"\r\n" if trailer else b"") + b"\r\n"
+    assert decode_chunked(wire, read_size) == b"".join(pieces)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=0, max_size=12).filter(
+    lambda s: b"\r" not in s and b"\n" not in s and b";" not in s
+    and not re.fullmatch(rb"[0-9A-Fa-f]{1,16}[ \t]*", s)), st.integers(1, 9))
+def test_any_malformed_chunk_size_is_an_http_error(size, read_size):
+    wire = b"2\r\nok\r\n" + size + b"\r\nabc\r\n0\r\n\r\n"
+    with pytest.raises(HttpError, match="chunk size"):
+        decode_chunked(wire, read_size)

@@ -212,10 +212,16 @@ def test_thinking_effort_reaches_the_chat_template(neuron_factory, gateway_facto
 def test_input_tokens_is_the_neurons_count(client, neuron):
     body = {"model": "tiny-agent", "instructions": "Be brief.", "tools": [SPAWN],
             "input": "Lint the repo with a sub-agent."}
+    # A count never loads a model: before any request there is nothing to count with.
+    with pytest.raises(openai.APIStatusError) as cold:
+        client.responses.input_tokens.count(**body)
+    assert cold.value.status_code == 503
+    assert cold.value.body["code"] == "model_not_loaded"
+    created = client.responses.create(**body)
     counted = client.responses.input_tokens.count(**body)
     assert counted.object == "response.input_tokens"
     assert counted.input_tokens == neuron_count(neuron, body) > 100  # the tools are in it
-    assert client.responses.create(**body).usage.input_tokens == counted.input_tokens
+    assert created.usage.input_tokens == counted.input_tokens
 
 
 class Tap:

@@ -11,11 +11,17 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from cortex.core.errors import ApiError, BadRequest, Unauthorized
+from cortex.core.errors import ApiError, Unauthorized
+from cortex.core.wire import (  # noqa: F401  (re-exported for the Flask routes)
+    SSE_HEADERS,
+    check_json_type,
+    parse_bearer,
+    parse_json_object,
+    sse_event,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -33,29 +39,6 @@ def json_body() -> dict[str, Any]:
     check_json_type(request.mimetype)
     # get_data raises RequestEntityTooLarge past the limit
     return parse_json_object(request.get_data(cache=True))
-
-
-def check_json_type(mimetype: str) -> None:
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ApiError(f"Content-Type {mimetype!r} is not supported; send application/json",
-                       code="unsupported_media_type", status=415,
-                       type="invalid_request_error")
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
-    if not isinstance(body, dict):
-        raise ApiError("the body must be a JSON object", code="invalid_request_body",
-                       status=422, type="invalid_request_error")
-    return body
-
-
-def too_large(limit: int | None) -> ApiError:
-    return ApiError(f"the body is larger than the {limit}-byte limit",
-                    code="request_too_large", status=413, type="invalid_request_error")
 
 
 def install_error_handlers(app: Flask, *, on_error=error_response) -> None:
@@ -85,23 +68,12 @@ def bearer_token() -> str:
     return parse_bearer(request.headers.get("Authorization", ""))
 
 
-def parse_bearer(authorization: str) -> str:
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
-
-
 def require_token(expected: str) -> None:
     if not expected:
         return
     if not hmac.compare_digest(bearer_token().encode(), expected.encode()):
         raise Unauthorized("missing or wrong bearer token for this neuron "
                            "(the gateway's neuron token)", code="invalid_api_key")
-
-
-def sse_event(data: Any, event: str | None = None) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
 
 
 def sse_response(events: Iterable[bytes]) -> Response:

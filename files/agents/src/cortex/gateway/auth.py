@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hmac
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from flask import request
-
 from cortex.core.errors import ApiError, TooManyRequests, Unauthorized
-from cortex.core.http import bearer_token
 from cortex.gateway.config import EntitlementsSection, KeyEntry
 from cortex.gateway.store import SpendStore, key_id_for, open_store
 
@@ -41,21 +39,16 @@ class Auth:
         self._store: SpendStore | None = None
         self._store_spec = cfg.store
         self._state_dir = state_dir
+        # Tokens that requests in flight in this worker may still spend, per key: counted
+        # against the cap at admission, so concurrent requests cannot all pass one check.
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     @property
     def store(self) -> SpendStore:
         if self._store is None:  # opened lazily: after gunicorn forks, once per worker
             self._store = open_store(self._store_spec, self._state_dir)
         return self._store
-
-    def presented_key(self, allow_x_api_key: bool = False) -> str:
-        key = bearer_token()
-        if not key and allow_x_api_key:
-            key = request.headers.get("x-api-key", "").strip()
-        return key
-
-    def authenticate(self, allow_x_api_key: bool = False) -> Principal:
-        return self.principal(self.presented_key(allow_x_api_key), allow_x_api_key)
 
     def principal(self, key: str, allow_x_api_key: bool = False) -> Principal:
         """Who presents `key`; 401 when auth is required and the key is missing or unknown."""
@@ -68,30 +61,73 @@ class Auth:
                                code="invalid_api_key")
         return ANONYMOUS
 
-    def require_admin(self) -> None:
-        key = bearer_token()
+    def require_admin(self, key: str) -> None:
         if not self.admin_keys or not any(
                 hmac.compare_digest(key.encode(), k.encode()) for k in self.admin_keys):
             raise Unauthorized("this route needs an admin key ([gateway] admin_keys)",
                                code="invalid_api_key")
+
+    def admit(self, p: Principal, reserve: int) -> Hold:
+        """Check `p`'s caps, counting what requests in flight hold, then hold `reserve`
+        tokens for this one until it settles with what it really spent."""
+        hold = Hold(self, p)
+        if p.entry is None or p.entry.hard_cap is None:
+            return hold
+        with self._lock:
+            self.check_caps(p)
+            hold.held = max(0, reserve)
+            self._held[p.key_id] = self._held.get(p.key_id, 0) + hold.held
+        return hold
+
+    def _release(self, hold: Hold) -> None:
+        if hold.held:
+            with self._lock:
+                left = self._held.get(hold.principal.key_id, 0) - hold.held
+                if left > 0:
+                    self._held[hold.principal.key_id] = left
+                else:
+                    self._held.pop(hold.principal.key_id, None)
+            hold.held = 0
 
     def check_caps(self, p: Principal, now: float | None = None) -> None:
         entry = p.entry
         if entry is None or entry.hard_cap is None:
             return
         now = now or time.time()
+        held = self._held.get(p.key_id, 0)
         if entry.window.kind == "rolling":
             spent, oldest = self.store.window(p.key_id, entry.window.seconds, now)
+            spent += held
             if spent >= entry.hard_cap:
                 wait = (oldest + entry.window.seconds - now) if oldest else entry.window.seconds
                 raise TooManyRequests(
-                    f"key {p.key_id} spent {spent} tokens in the last {entry.window.seconds} s "
+                    f"key {p.key_id} spent or holds {spent} tokens in the last "
+                    f"{entry.window.seconds} s "
                     f"(cap {entry.hard_cap})", code="rate_limit_exceeded",
                     retry_after=max(1, math.ceil(wait)))
-        elif self.store.total(p.key_id) >= entry.hard_cap:
+        elif self.store.total(p.key_id) + held >= entry.hard_cap:
             raise ApiError(f"key {p.key_id} has used its balance of {entry.hard_cap} tokens",
                            code="insufficient_quota", status=429, type="insufficient_quota")
 
     def record(self, p: Principal, tokens: int) -> None:
         if p.entry is not None and tokens > 0:
             self.store.record(p.key_id, tokens)
+
+
+@dataclass
+class Hold:
+    """Tokens held for one request in flight; `settle` records what it spent, once."""
+
+    auth: Auth
+    principal: Principal
+    held: int = 0
+    settled: bool = field(default=False)
+
+    def settle(self, spent: int) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        try:
+            self.auth.record(self.principal, spent)
+        finally:
+            self.auth._release(self)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cortex.gateway.config import ModelEntry, ModelsConfig, parse_duration
 
 if TYPE_CHECKING:
-    from cortex.gateway.fleet import Fleet
-    from cortex.gateway.router import Router
+    from cortex.gateway.fleet import Fleet, Node
 
 
 class Catalogue:
@@ -35,15 +35,16 @@ class Catalogue:
             return self._default_ttl
         return parse_duration(entry.keep_alive)
 
-    def listing(self, fleet: Fleet, router: Router) -> list[dict[str, Any]]:
-        """Catalogue models feasible on the fleet, models loaded or loading anywhere (even
-        if not catalogued), and aliases."""
+    def listing(self, fleet: Fleet, feasible: Callable[[ModelEntry], list[Node]]
+                ) -> list[dict[str, Any]]:
+        """Catalogue models feasible on the fleet (`feasible`: the router's placement rule),
+        models loaded or loading anywhere (even if not catalogued), and aliases."""
         out: dict[str, dict[str, Any]] = {}
         for entry in self.entries.values():
-            feasible = router.feasible(entry)
-            if not feasible:
+            nodes = feasible(entry)
+            if not nodes:
                 continue
-            out[entry.id] = self._entry(entry.id, entry, feasible, fleet)
+            out[entry.id] = self._entry(entry.id, entry, nodes, fleet)
         for node in fleet.nodes.values():
             for m in node.models.values():
                 if m.status not in ("loaded", "loading"):
@@ -51,7 +52,7 @@ class Catalogue:
                 entry = self.by_load_id(m.id)
                 key = entry.id if entry else m.id
                 if key not in out:
-                    out[key] = self._entry(key, entry, router.feasible(entry) if entry else [],
+                    out[key] = self._entry(key, entry, feasible(entry) if entry else [],
                                            fleet, fallback_id=m.id)
         for alias, target in self.aliases.items():
             if target in out:

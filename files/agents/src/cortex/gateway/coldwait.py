@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from cortex.gateway.router import Target
 
 if TYPE_CHECKING:
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.composition import Gateway
 
 
 @dataclass

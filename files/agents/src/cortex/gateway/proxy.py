@@ -1,7 +1,8 @@
 """Relaying OpenAI requests to a neuron, streaming or not, and accounting for them.
 
 Bodies go through unchanged but for `model` (rewritten to the id the neuron knows). A
-failure before the first byte is retried once on another replica; a neuron that dies
+transport failure before the first byte, or a drained or stopping neuron, is retried once
+on another replica (a neuron's 500 is the request's own doing: it goes back); one that dies
 mid-stream ends the client's stream with an explicit error event, never a clean end.
 """
 
@@ -11,20 +12,22 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cortex.core.errors import ApiError, BadRequest
-from cortex.core.http import SSE_HEADERS
-from cortex.gateway.auth import Principal
+from cortex.core.wire import SSE_HEADERS
+from cortex.gateway.auth import Hold, Principal
+from cortex.gateway.config import ModelEntry
 from cortex.gateway.http1 import HttpError
 from cortex.gateway.http1 import Response as UpstreamResponse
+from cortex.gateway.reply import Reply, ThenRun
 from cortex.gateway.router import Target
 from cortex.gateway.upstream import UpstreamError
 
 if TYPE_CHECKING:
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.composition import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "x-helexa-routed"}
 PASS_BACK = ("Content-Type", "Retry-After")
 RETRY_CODES = {"node_drained", "shutting_down"}
+# A client that hangs up mid-stream: read on this long (bytes, seconds) for the usage chunk,
+# so what the neuron generated is billed exactly; past it, the stream is cut (the neuron
+# stops) and the prompt plus each relayed event is billed.
+DRAIN_BYTES, DRAIN_S = 1 << 18, 2.0
 
 
 @dataclass
@@ -69,9 +76,14 @@ def estimate_prompt_tokens(body: dict) -> int:
         if isinstance(c, str):
             chars += len(c)
         elif isinstance(c, list):
-            chars += sum(len(p.get("text", "")) for p in c if isinstance(p, dict))
-    if isinstance(body.get("prompt"), str):
-        chars += len(body["prompt"])
+            chars += sum(len(p["text"]) for p in c
+                         if isinstance(p, dict) and isinstance(p.get("text"), str))
+    for key in ("prompt", "input"):  # completions; embeddings
+        value = body.get(key)
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            chars += sum(len(v) for v in value if isinstance(v, str))
     return chars // 4
 
 
@@ -85,22 +97,12 @@ class Exchange:
     finish: Callable[[], None]
 
 
-@dataclass
-class Reply:
-    """What goes back to the client: a status, headers, and the body (bytes, or the SSE
-    bytes of a stream as they come)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes | Iterable[bytes]
-
-
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
-            client_headers: dict[str, str], *, started: float,
+            client_headers: dict[str, str], *, started: float, hold: Hold | None = None,
             on_done: Callable[[Outcome], None] | None = None) -> Reply:
     """Relay `body` to a neuron and its answer back unchanged, streaming or not."""
     ex = open_exchange(gw, path, body, principal, client_headers, started=started,
-                       on_done=on_done)
+                       hold=hold, on_done=on_done)
     node = {"X-Cortex-Node": ex.target.node.name}
     if body.get("stream") is True and ex.response.status == 200:
         # Of a stream, what the gateway adds is the work before the neuron gets the request.
@@ -121,33 +123,15 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
                  ThenRun(data, account))
 
 
-class ThenRun:
-    """A one-piece WSGI body that runs `after` when the server closes it, once sent."""
-
-    def __init__(self, data: bytes, after: Callable[[], None]) -> None:
-        self.data, self.after = data, after
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter((self.data,))
-
-    def close(self) -> None:
-        after, self.after = self.after, None
-        if after is not None:
-            try:
-                after()
-            except Exception:  # the reply is out; bookkeeping must not break the worker
-                log.exception("accounting for a finished request failed")
-
-
 def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
-                  client_headers: dict[str, str], *, started: float,
+                  client_headers: dict[str, str], *, started: float, hold: Hold | None = None,
                   on_done: Callable[[Outcome], None] | None = None) -> Exchange:
     """Route `body`, send it, and return the neuron's response once its status is in."""
     name = body.get("model")
     if not isinstance(name, str) or not name:
-        raise BadRequest("'model' is required", code="missing_model_field", param="model")
+        raise BadRequest("model: field required", code="missing_model_field", param="model")
+    check_context(gw.catalogue.resolve(name), name, body)  # before routing (a cold load)
     target = gw.router.route(name)
-    _check_context(target, body)
     headers = {k: v for k, v in client_headers.items() if k.lower() not in HOP_BY_HOP}
     if principal.entry is not None:  # anonymous callers share no per-account cap
         headers["X-Helexa-Account-Id"] = principal.account_id
@@ -165,7 +149,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
             upstream = None
             failure = str(exc)
         else:
-            failure = "" if upstream.status < 500 else f"HTTP {upstream.status}"
+            failure = ""
             if upstream.status == 503:
                 # A neuron's own 503 goes back as is (queue full...), but a drained or
                 # stopping neuron did no work: another replica can take the request.
@@ -190,7 +174,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
     gw.metrics.target(target.public_id, target.node.name).requests.inc()
     outcome = Outcome(status=upstream.status, extra={"sent_s": sent_at - started})
     return Exchange(target, upstream, outcome,
-                    _finisher(gw, target, principal, outcome, started, on_done))
+                    _finisher(gw, target, principal, outcome, started, hold, on_done))
 
 
 def read_body(ex: Exchange) -> bytes:
@@ -227,12 +211,13 @@ def _error_code(upstream: UpstreamResponse) -> str:
         return ""
 
 
-def _check_context(target: Target, body: dict) -> None:
-    limit = target.entry.limit.context if target.entry and target.entry.limit else None
+def check_context(entry: ModelEntry | None, name: str, body: dict) -> None:
+    """Refuse a prompt the catalogue says is too long for the model, before routing."""
+    limit = entry.limit.context if entry and entry.limit else None
     if limit:
         est = estimate_prompt_tokens(body)
         if est > limit:
-            raise BadRequest(f"the prompt is about {est} tokens and {target.public_id} allows "
+            raise BadRequest(f"the prompt is about {est} tokens and {entry.id} allows "
                              f"{limit}", code="context_length_exceeded", param="messages",
                              max=limit, estimated_prompt_tokens=est)
 
@@ -262,10 +247,15 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
     recent: deque[bytes] = deque(maxlen=3)  # the usage chunk comes just before [DONE]
     edge = b""  # the last bytes seen, for a marker split across reads
     done = False
+    first = b""
+    events = 0  # relayed: a floor on the tokens generated, if the usage never comes
+    pieces = _raw(upstream, outcome)
     try:
-        for chunk in _raw(upstream, outcome):
-            yield chunk
+        for chunk in pieces:
+            first = first or chunk
             recent.append(chunk)
+            events += chunk.count(b"data: ")
+            yield chunk
             window = edge + chunk  # only new bytes are searched, not the whole stream
             done = done or b"data: [DONE]" in window
             edge = window[-11:]
@@ -277,19 +267,67 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
         err = ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
                        code="upstream_stream_error")
         yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+    except GeneratorExit:  # the client went away: still bill what the neuron generated
+        outcome.code = "client_closed"
+        done = _drain(pieces, recent, edge)
+        if not done:
+            _estimate_usage(first, events - 1, outcome)  # the first event is the role
+        raise
     finally:
         upstream.release() if done else upstream.close()
         _account_stream_tail(b"".join(recent)[-8192:], outcome)
+        _finish_quietly(finish)
+
+
+def _drain(pieces: Iterator[bytes], recent: deque[bytes], edge: bytes) -> bool:
+    """Read a little more of a stream nobody listens to (`pieces`: where the relay left
+    off), for its usage chunk; True if its end ([DONE]) came within DRAIN_BYTES, DRAIN_S."""
+    deadline, left = time.monotonic() + DRAIN_S, DRAIN_BYTES
+    try:
+        for chunk in pieces:
+            recent.append(chunk)
+            window = edge + chunk
+            if b"data: [DONE]" in window:
+                return True
+            edge = window[-11:]
+            left -= len(chunk)
+            if left <= 0 or time.monotonic() > deadline:
+                break
+    except (HttpError, OSError):
+        pass
+    return False
+
+
+def _estimate_usage(first: bytes, events: int, outcome: Outcome) -> None:
+    """For a stream cut short of its usage chunk: the prompt's size from the neuron's first
+    chunk, and each content event relayed counted as at least one token."""
+    at = first.find(b'"helexa_prompt_tokens":')
+    if at >= 0:
+        digits = first[at + 23: at + 33].split(b",")[0].split(b"}")[0].strip()
+        if digits.isdigit():
+            outcome.prompt_tokens = int(digits)
+    outcome.completion_tokens = max(outcome.completion_tokens, events)
+
+
+def _finish_quietly(finish: Callable[[], None]) -> None:
+    # The reply is (or was meant to be) complete: a store or metrics error must not cut the
+    # client's body (an unterminated chunked reply), only be logged.
+    try:
         finish()
+    except Exception:
+        log.exception("accounting for a finished stream failed")
 
 
 def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
     """The neuron's SSE chunks, parsed, for a caller that re-shapes them; None stands for a
-    keep-alive. A broken stream raises ApiError (502); spend is recorded at the end."""
+    keep-alive. A broken stream raises ApiError (502); spend is recorded at the end, also
+    when the caller stops early (the client hung up)."""
     done = False
     buf = b""
+    events = 0
+    pieces = _raw(ex.response, ex.outcome)
     try:
-        for raw in _raw(ex.response, ex.outcome):
+        for raw in pieces:
             *lines, buf = (buf + raw).split(b"\n")
             for line in lines:
                 if line.startswith(b":"):
@@ -299,6 +337,10 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
                 elif line.startswith(b"data: "):
                     chunk = json.loads(line[6:])
                     _account_chunk(chunk, ex.outcome)
+                    if isinstance(chunk, dict):
+                        events += 1
+                        if events == 1 and isinstance(chunk.get("helexa_prompt_tokens"), int):
+                            ex.outcome.prompt_tokens = chunk["helexa_prompt_tokens"]
                     yield chunk
         if not done:
             raise HttpError("the stream ended without [DONE]")
@@ -307,9 +349,18 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
         log.warning("stream from upstream broke: %s", exc)
         raise ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
                        code="upstream_stream_error") from None
+    except GeneratorExit:  # the client went away: still bill what the neuron generated
+        ex.outcome.code = "client_closed"
+        tail: deque[bytes] = deque([buf], maxlen=3)
+        done = _drain(pieces, tail, buf[-11:])
+        if done:
+            _account_stream_tail(b"".join(tail)[-8192:], ex.outcome)
+        else:
+            ex.outcome.completion_tokens = max(ex.outcome.completion_tokens, events - 1)
+        raise
     finally:
         ex.response.release() if done else ex.response.close()
-        ex.finish()
+        _finish_quietly(ex.finish)
 
 
 def _raw(upstream: UpstreamResponse, outcome: Outcome) -> Iterator[bytes]:
@@ -348,6 +399,7 @@ def _account_stream_tail(tail: bytes, outcome: Outcome) -> None:
 
 
 def _finisher(gw: Gateway, target: Target, p: Principal, outcome: Outcome, started: float,
+              hold: Hold | None,
               on_done: Callable[[Outcome], None] | None) -> Callable[[], None]:
     def finish() -> None:
         tm = gw.metrics.target(target.public_id, target.node.name)
@@ -369,6 +421,9 @@ def _finisher(gw: Gateway, target: Target, p: Principal, outcome: Outcome, start
             km.spend.inc(total)
             km.prompt.inc(outcome.prompt_tokens)
             km.completion.inc(outcome.completion_tokens)
+        if hold is not None:
+            hold.settle(total)
+        else:
             gw.auth.record(p, total)
         gw.recent.record(target.public_id, target.node.name, p.key_id, outcome, started, now)
         if on_done is not None:

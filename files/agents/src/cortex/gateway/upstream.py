@@ -8,6 +8,10 @@ from typing import Any
 from cortex.core.errors import ApiError
 from cortex.gateway.http1 import Client, HttpError, Response
 
+# No relayed exchange lasts longer than this, however steadily the neuron sends (each
+# read has the read timeout): a neuron dribbling bytes cannot hold a stream for ever.
+STREAM_DEADLINE_S = 3600.0
+
 
 class UpstreamError(Exception):
     """A neuron could not be reached or answered with a transport failure."""
@@ -21,7 +25,8 @@ class Upstream:
 
     def get_json(self, url: str, read: float = 5.0) -> Any:
         try:
-            r = self.http.request("GET", url, headers=self.headers, read_timeout=read)
+            r = self.http.request("GET", url, headers=self.headers, read_timeout=read,
+                                  deadline=read)  # a poll never outlasts its timeout
             data = r.read()
         except HttpError as exc:
             raise UpstreamError(str(exc)) from None
@@ -33,7 +38,7 @@ class Upstream:
         headers = {**self.headers, "Content-Type": "application/json"}
         try:
             r = self.http.request("POST", url, json.dumps(body).encode(), headers,
-                                  read_timeout=read)
+                                  read_timeout=read, deadline=read or self.http.read_timeout)
             data = r.read()
         except HttpError as exc:
             raise UpstreamError(str(exc)) from None
@@ -47,7 +52,7 @@ class Upstream:
         """A streaming request: the caller reads the body, or releases or closes it."""
         try:
             return self.http.request(method, url, body, {**headers, **self.headers},
-                                     read_timeout=read)
+                                     read_timeout=read, deadline=STREAM_DEADLINE_S)
         except HttpError as exc:
             raise UpstreamError(str(exc)) from None
 

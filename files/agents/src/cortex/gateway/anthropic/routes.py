@@ -1,102 +1,63 @@
-"""`POST /v1/messages` and `/v1/messages/count_tokens`, in Anthropic's shape and errors.
+"""`POST /v1/messages` and `/v1/messages/count_tokens` on the data plane, in Anthropic's shape.
 
 Auth is `x-api-key` (what Anthropic's SDKs send) or a Bearer token; `anthropic-version`
-and `anthropic-beta` are accepted and need nothing from us. Every error on these routes
-leaves in Anthropic's envelope, not OpenAI's.
+and `anthropic-beta` are accepted and need nothing from us. Every error on these routes,
+the prologue's included (a wrong method, a bad key, a spent cap), leaves in Anthropic's
+envelope, not OpenAI's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
-
 from cortex.core.errors import ApiError
-from cortex.core.http import SSE_HEADERS, json_body, json_response
+from cortex.core.wire import SSE_HEADERS
 from cortex.gateway import proxy
 from cortex.gateway.anthropic import errors, translate
 from cortex.gateway.anthropic.stream import Converter
+from cortex.gateway.composition import Gateway
+from cortex.gateway.dataplane import Call, Dialect, Route
+from cortex.gateway.neuron_calls import count_on_loaded, refusal, tokenize
+from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.router import Target
-from cortex.gateway.upstream import UpstreamError, neuron_error
 
 log = logging.getLogger(__name__)
-bp = Blueprint("anthropic", __name__)
 
 
-@bp.errorhandler(ApiError)
-def _api_error(exc: ApiError) -> Response:
-    return json_response(errors.envelope(exc), errors.status_of(exc), exc.headers())
+def _render(exc: ApiError) -> tuple[int, dict[str, Any]]:
+    return errors.status_of(exc), errors.envelope(exc)
 
 
-@bp.errorhandler(RequestEntityTooLarge)
-def _too_large(exc: RequestEntityTooLarge) -> Response:
-    limit = current_app.config.get("MAX_CONTENT_LENGTH")
-    return _api_error(ApiError(f"the body is larger than the {limit}-byte limit",
-                               code="request_too_large", status=413))
+ANTHROPIC = Dialect("anthropic", _render, x_api_key=True)
 
 
-@bp.errorhandler(HTTPException)
-def _http_error(exc: HTTPException) -> Response:
-    return _api_error(ApiError(f"{exc.name}: {request.method} {request.path}",
-                               code="http_error", status=exc.code or 500))
-
-
-@bp.errorhandler(Exception)
-def _unexpected(exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.path)
-    return _api_error(ApiError(f"internal error: {type(exc).__name__}", code="internal_error"))
-
-
-@bp.post("/v1/messages")
-def messages() -> Any:
-    started = time.monotonic()
-    gw = current_app.extensions["gateway"]
-    principal = gw.auth.authenticate(allow_x_api_key=True)
-    gw.auth.check_caps(principal)
-    body = json_body()
+def messages(call: Call) -> Reply:
+    gw, body = call.gw, call.body
     req = translate.to_openai(body)
     model, thinking = body["model"], req["enable_thinking"]
-    ex = proxy.open_exchange(gw, "/v1/chat/completions", req, principal,
-                             proxy.client_headers(request.environ), started=started)
+    ex = proxy.open_exchange(gw, "/v1/chat/completions", req, call.principal, call.headers,
+                             started=call.started, hold=call.hold)
     node = {"X-Cortex-Node": ex.target.node.name}
     if ex.response.status != 200:
-        raise _refusal(ex)
+        raise refusal(ex)
     if req.get("stream"):
         conv = Converter(model, thinking=thinking,
                          count=lambda: _count_or_zero(gw, ex.target, req))
-        return Response(conv.events(proxy.iter_chunks(ex)), mimetype="text/event-stream",
-                        headers=SSE_HEADERS | node)
+        return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
+                     conv.events(proxy.iter_chunks(ex)))
     reply = json.loads(proxy.read_body(ex))
-    return json_response(translate.to_anthropic(reply, model, thinking=thinking), headers=node)
+    return json_reply(200, translate.to_anthropic(reply, model, thinking=thinking), node)
 
 
-@bp.post("/v1/messages/count_tokens")
-def count_tokens() -> Any:
-    gw = current_app.extensions["gateway"]
-    gw.auth.authenticate(allow_x_api_key=True)
-    req = translate.to_openai(json_body(), count_only=True)
-    target = gw.router.route(req["model"])  # the model's own tokenizer lives on its node
-    return json_response({"input_tokens": tokenize(gw, target, req)})
+def count_tokens(call: Call) -> Reply:
+    """The prompt's size by the model's own tokenizer, on a node that has it loaded."""
+    req = translate.to_openai(call.body, count_only=True)
+    return json_reply(200, {"input_tokens": count_on_loaded(call.gw, call.model, req)})
 
 
-def tokenize(gw: Any, target: Target, req: dict[str, Any]) -> int:
-    """The prompt's size by the neuron's own template and tokenizer (`POST /tokenize`)."""
-    url = f"{target.node.endpoint}/tokenize"
-    try:
-        status, reply = gw.upstream.post_json(url, dict(req, model=target.model_id), read=60)
-    except UpstreamError as exc:
-        raise ApiError(f"could not reach {target.node.name} to count tokens: {exc}",
-                       code="upstream_connection_error", status=502) from None
-    if status != 200:
-        raise neuron_error(status, reply, target.node.name)
-    return int(reply["tokens"])
-
-
-def _count_or_zero(gw: Any, target: Target, req: dict[str, Any]) -> int:
+def _count_or_zero(gw: Gateway, target: Target, req: dict[str, Any]) -> int:
     try:
         return tokenize(gw, target, req)
     except (ApiError, KeyError, ValueError) as exc:
@@ -104,15 +65,7 @@ def _count_or_zero(gw: Any, target: Target, req: dict[str, Any]) -> int:
         return 0
 
 
-def _refusal(ex: proxy.Exchange) -> ApiError:
-    """The neuron's own non-200 answer (context too long, queue full, ...) as an error."""
-    data = proxy.read_body(ex)
-    try:
-        body = json.loads(data)
-    except ValueError:
-        body = {"error": {"message": data[:200].decode(errors="replace")}}
-    err = neuron_error(ex.response.status, body, ex.target.node.name)
-    retry = ex.response.headers.get("retry-after")
-    if retry and retry.isdigit():
-        err.retry_after = int(retry)
-    return err
+ROUTES = [
+    Route("/v1/messages", ANTHROPIC, messages),
+    Route("/v1/messages/count_tokens", ANTHROPIC, count_tokens, reserve=lambda body: 0),
+]

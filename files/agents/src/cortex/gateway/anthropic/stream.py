@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cortex.core.errors import ApiError
-from cortex.core.http import sse_event
+from cortex.core.wire import sse_event
 from cortex.gateway.anthropic import errors, translate
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ class Converter:
         self.tools: dict[int, int] = {}  # OpenAI tool_calls index → block index
         self.held = ""  # trailing whitespace of the text so far
         self.started = False
-        self.input_tokens = 0
+        self.input_tokens = 0  # the whole prompt; the Anthropic usage splits off the cached
+        self.cached_tokens = 0
         self.output_tokens = 0
         self.finish: str | None = None
         self.matched: str | None = None
@@ -70,9 +71,13 @@ class Converter:
         if tokens is None:
             tokens = (chunk.get("usage") or {}).get("prompt_tokens")
         self.input_tokens = tokens if isinstance(tokens, int) else self.count()
+        cached = chunk.get("helexa_cached_tokens")  # a neuron that knows it at the start
+        if isinstance(cached, int):
+            self.cached_tokens = cached
         message = {"id": translate.message_id(), "type": "message", "role": "assistant",
                    "model": self.model, "content": [], "stop_reason": None,
-                   "stop_sequence": None, "usage": translate.usage(self.input_tokens, 0)}
+                   "stop_sequence": None,
+                   "usage": translate.usage(self.input_tokens, 0, self.cached_tokens)}
         yield _event("message_start", {"type": "message_start", "message": message})
         yield _event("ping", {"type": "ping"})
 
@@ -81,6 +86,7 @@ class Converter:
         if isinstance(usage, dict):
             self.output_tokens = usage.get("completion_tokens", self.output_tokens)
             self.input_tokens = usage.get("prompt_tokens", self.input_tokens)
+            self.cached_tokens = translate.cached_tokens(usage) or self.cached_tokens
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content") and self.thinking:
@@ -103,7 +109,7 @@ class Converter:
         reason, sequence = translate.stop_reason(self.finish, self.matched)
         yield _event("message_delta", {
             "type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence},
-            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}})
+            "usage": translate.usage(self.input_tokens, self.output_tokens, self.cached_tokens)})
         yield _event("message_stop", {"type": "message_stop"})
 
     def _error(self, exc: ApiError) -> Iterator[bytes]:

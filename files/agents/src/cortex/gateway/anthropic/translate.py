@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -23,6 +24,22 @@ SERVER_BLOCKS = {"server_tool_use", "mcp_tool_use", "mcp_tool_result", "containe
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}
+
+
+# Claude Code's first system block is a billing line with per-request values (2.1.197:
+# `cc_version=2.1.197.<3 hex>`; older versions: `cch=<5 hex>`). Anything that changes
+# ahead of the conversation defeats the neuron's prompt cache, so those values go.
+BILLING_PREFIX = "x-anthropic-billing-header:"
+_CC_VERSION = re.compile(r"(cc_version=\d+\.\d+\.\d+)\.[0-9A-Za-z]+")
+_CCH = re.compile(r" ?cch=[0-9A-Za-z]*;?")
+
+
+def normalize_billing(text: str) -> str:
+    """A billing line without its per-request values; any other text as it is."""
+    if not text.startswith(BILLING_PREFIX):
+        return text
+    line, nl, rest = text.partition("\n")
+    return _CCH.sub("", _CC_VERSION.sub(r"\1", line)) + nl + rest
 
 
 def bad(param: str, message: str, code: str = "invalid_request_body") -> BadRequest:
@@ -55,6 +72,7 @@ def to_openai(body: dict[str, Any], *, count_only: bool = False) -> dict[str, An
         messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
     out["messages"] = messages
     _sampling(body, out)
+    _output_format(body.get("output_config"), out)
     tools = _tools(body.get("tools"))
     if tools:
         out["tools"] = tools
@@ -80,18 +98,35 @@ def _sampling(body: dict, out: dict) -> None:
         out["user"] = metadata["user_id"]
 
 
+def _output_format(config: Any, out: dict) -> None:
+    """Structured output (`output_config.format`, a JSON schema) as the neuron's
+    `response_format`; `output_config.effort` needs nothing from a local model."""
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise bad("output_config", "expected an object {format?, effort?}")
+    fmt = config.get("format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(
+            fmt.get("schema"), dict):
+        raise bad("output_config.format", "expected {type: json_schema, schema: {...}}")
+    out["response_format"] = {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": fmt["schema"], "strict": True}}
+
+
 def _system_text(system: Any, where: str) -> list[str]:
     if system is None:
         return []
     if isinstance(system, str):
-        return [system] if system else []
+        return [normalize_billing(system)] if system else []
     if isinstance(system, list):
         out = []
         for i, block in enumerate(system):
             if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(
                     block.get("text"), str):
                 raise bad(f"{where}[{i}]", "expected a text block {type: text, text}")
-            out.append(block["text"])  # cache_control and citations are ignored
+            out.append(normalize_billing(block["text"]))  # cache_control, citations: ignored
         return out
     raise bad(where, "expected a string or a list of text blocks")
 
@@ -292,10 +327,20 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return {}
 
 
-def usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
-    # cache_control is ignored, so nothing is ever written to or read from Anthropic's cache.
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+def usage(prompt_tokens: int, output_tokens: int, cached: int = 0) -> dict[str, int]:
+    """Anthropic's usage: `input_tokens` are the prompt tokens the neuron did not have in
+    its cache, `cache_read_input_tokens` those it reused (cache_control is not needed:
+    the neuron reuses any shared prefix, and writes cost nothing extra)."""
+    cached = min(max(cached, 0), prompt_tokens)
+    return {"input_tokens": prompt_tokens - cached, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}
+
+
+def cached_tokens(usage_: Any) -> int:
+    """The prompt tokens the neuron reused, from an OpenAI usage object."""
+    details = usage_.get("prompt_tokens_details") if isinstance(usage_, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if isinstance(cached, int) else 0
 
 
 def to_anthropic(reply: dict[str, Any], model: str, *, thinking: bool) -> dict[str, Any]:
@@ -319,4 +364,5 @@ def to_anthropic(reply: dict[str, Any], model: str, *, thinking: bool) -> dict[s
     u = reply.get("usage") or {}
     return {"id": message_id(), "type": "message", "role": "assistant", "model": model,
             "content": content, "stop_reason": reason, "stop_sequence": sequence,
-            "usage": usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0))}
+            "usage": usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0),
+                           cached_tokens(u))}

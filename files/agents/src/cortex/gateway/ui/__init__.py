@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from cortex.gateway.ui.recent import RecentRequests
+from cortex.gateway.recent import RecentRequests
 
 if TYPE_CHECKING:
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.composition import Gateway
 
 __all__ = ["RecentRequests", "install_ui"]
 

@@ -23,7 +23,7 @@ from cortex.core.http import sse_event
 from cortex.gateway.ui import views
 
 if TYPE_CHECKING:
-    from cortex.gateway.app import Gateway
+    from cortex.gateway.composition import Gateway
 
 log = logging.getLogger(__name__)
 

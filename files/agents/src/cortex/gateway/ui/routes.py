@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, send_from_directory
 
 from cortex.core.errors import Unauthorized
-from cortex.core.http import SSE_HEADERS, json_response, sse_event
+from cortex.core.http import SSE_HEADERS, bearer_token, json_response, sse_event
 from cortex.gateway.ui.live import HEARTBEAT_SECS, Live
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", static_folder="static",
@@ -31,13 +31,13 @@ def _live() -> Live:
 def _viewer(live: Live) -> dict[str, Any]:
     """Who is looking: an admin, a client key, or (without require_auth) anyone. With
     require_auth, an unknown or missing key gets the usual 401."""
-    auth = live.gw.auth
+    auth, key = live.gw.auth, bearer_token()
     try:
-        auth.require_admin()
+        auth.require_admin(key)
         return {"admin": True, "key_id": "admin"}
     except Unauthorized:
         pass
-    p = auth.authenticate()
+    p = auth.principal(key)
     return {"admin": False, "key_id": p.key_id if p.entry is not None else None}
 
 

@@ -1,0 +1,89 @@
+"""The composition root: everything one gateway worker holds, built from its config.
+
+Both planes (the Flask control plane, the WSGI data plane) get one `Gateway`; nothing
+here knows about HTTP frameworks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from cortex.core.errors import NotFound
+from cortex.gateway.auth import Auth
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.config import GatewayConfig, ModelsConfig
+from cortex.gateway.fleet import Fleet, Node
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.recent import RecentRequests
+from cortex.gateway.router import Router
+from cortex.gateway.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Everything one gateway worker holds (the Flask app has it as `extensions["gateway"]`)."""
+
+    def __init__(self, cfg: GatewayConfig, models: ModelsConfig,
+                 metrics: GatewayMetrics | None = None) -> None:
+        g = cfg.gateway
+        self.cfg = cfg
+        self.upstream = Upstream(g.neuron_token, g.connect_timeout_secs, g.read_timeout_secs,
+                                 pool=g.upstream_pool_size)
+        self.fleet = Fleet(cfg.neurons, self.upstream, g.poll_interval_secs)
+        self.catalogue = Catalogue(models, g.default_keep_alive)
+        self.metrics = metrics or GatewayMetrics()
+        self.router = Router(self.fleet, self.catalogue, self.metrics,
+                             strategy=cfg.eviction.strategy, load_timeout=g.load_timeout_secs)
+        self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
+        self.recent = RecentRequests()  # this worker's finished requests, for /ui
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.fleet.start()
+        threading.Thread(target=self._reaper, name="idle-reaper", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.fleet.stop()
+
+    def _reaper(self) -> None:
+        while not self._stop.wait(self.cfg.gateway.poll_interval_secs):
+            try:
+                self.router.reap_idle()
+            except Exception:  # the reaper must outlive any one bad poll
+                log.exception("idle reaper failed")
+
+    def node(self, name: str) -> Node:
+        node = self.fleet.nodes.get(name)
+        if node is None:
+            raise NotFound(f"no node named {name!r}; nodes: {', '.join(self.fleet.nodes)}",
+                           code="node_not_found")
+        return node
+
+    def health(self) -> dict[str, Any]:
+        nodes = list(self.fleet.nodes.values())
+        healthy = [n for n in nodes if n.healthy]
+        unservable = []
+        for entry in self.catalogue.entries.values():
+            feasible = self.router.feasible(entry)
+            if not any(n.routable for n in feasible):
+                reason = "no_feasible_node" if not feasible else "feasible_nodes_down"
+                unservable.append({"node": None, "model": entry.id, "reason": reason,
+                                   "detail": f"feasible on: {[n.name for n in feasible]}"})
+        for n in healthy:
+            for failed in n.activation.get("failed", []):
+                unservable.append({"node": n.name, "model": failed.get("model_id"),
+                                   "reason": "prewarm_failed", "detail": failed.get("error")})
+        if not healthy:
+            status = "impaired"
+        elif len(healthy) < len(nodes) or unservable:
+            status = "degraded"
+        else:
+            status = "ok"
+        return {"status": status, "nodes": {"healthy": len(healthy), "total": len(nodes),
+                                            "drained": sum(n.drained for n in nodes)},
+                "unservable": unservable}

@@ -1,0 +1,132 @@
+"""The control plane, in Flask: the fleet catalogue (`/v1/models`), health, admin routes.
+
+Inference routes are not here: the data plane (`dataplane.py`) serves them in front of
+this app. Blueprints of other control-plane pages register on the app `control_plane`
+builds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app
+
+import cortex
+from cortex.core.errors import NotFound
+from cortex.core.http import bearer_token, install_error_handlers, json_body, json_response
+from cortex.gateway.composition import Gateway
+from cortex.gateway.ui import install_ui
+from cortex.gateway.upstream import neuron_error
+
+bp = Blueprint("gateway", __name__)
+
+# What `GET /` lists: the data plane's routes and the control plane's own.
+ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+             "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/health", "/ui/"]
+
+
+def control_plane(gw: Gateway) -> Flask:
+    app = Flask("cortex.gateway")
+    app.config["MAX_CONTENT_LENGTH"] = gw.cfg.gateway.max_body_bytes
+    app.extensions["gateway"] = gw
+    install_error_handlers(app)
+    app.register_blueprint(bp)
+    install_ui(app, gw)
+    return app
+
+
+def _gw() -> Gateway:
+    return current_app.extensions["gateway"]
+
+
+@bp.get("/")
+def index() -> Any:
+    return json_response({"name": "helexa.cortex", "version": cortex.__version__,
+                          "endpoints": ENDPOINTS})
+
+
+@bp.get("/health")
+def health() -> Any:
+    return json_response(_gw().health())
+
+
+@bp.get("/v1/models")
+def models() -> Any:
+    gw = _gw()
+    gw.auth.principal(bearer_token())
+    return json_response({"object": "list",
+                          "data": gw.catalogue.listing(gw.fleet, gw.router.feasible)})
+
+
+@bp.route("/v1/responses/<response_id>", methods=["GET", "DELETE"])
+@bp.post("/v1/responses/<response_id>/cancel")
+@bp.get("/v1/responses/<response_id>/input_items")
+def stored_response(response_id: str) -> Any:
+    """The Responses API's stored-response routes: this gateway is stateless."""
+    raise NotFound(f"no response {response_id!r}: this gateway is stateless and keeps no "
+                   "responses; read the response from the reply that created it",
+                   code="response_not_found", param="response_id")
+
+
+# -- admin -------------------------------------------------------------------------------
+@bp.get("/admin/nodes")
+def admin_nodes() -> Any:
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    # Read the neurons now: another worker's drain, or a request that just ended, must show
+    # at once to the operator (the modules wait on these states); admin reads are rare.
+    gw.fleet.poll_all()
+    return json_response({"nodes": [n.summary() for n in gw.fleet.nodes.values()],
+                          "health": gw.health()})
+
+
+@bp.post("/admin/nodes/<name>/drain")
+def admin_drain(name: str) -> Any:
+    return _set_drained(name, True)
+
+
+@bp.post("/admin/nodes/<name>/undrain")
+def admin_undrain(name: str) -> Any:
+    return _set_drained(name, False)
+
+
+def _set_drained(name: str, drained: bool) -> Any:
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    node = gw.node(name)
+    status, body = gw.upstream.post_json(f"{node.endpoint}/drain", {"drained": drained}, read=10)
+    if status != 200:
+        raise neuron_error(status, body, name)
+    gw.fleet.refresh(node)
+    return json_response({"node": name, "drained": node.drained,
+                          "in_flight": body.get("in_flight", 0)})
+
+
+@bp.post("/admin/nodes/<name>/models/load")
+def admin_load(name: str) -> Any:
+    return _admin_model_call(name, "load")
+
+
+@bp.post("/admin/nodes/<name>/models/unload")
+def admin_unload(name: str) -> Any:
+    return _admin_model_call(name, "unload")
+
+
+def _admin_model_call(name: str, action: str) -> Any:
+    """Load or unload a model on one node; catalogue ids and aliases resolve to load ids."""
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    node = gw.node(name)
+    body = json_body()
+    entry = gw.catalogue.resolve(str(body.get("model", "")))
+    call: dict[str, Any] = {"model_id": entry.load_id if entry else body.get("model")}
+    read = 60.0
+    if action == "load":
+        call["harness"] = body.get("harness") or (entry.harness if entry else "")
+        call["quant"] = body.get("quant") or (entry.quant if entry else "")
+        read = gw.cfg.gateway.load_timeout_secs
+    status, reply = gw.upstream.post_json(f"{node.endpoint}/models/{action}", call, read=read)
+    gw.fleet.refresh(node)
+    if status != 200:
+        raise neuron_error(status, reply, name)
+    return json_response(reply)

@@ -1,0 +1,189 @@
+"""The data plane: every inference route, as one plain WSGI app in front of the Flask one.
+
+Flask's contexts, URL map and request/response objects cost ~130 us a request here, about
+as much as the gateway's own work on a relay, and add nothing to it. Each route is a
+`Route` (path, `Dialect`, handler); one prologue runs for all of them (method, auth, body
+limit, JSON, `model`, caps) and one place turns an `ApiError` into the client's dialect.
+Any other path goes to the fallback app (the Flask control plane) unchanged.
+
+Adding a route: `Route("/v1/x", DIALECT, handler)` in the list the app factory gives to
+`DataPlane`. A handler takes the `Call` and returns a `Reply`; it raises `ApiError` for
+anything that goes wrong before the reply starts. A new dialect is one `Dialect` value:
+its name, how it renders an error, and whether it accepts Anthropic's `x-api-key`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.core.errors import ApiError, BadRequest
+from cortex.core.wire import check_json_type, parse_bearer, parse_json_object, too_large
+from cortex.gateway.auth import Hold, Principal
+from cortex.gateway.composition import Gateway
+from cortex.gateway.proxy import client_headers, estimate_prompt_tokens
+from cortex.gateway.reply import REASONS, Reply, json_reply
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one API family talks: its error envelope, and the auth header it may use."""
+
+    name: str
+    render: Callable[[ApiError], tuple[int, dict[str, Any]]]  # -> (status, JSON body)
+    x_api_key: bool = False  # Anthropic's SDKs send `x-api-key` instead of a Bearer token
+
+    def error(self, exc: ApiError) -> Reply:
+        status, body = self.render(exc)
+        return json_reply(status, body, exc.headers())
+
+
+def reserve_for(body: dict[str, Any]) -> int:
+    """Tokens to hold against a capped key while the request runs: its prompt (about 4
+    characters a token) and the most it may generate."""
+    most = body.get("max_tokens") or body.get("max_completion_tokens") \
+        or body.get("max_output_tokens")
+    return estimate_prompt_tokens(body) + (most if isinstance(most, int) else 256)
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str
+    dialect: Dialect
+    handler: Callable[[Call], Reply]
+    # Tokens to hold against the key's cap while it runs (0: checked, nothing held).
+    reserve: Callable[[dict[str, Any]], int] = reserve_for
+
+
+@dataclass
+class Call:
+    """One request past the prologue: who sent it, what, and for which model."""
+
+    gw: Gateway
+    route: Route
+    environ: dict[str, Any]
+    principal: Principal
+    body: dict[str, Any]
+    model: str
+    hold: Hold
+    started: float
+    _headers: dict[str, str] | None = field(default=None, repr=False)
+
+    @property
+    def path(self) -> str:
+        return self.route.path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The caller's end-to-end headers, lower-cased (werkzeug's header view costs more
+        than the rest of the hop)."""
+        if self._headers is None:
+            self._headers = client_headers(self.environ)
+        return self._headers
+
+
+def read_json(environ: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The JSON object in the request body, or a 4xx naming what is wrong."""
+    check_json_type(environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower())
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        try:
+            size = int(length)
+        except ValueError:
+            size = -1
+        if size < 0:
+            raise ApiError(f"Content-Length {length!r} is not a byte count", code="bad_request",
+                           status=400, type="invalid_request_error")
+        if size > limit:
+            raise too_large(limit)
+        raw = stream.read(size)
+    else:  # chunked upload: read one byte past the limit to know it was crossed
+        raw = stream.read(limit + 1)
+        if len(raw) > limit:
+            raise too_large(limit)
+    return parse_json_object(raw)
+
+
+def presented_key(environ: dict[str, Any], x_api_key: bool) -> str:
+    key = parse_bearer(environ.get("HTTP_AUTHORIZATION", ""))
+    if not key and x_api_key:
+        key = environ.get("HTTP_X_API_KEY", "").strip()
+    return key
+
+
+class DataPlane:
+    """WSGI: the routes given here (any method), every other path to `fallback`."""
+
+    def __init__(self, gw: Gateway, routes: Iterable[Route],
+                 fallback: Callable[..., Iterable[bytes]]) -> None:
+        self.gw, self.fallback = gw, fallback
+        self.routes = {r.path: r for r in routes}
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        route = self.routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return self.fallback(environ, start_response)
+        started = time.monotonic()
+        hold = None
+        try:
+            call = self.prologue(route, environ, started)
+            hold = call.hold
+            reply = route.handler(call)
+        except ApiError as exc:
+            reply = route.dialect.error(exc)
+        except Exception as exc:  # the client still gets its dialect's envelope
+            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"),
+                          route.path)
+            reply = route.dialect.error(ApiError(f"internal error: {type(exc).__name__}",
+                                                 code="internal_error"))
+        start_response(REASONS.get(reply.status, str(reply.status)),
+                       list(reply.headers.items()))
+        body = [reply.body] if isinstance(reply.body, bytes) else reply.body
+        if hold is None or not hold.held:
+            return body
+        # Whatever the handler did, the hold ends with the reply (a no-op once settled).
+        return _Closing(body, lambda: hold.settle(0))
+
+    def prologue(self, route: Route, environ: dict[str, Any], started: float) -> Call:
+        """What every inference route checks first, in this order."""
+        method = environ.get("REQUEST_METHOD", "")
+        if method != "POST":
+            raise ApiError(f"Method Not Allowed: {method} {route.path}; use POST",
+                           code="method_not_allowed", status=405, type="invalid_request_error")
+        gw = self.gw
+        x_api_key = route.dialect.x_api_key
+        principal = gw.auth.principal(presented_key(environ, x_api_key), x_api_key)
+        gw.auth.check_caps(principal)  # before reading a body a spent key may not send
+        body = read_json(environ, gw.cfg.gateway.max_body_bytes)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("model: field required (a model id from GET /v1/models)",
+                             code="missing_model_field", param="model")
+        hold = gw.auth.admit(principal, route.reserve(body))
+        return Call(gw, route, environ, principal, body, model, hold, started)
+
+
+class _Closing:
+    """A WSGI body that runs `after` once the server closes it (after the body's own close)."""
+
+    def __init__(self, body: Iterable[bytes], after: Callable[[], None]) -> None:
+        self.body, self.after = body, after
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            try:
+                self.after()
+            except Exception:
+                log.exception("releasing a request's hold on its key's cap failed")
