@@ -124,6 +124,14 @@ def test_cortex_cli_status_models_drain(served_gateway):
     ("", "[[models]]\nid = 'x'\nvram_mb = 'big'\n", "models[0].vram_mb"),
     ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
      "window = {kind = 'monthly'}\n", "", "window kind must be"),
+    ("[gateway]\nadmin_keys = ['']\n", "", "admin_keys[0] is empty"),
+    ("[gateway]\nadmin_keys = ['a', '  ']\n", "", "admin_keys[1] is empty"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = ''\naccount_id = 'a'\n", "",
+     "key is empty"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
+     "window = {kind = 'rolling', seconds = 0}\n", "", "0 < seconds <="),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
+     "window = {kind = 'rolling', seconds = 99999999}\n", "", "0 < seconds <="),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, cortex_toml, models_toml, fragment):
     if models_toml is not None:
@@ -188,3 +196,44 @@ window = { kind = "rolling", seconds = 86400 }
     assert m.residency_priority == 1000 and m.load_id == "hf:Qwen/Qwen2.5-7B-Instruct-GGUF"
     assert cfg.entitlements.keys[0].window.seconds == 86400
     assert "sk-test" not in repr(cfg.entitlements.keys[0])
+
+
+@pytest.mark.parametrize("cortex_toml, field", [
+    ("[gateway]\nneuron_token = ['sk-SECRET-1']\n", "gateway.neuron_token"),
+    ("[gateway]\nadmin_keys = 'sk-SECRET-1'\n", "gateway.admin_keys"),
+    ("[gateway]\nadmin_keys = ['ok', ['sk-SECRET-1']]\n", "gateway.admin_keys[1]"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = ['sk-SECRET-1']\naccount_id = 'a'\n",
+     "entitlements.keys[0].key"),
+])
+def test_config_errors_name_secret_fields_never_their_values(tmp_path, cortex_toml, field):
+    # Config errors land in the journal and in Ansible output.
+    (tmp_path / "models.toml").write_text("")
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n' + cortex_toml)
+    r = subprocess.run([str(BIN / "cortex"), "check-config", str(tmp_path / "cortex.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and field in r.stderr, r.stderr
+    assert "SECRET" not in r.stderr + r.stdout
+
+
+def test_neuron_config_errors_never_echo_tokens(tmp_path):
+    from cortex.neuron import config as neuron_config
+
+    p = tmp_path / "neuron.toml"
+    p.write_text("auth_token = 12345678\n[hf]\ntoken = ['hf_SECRET']\n")
+    with pytest.raises(ConfigError) as exc:
+        neuron_config.load(p)
+    assert "auth_token" in str(exc.value) and "12345678" not in str(exc.value)
+
+
+def test_cli_environment_is_not_config(tmp_path, monkeypatch):
+    # `cortex status` reads CORTEX_URL / CORTEX_ADMIN_KEY; `cortex serve` must not take them
+    # for config overrides (unknown keys 'url' and 'admin_key').
+    (tmp_path / "models.toml").write_text("")
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n')
+    monkeypatch.setenv("CORTEX_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("CORTEX_ADMIN_KEY", "adm")
+    cfg, _ = gw_config.load(tmp_path / "cortex.toml")
+    assert cfg.gateway.admin_keys == []
+    r = subprocess.run([str(BIN / "cortex"), "check-config", str(tmp_path / "cortex.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
