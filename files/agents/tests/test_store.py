@@ -82,6 +82,35 @@ def test_long_windows_use_minute_buckets(store: SpendStore) -> None:
         store.window_total("k_a", 86401, now=T0 + 86400)
 
 
+def test_week_and_year_windows_use_hour_and_day_buckets(store_spec: str, tmp_path: Path
+                                                        ) -> None:
+    week, year = 7 * 86400, 366 * 86400
+    s = open_store(store_spec, tmp_path, retention_s=year)
+    s.record("k_a", 10, now=T0 + 0.5)  # hour bucket [T0, T0+3600)
+    s.record("k_a", 5, now=T0 + 3 * 86400)
+    assert s.window_total("k_a", week, now=T0 + week) == 15
+    assert s.oldest_in_window("k_a", week, now=T0 + week) == T0 + 3600
+    assert s.window_total("k_a", week, now=T0 + week + 3599) == 15
+    assert s.window_total("k_a", week, now=T0 + week + 3600) == 5
+    # Shorter windows still read their own, finer tiers.
+    assert s.window_total("k_a", 60, now=T0 + 3 * 86400 + 1) == 5
+    assert s.window_total("k_a", 86400, now=T0 + 3 * 86400 + 1) == 5
+    # Past 31 days a window counts whole days.
+    assert s.window_total("k_a", year, now=T0 + 200 * 86400) == 15
+    assert s.window_total("k_a", 60 * 86400, now=T0 + 62 * 86400) == 5
+    with pytest.raises(ValueError, match="retention_s"):
+        s.window_total("k_a", year + 1, now=T0 + year)
+    s.close()
+
+
+def test_default_retention_writes_two_tiers_only(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "s.sqlite3")
+    s.record("k_a", 1, now=T0)
+    conn, _ = s._conn()
+    assert sorted(w for (w,) in conn.execute("SELECT width FROM spend_bucket")) == [1, 60]
+    s.close()
+
+
 def test_sqlite_prunes_old_buckets(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.sqlite3", retention_s=3600)
     for i in range(0, 3 * 3600, 5):  # 3 hours, a record every 5 s

@@ -2,11 +2,12 @@
 
 Two numbers per key: the balance (all tokens ever spent) and the spend inside a rolling
 window. Rolling spend lives in time buckets, so storage grows with time, not with requests.
-Each record lands in a 1 s bucket and a 60 s bucket: windows up to 15 minutes sum the 1 s
-buckets (exact to the second), longer ones the 60 s buckets (at most 1441 for a day), so a
-check stays cheap whatever the window. A window counts every bucket that overlaps it, so it
-errs toward the cap, by less than one bucket. 1 s buckets are kept 15 minutes, 60 s buckets
-``retention_s`` (the longest window a caller may ask about).
+Each record lands in one bucket per tier: 1 s buckets serve windows up to 15 minutes
+(exact to the second), 60 s buckets up to a day, hour buckets up to 31 days and day buckets
+beyond, so a window sums at most ~1500 buckets whatever its length. A window counts every
+bucket that overlaps it, so it errs toward the cap, by less than one bucket. Tiers past
+``retention_s`` (the longest window a caller may ask about; a day unless the configured
+windows are longer) are not written, so the common case pays for two tiers only.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Protocol
 
-FINE_S, COARSE_S = 1, 60
-FINE_MAX_WINDOW_S = 900
+# (bucket width, longest window it serves), finest first.
+TIERS = ((1, 900), (60, 86400), (3600, 31 * 86400), (86400, 10 * 366 * 86400))
 DEFAULT_RETENTION_S = 86400
 
 
@@ -59,18 +61,27 @@ class _Buckets:
         if retention_s < 1:
             raise ValueError(f"retention_s must be >= 1, got {retention_s}")
         self.retention_s = int(retention_s)
+        # (width, longest window it serves here): tiers up to the first that covers
+        # retention_s; longer tiers would only cost writes.
+        self.tiers: list[tuple[int, int]] = []
+        for width, longest in TIERS:
+            self.tiers.append((width, min(longest, self.retention_s)))
+            if longest >= self.retention_s:
+                break
+        if self.tiers[-1][1] < self.retention_s:
+            raise ValueError(f"retention_s must be <= {TIERS[-1][1]}, got {retention_s}")
 
     def buckets(self, now: float) -> list[tuple[int, int, int]]:
         """(width, start, keep_s) of the buckets a spend at ``now`` goes to."""
-        return [(w, math.floor(now / w) * w, keep)
-                for w, keep in ((FINE_S, FINE_MAX_WINDOW_S), (COARSE_S, self.retention_s))]
+        return [(w, math.floor(now / w) * w, keep) for w, keep in self.tiers]
 
     def span(self, seconds: float, now: float) -> tuple[int, int, int]:
         """Width, first and last bucket start overlapping the window (now - seconds, now]."""
-        if not 0 < seconds <= self.retention_s:
-            raise ValueError(f"window of {seconds} s outside (0, retention_s={self.retention_s}]")
-        w = FINE_S if seconds <= FINE_MAX_WINDOW_S else COARSE_S
-        return w, math.floor((now - seconds) / w) * w, math.floor(now / w) * w
+        if seconds > 0:
+            for w, longest in self.tiers:
+                if seconds <= longest:
+                    return w, math.floor((now - seconds) / w) * w, math.floor(now / w) * w
+        raise ValueError(f"window of {seconds} s outside (0, retention_s={self.retention_s}]")
 
     def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
         if tokens < 0:
@@ -229,6 +240,11 @@ _FORMS = ('"" or "sqlite" (a file in the gateway\'s state_dir), "sqlite:///absol
           'or "redis://host:port/db" (also rediss://)')
 
 
+def _shown(spec: str) -> str:
+    """The spec for an error message, without a password (redis://:pw@host)."""
+    return repr(re.sub(r"//[^/@]*@", "//<credentials>@", spec))
+
+
 def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
     """The store named by ``[entitlements] store``; ``options`` (``retention_s``: pass the
     longest rolling window configured, if over a day) go to its constructor."""
@@ -238,10 +254,10 @@ def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
     if spec.startswith("sqlite://"):
         path = spec.removeprefix("sqlite://")
         if not path.startswith("/"):
-            raise ValueError(f"[entitlements] store = {spec!r}: the sqlite path must be "
+            raise ValueError(f"[entitlements] store = {_shown(spec)}: the sqlite path must be "
                              f"absolute (sqlite:///var/lib/...); accepted forms: {_FORMS}")
         return SQLiteStore(Path(path), **options)
     if spec.startswith(("redis://", "rediss://")):
         return RedisStore(spec, **options)
-    raise ValueError(f"[entitlements] store = {spec!r} is not understood; "
+    raise ValueError(f"[entitlements] store = {_shown(spec)} is not understood; "
                      f"accepted forms: {_FORMS}")
