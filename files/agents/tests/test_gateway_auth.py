@@ -179,3 +179,22 @@ def test_week_long_rolling_window_caps(neuron_hello, gateway_factory, store_spec
 def test_rolling_window_bounds(seconds):
     with pytest.raises(ValueError, match="0 < seconds <="):
         Window(kind="rolling", seconds=seconds)
+
+
+@pytest.mark.parametrize("raw, code", [
+    ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
+     '"temperature": NaN}', "malformed_json"),
+    ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "\\udc80"}]}',
+     "malformed_json"),
+    ('{"model": "tiny-hello", "messages": ' + "[" * 3000 + "]" * 3000 + "}",
+     "invalid_request_body"),
+])
+def test_gateway_refuses_what_json_should_not_hold(neuron_hello, gateway_factory, raw, code):
+    # Refused before routing: no neuron sees it, nothing is retried elsewhere.
+    gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")])
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        r = gw.http.post(gw.url + path, data=raw, headers={"Content-Type": "application/json"},
+                         timeout=30)
+        assert r.status_code == 400, r.text
+        e = r.json()["error"]  # Anthropic's envelope has a type, no code
+        assert e.get("code", code) == code and e["message"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,15 +43,77 @@ def check_json_type(mimetype: str) -> None:
                        type="invalid_request_error")
 
 
+# Deeper than any real request (tool schemas nest a few levels); bounded so that nothing
+# after parsing (templates, json.dumps, translation) can hit the recursion limit.
+MAX_JSON_DEPTH = 64
+# Only a \uD800-\uDFFF escape can produce a lone surrogate (raw ones are invalid UTF-8).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _non_finite(name: str) -> Any:
+    raise _NonFinite(name)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object as RFC 8259 has it: no NaN or Infinity (Python's json takes them and
+    a sampler would get garbage), no lone surrogates (they cannot be encoded back), and
+    nested at most MAX_JSON_DEPTH deep. Each refusal is a 400 naming the problem."""
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_non_finite)
+    except _NonFinite as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc} is not a JSON number; send a "
+                         "finite number", code="malformed_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", code="invalid_request_body",
                        status=422, type="invalid_request_error")
+    # Both checks walk the whole body, so only run when a cheap scan says they may fail.
+    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    if surrogates or raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
+        _check_tree(body, surrogates)
     return body
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"the body nests objects and arrays more than {MAX_JSON_DEPTH} deep",
+                      code="invalid_request_body")
+
+
+def _check_tree(body: Any, surrogates: bool) -> None:
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+    while stack:
+        node, depth, where = stack.pop()
+        if isinstance(node, dict):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            for k, v in node.items():
+                path = f"{where}.{k}" if where else str(k)
+                if surrogates:
+                    _check_text(k, where or "the body's keys")
+                stack.append((v, depth + 1, path))
+        elif isinstance(node, list):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(node))
+        elif surrogates and isinstance(node, str):
+            _check_text(node, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        where = where.encode(errors="backslashreplace").decode()
+        raise BadRequest(f"{where}: the string holds a lone UTF-16 surrogate (an unpaired "
+                         "\\uD800-\\uDFFF escape); send valid Unicode", code="malformed_json",
+                         param=where) from None
 
 
 def too_large(limit: int | None) -> ApiError:
