@@ -270,8 +270,9 @@ def test_metrics(two, gateway_factory):
     gw.chat("tiny-hello")
     gw.get("/health")  # same connection: served once the chat's accounting (after send) ran
     reg = gw.gw.metrics.registry
-    # As the metrics server does: the gauges are read from the neurons at scrape time.
-    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue, refresh=True))
+    # As the metrics server does: the gauges are the fleet's last poll (one after the chat).
+    gw.gw.fleet.poll_all()
+    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue))
     text = metrics_app(reg).test_client().get("/metrics").get_data(as_text=True)
     assert 'cortex_requests_total{model="tiny-hello",node="n1"} 1.0' in text
     assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text

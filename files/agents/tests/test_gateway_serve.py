@@ -237,3 +237,103 @@ def test_cli_environment_is_not_config(tmp_path, monkeypatch):
     r = subprocess.run([str(BIN / "cortex"), "check-config", str(tmp_path / "cortex.toml")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_metrics_scrapes_never_poll_the_neurons(neuron, tmp_path, monkeypatch):
+    # The metrics port is unauthenticated: a scrape that polled every neuron let anyone
+    # turn scrapes into neuron load until the nodes were marked unhealthy.
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from cortex.gateway.config import GatewayConfig, GatewaySection, ModelsConfig, NeuronEntry
+    from cortex.gateway.serve import MetricsServer
+
+    (tmp_path / "mp").mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mp"))
+    polls = []
+
+    def counting(environ, start_response):
+        if environ["PATH_INFO"] == "/health":
+            polls.append(1)
+        return neuron.app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, counting, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = GatewayConfig(gateway=GatewaySection(poll_interval_secs=3600,
+                                               state_dir=str(tmp_path / "state")),
+                        neurons=[NeuronEntry("n1", f"http://127.0.0.1:{server.server_port}")])
+    metrics = MetricsServer(cfg, ModelsConfig(), "127.0.0.1", 0)
+    try:
+        metrics.fleet.wait_first_poll(10)
+        for _ in range(20):
+            text = requests.get(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10).text
+            assert 'cortex_node_up{node="n1"} 1.0' in text
+        assert len(polls) == 1  # the poller's first poll; the next is an hour away
+    finally:
+        metrics.stop()
+        server.shutdown()
+
+
+def test_a_failed_reload_keeps_the_last_good_config(tmp_path):
+    # HUP with a broken cortex.toml once brought the start-up config back, and with it
+    # every key revoked since.
+    import re
+    import signal
+    import threading
+
+    port, mport = free_port(), free_port()
+    (tmp_path / "models.toml").write_text("")
+
+    def write(keys: list[str]) -> None:
+        text = (f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
+                f'metrics_listen = "127.0.0.1:{mport}"\nworkers = 1\n'
+                f'state_dir = "{tmp_path / "state"}"\n[entitlements]\nrequire_auth = true\n')
+        for k in keys:
+            text += f'[[entitlements.keys]]\nkey = "{k}"\naccount_id = "{k}"\n'
+        (tmp_path / "cortex.toml").write_text(text)
+
+    write(["sk-a", "sk-b"])
+    proc = subprocess.Popen([str(BIN / "cortex"), "serve", "--config",
+                             str(tmp_path / "cortex.toml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                     daemon=True).start()
+
+    def status(key: str) -> int | None:
+        try:  # auth comes before routing: 404 for a good key, 401 for a revoked one
+            return requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=5,
+                                 json={"model": "nope", "messages": [{"role": "user",
+                                                                      "content": "x"}]},
+                                 headers={"Authorization": f"Bearer {key}"}).status_code
+        except requests.RequestException:
+            return None
+
+    def wait(cond) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+
+    def workers() -> list[str]:
+        return re.findall(r"Booting worker with pid: (\d+)", "".join(lines))
+
+    try:
+        wait(lambda: status("sk-b") == 404)
+        write(["sk-a"])  # revoke sk-b
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: status("sk-b") == 401)
+        (tmp_path / "cortex.toml").write_text("[gateway\n")  # broken
+        booted = len(workers())
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: len(workers()) > booted)
+        old = workers()[booted - 1]
+        wait(lambda: f"Worker exiting (pid: {old})" in "".join(lines))  # only the new one left
+        for _ in range(5):
+            assert status("sk-b") == 401 and status("sk-a") == 404
+        assert "reload failed, keeping the last good configuration" in "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(30)
