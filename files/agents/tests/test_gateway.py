@@ -320,3 +320,39 @@ def test_a_stale_view_of_a_drained_node_is_retried_elsewhere(two, gateway_factor
     gw.gw.fleet.refresh(gw.gw.fleet.nodes["n1"])
     assert gw.chat("tiny-hello").headers["X-Cortex-Node"] == "n2"  # shutting down: retried
     two["n1"].neuron.registry.shutting_down = False
+
+
+def _stale_idle_view(gw, node: str, model_id: str) -> None:
+    """What a poll from before the last request shows: idle for an hour."""
+    m = gw.gw.fleet.nodes[node].models[model_id]
+    m.in_flight = m.queue_depth = 0
+    m.last_used = time.time() - 3600
+
+
+def test_reaper_never_unloads_a_model_in_use(neuron_factory, gateway_factory):
+    # The reaper decided on the last poll: a stream that began after it was cut off.
+    n = neuron_factory(n_ctx=65536)
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-long", keep_alive="60s")],
+                         poll_interval_secs=3600)  # no poll (or reaper run) but ours
+    body = {"model": "tiny-long", "messages": MSG, "max_tokens": 60000, "stream": True}
+    with gw.http.post(gw.url + "/v1/chat/completions", json=body, stream=True,
+                      timeout=60) as stream:
+        assert stream.status_code == 200
+        worker = n.neuron.registry.models["file:tiny-long"].worker
+        wait_until(lambda: worker.in_flight == 1)
+        _stale_idle_view(gw, "n1", "file:tiny-long")
+        assert gw.gw.router.reap_idle() == []
+        assert "file:tiny-long" in n.neuron.registry.models
+    n.post("/models/unload", {"model_id": "file:tiny-long"})
+
+
+def test_reaper_spares_a_model_just_routed_to(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello", keep_alive="60s")],
+                         poll_interval_secs=3600)
+    assert gw.chat("tiny-hello").status_code == 200
+    (node,) = [k for k, n in two.items() if "file:tiny-hello" in n.neuron.registry.models]
+    gw.gw.router.route("tiny-hello")  # a request on its way to the neuron
+    _stale_idle_view(gw, node, "file:tiny-hello")
+    assert gw.gw.router.reap_idle() == []
+    # Idle by the neuron's own account and not routed to: it goes.
+    assert gw.gw.router.reap_idle(now=time.time() + 120) == [(node, "file:tiny-hello")]
