@@ -356,3 +356,77 @@ def test_reaper_spares_a_model_just_routed_to(two, gateway_factory):
     assert gw.gw.router.reap_idle() == []
     # Idle by the neuron's own account and not routed to: it goes.
     assert gw.gw.router.reap_idle(now=time.time() + 120) == [(node, "file:tiny-hello")]
+
+
+class _Switch:
+    """A neuron that can turn into something else answering 200 (a proxy page, garbage)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.garbage = app, None
+
+    def __call__(self, environ, start_response):
+        if self.garbage is None or environ["PATH_INFO"] not in self.garbage:
+            return self.app(environ, start_response)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [self.garbage[environ["PATH_INFO"]]]
+
+
+@pytest.mark.parametrize("garbage", [
+    {"/health": b"<html>hello</html>"},
+    {"/health": b"[]"},
+    {"/models": b'[{"name": "no id"}]'},
+    {"/health": b'{"status": "ok", "models": [{"id": "file:tiny-hello", "in_flight": "x"}]}',
+     "/models": b'[{"id": "file:tiny-hello"}]'},
+    {"/health": b'{"status": "ok", "devices": 3}'},
+])
+def test_a_200_with_garbage_is_a_failed_poll(neuron, gateway_factory, garbage):
+    from types import SimpleNamespace
+
+    from werkzeug.serving import make_server
+
+    switch = _Switch(neuron.app)
+    server = make_server("127.0.0.1", 0, switch, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = gateway_factory({"n1": SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}")},
+                             [ModelEntry(id="tiny-hello")], poll_interval_secs=0.05)
+        node = gw.gw.fleet.nodes["n1"]
+        assert node.healthy
+        switch.garbage = garbage
+        wait_until(lambda: not node.healthy)
+        assert node.last_error and gw.get("/health").json()["nodes"]["healthy"] == 0
+        switch.garbage = None  # the poller lives on: the node comes back
+        wait_until(lambda: node.healthy)
+        assert gw.chat("tiny-hello").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ipv6_endpoints_work(neuron_factory, gateway_factory):
+    import socket
+    from types import SimpleNamespace
+
+    from werkzeug.serving import make_server
+
+    from cortex.gateway.config import NeuronEntry
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    n = neuron_factory()
+    server = make_server("::1", 0, n.app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://[::1]:{server.server_port}"
+        gw = gateway_factory({"v6": SimpleNamespace(url=url)}, [ModelEntry(id="tiny-hello")])
+        assert gw.gw.fleet.nodes["v6"].healthy
+        r = gw.chat("tiny-hello")
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == HELLO
+        nodes = gw.get("/health").json()["nodes"]
+        assert nodes["healthy"] == 1
+        # Without brackets it cannot be parsed; the error says how to write it.
+        with pytest.raises(ValueError, match=r"brackets: http://\[::1\]:13131"):
+            NeuronEntry("v6", f"http://::1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cortex.core.config import build, load_config, parse_listen, read_toml
 
@@ -70,10 +71,18 @@ class NeuronEntry:
     endpoint: str
 
     def __post_init__(self) -> None:
-        if not re.match(r"^https?://[^/\s]+", self.endpoint):
-            raise ValueError(f"[[neurons]] {self.name}: endpoint must be http(s)://host:port, "
-                             f"got {self.endpoint!r}")
         self.endpoint = self.endpoint.rstrip("/")
+        hint = (" (an IPv6 address goes in brackets: http://[::1]:13131)"
+                if self.endpoint.count(":") > 2 and "[" not in self.endpoint else "")
+        try:
+            u = urlsplit(self.endpoint)
+            u.port  # noqa: B018 - raises ValueError for a port that is not a number
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and not u.username
+        except ValueError:  # a port that is not a number, an unclosed bracket
+            ok = False
+        if not ok or re.search(r"\s", self.endpoint):
+            raise ValueError(f"[[neurons]] {self.name}: endpoint must be http(s)://host:port, "
+                             f"got {self.endpoint!r}{hint}")
 
 
 @dataclass
