@@ -260,3 +260,50 @@ def test_open_store_rejects_unknown_forms(spec: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\[entitlements\] store") as err:
         open_store(spec, tmp_path)
     assert "sqlite:///" in str(err.value) and "redis://" in str(err.value)
+
+
+_GEVENT_WAITER = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from cortex.gateway.store import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+store.record("k_a", 1)  # connected before the other process takes the lock
+print("ready", flush=True)
+sys.stdin.readline()  # the other process now holds the write lock
+writer = gevent.spawn(store.record, "k_a", 5)
+ticks = 0
+while not writer.ready():
+    ticks += 1
+    if ticks == 20:
+        print("ticking", flush=True)  # the hub runs while the write waits
+    gevent.sleep(0.005)
+writer.get()
+print("total", store.total("k_a"), flush=True)
+"""
+
+
+def test_a_locked_sqlite_file_never_stalls_the_gevent_hub(tmp_path: Path) -> None:
+    # Two processes: this one holds the write lock; the gevent one must keep serving its
+    # other greenlets while its write waits, then land the write once the lock is free.
+    import sqlite3
+
+    path = tmp_path / "s.sqlite3"
+    SQLiteStore(path).close()
+    proc = subprocess.Popen([sys.executable, "-c", _GEVENT_WAITER, str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().split() == ["ready"], proc.stderr.read()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        # Before the fix the hub sat inside sqlite's busy wait: no tick, then "locked".
+        line = proc.stdout.readline()
+        holder.execute("COMMIT")
+        holder.close()
+        assert line.split() == ["ticking"], proc.stderr.read()
+        assert proc.stdout.readline().split() == ["total", "6"], proc.stderr.read()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

@@ -17,10 +17,14 @@ import math
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 # (bucket width, longest window it serves), finest first.
 TIERS = ((1, 900), (60, 86400), (3600, 31 * 86400), (86400, 10 * 366 * 86400))
@@ -47,6 +51,17 @@ class SpendStore(Protocol):
         end, so ``oldest + seconds - now`` is exactly when it stops counting), or None."""
 
     def close(self) -> None: ...
+
+
+def _cooperative() -> bool:
+    """Whether this process runs under gevent's monkey patching (a gunicorn gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("time")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
 
 
 def key_id_for(key: str) -> str:
@@ -137,54 +152,87 @@ class SQLiteStore(_Buckets):
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Under gevent a busy wait inside sqlite would stall the whole worker (every
+        # greenlet) for up to busy_timeout: there sqlite gives up at once and _retry waits
+        # with the (patched, cooperative) time.sleep. Threads may block; others still run.
+        self._native_wait_ms = 0 if _cooperative() else int(self._busy_timeout_ms)
+        return self._retry(self._open)
+
+    def _open(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE below. One
-        # connection per process, serialised by a lock (threads; under gevent sqlite never
-        # yields, so the lock is never contended).
+        # connection per process, serialised by a lock.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=self._busy_timeout_ms / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: no fsync per request; a power cut may lose the last few records.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(self._SCHEMA)
+                               timeout=self._native_wait_ms / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._native_wait_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: no fsync per request; a power cut may lose the last few records.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(self._SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` again while another process holds the database, up to busy_timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if not _busy(exc) or left <= 0:
+                    raise
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
 
     def _record(self, key_id: str, tokens: int, now: float) -> None:
         conn, lock = self._conn()
-        with lock, conn:  # `with conn` commits, or rolls back on an error
-            # IMMEDIATE takes the write lock up front, so concurrent writers wait on
-            # busy_timeout instead of failing to upgrade a read lock.
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO spend_total (key_id, tokens) VALUES (?, ?) ON CONFLICT (key_id) "
-                "DO UPDATE SET tokens = tokens + excluded.tokens", (key_id, tokens))
-            for width, start, keep in self.buckets(now):
+
+        def write() -> None:
+            with lock, conn:  # `with conn` commits, or rolls back on an error
+                # IMMEDIATE takes the write lock up front, so a concurrent writer is told
+                # busy at once instead of failing to upgrade a read lock half way through.
+                conn.execute("BEGIN IMMEDIATE")
                 conn.execute(
-                    "INSERT INTO spend_bucket (key_id, width, start, tokens) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (key_id, width, start) "
-                    "DO UPDATE SET tokens = tokens + excluded.tokens",
-                    (key_id, width, start, tokens))
-                # Dropping this key's expired buckets here bounds its rows; an index seek
-                # that usually deletes nothing.
-                conn.execute(
-                    "DELETE FROM spend_bucket WHERE key_id = ? AND width = ? AND start < ?",
-                    (key_id, width, math.floor((now - keep) / width) * width))
+                    "INSERT INTO spend_total (key_id, tokens) VALUES (?, ?) ON CONFLICT "
+                    "(key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
+                    (key_id, tokens))
+                for width, start, keep in self.buckets(now):
+                    conn.execute(
+                        "INSERT INTO spend_bucket (key_id, width, start, tokens) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (key_id, width, start) "
+                        "DO UPDATE SET tokens = tokens + excluded.tokens",
+                        (key_id, width, start, tokens))
+                    # Dropping this key's expired buckets here bounds its rows; an index
+                    # seek that usually deletes nothing.
+                    conn.execute(
+                        "DELETE FROM spend_bucket WHERE key_id = ? AND width = ? AND start < ?",
+                        (key_id, width, math.floor((now - keep) / width) * width))
+
+        self._retry(write)
+
+    def _read(self, sql: str, args: tuple) -> tuple:
+        conn, lock = self._conn()
+
+        def read() -> tuple:
+            with lock:
+                return conn.execute(sql, args).fetchone()
+
+        return self._retry(read)
 
     def total(self, key_id: str) -> int:
-        conn, lock = self._conn()
-        with lock:
-            row = conn.execute("SELECT tokens FROM spend_total WHERE key_id = ?",
-                               (key_id,)).fetchone()
+        row = self._read("SELECT tokens FROM spend_total WHERE key_id = ?", (key_id,))
         return row[0] if row else 0
 
     def _window(self, key_id: str, seconds: float, now: float) -> tuple[int, float | None]:
         width, lo, hi = self.span(seconds, now)
-        conn, lock = self._conn()
-        with lock:
-            total, oldest = conn.execute(
-                "SELECT COALESCE(SUM(tokens), 0), MIN(start) FROM spend_bucket "
-                "WHERE key_id = ? AND width = ? AND start BETWEEN ? AND ?",
-                (key_id, width, lo, hi)).fetchone()
+        total, oldest = self._read(
+            "SELECT COALESCE(SUM(tokens), 0), MIN(start) FROM spend_bucket "
+            "WHERE key_id = ? AND width = ? AND start BETWEEN ? AND ?",
+            (key_id, width, lo, hi))
         return total, None if oldest is None else float(oldest + width)
 
     def close(self) -> None:
