@@ -42,6 +42,8 @@ sysdeps:
 
 lint: $(STAMP) collection
 	$(BIN)/ruff check $(AGENTS) scripts bench tests
+	# Security lint: every exception is a `# nosec Bxxx` with its reason beside it.
+	$(BIN)/bandit -q -r $(AGENTS)/src
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps

@@ -165,9 +165,11 @@ def _join(where: str, key: str) -> str:
 def parse_listen(listen: str, default_port: int) -> tuple[str, int]:
     """`host:port`, `:port` or `[v6]:port` → (host, port)."""
     host, sep, port = listen.rpartition(":")
+    # An empty host means every interface, as `:port` does for most servers; the roles
+    # write the address they mean (bandit B104).
     if not sep:
-        return listen or "0.0.0.0", default_port
-    host = host.strip("[]") or "0.0.0.0"
+        return listen or "0.0.0.0", default_port  # nosec B104
+    host = host.strip("[]") or "0.0.0.0"  # nosec B104
     if not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen {listen!r}: the port must be a number from 0 to 65535")
     return host, int(port)
