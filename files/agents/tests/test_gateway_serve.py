@@ -132,6 +132,8 @@ def test_cortex_cli_status_models_drain(served_gateway):
      "window = {kind = 'rolling', seconds = 0}\n", "", "0 < seconds <="),
     ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
      "window = {kind = 'rolling', seconds = 99999999}\n", "", "0 < seconds <="),
+    ("[entitlements]\nstore = 'postgres://db'\n", "", "accepted forms"),
+    ("[entitlements]\nstore = 'sqlite://relative.db'\n", "", "must be absolute"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, cortex_toml, models_toml, fragment):
     if models_toml is not None:
@@ -202,6 +204,7 @@ window = { kind = "rolling", seconds = 86400 }
     ("[gateway]\nneuron_token = ['sk-SECRET-1']\n", "gateway.neuron_token"),
     ("[gateway]\nadmin_keys = 'sk-SECRET-1'\n", "gateway.admin_keys"),
     ("[gateway]\nadmin_keys = ['ok', ['sk-SECRET-1']]\n", "gateway.admin_keys[1]"),
+    ("[entitlements]\nstore = 'redis2://:sk-SECRET-1@cache:6379/0'\n", "[entitlements] store"),
     ("[entitlements]\n[[entitlements.keys]]\nkey = ['sk-SECRET-1']\naccount_id = 'a'\n",
      "entitlements.keys[0].key"),
 ])

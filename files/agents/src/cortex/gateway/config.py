@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cortex.core.config import build, load_config, parse_listen, read_toml
+from cortex.gateway.store import parse_spec
 
 DEFAULT_PORT, DEFAULT_METRICS_PORT = 31313, 31314
 MAX_WINDOW_S = 366 * 86400  # the longest rolling window the spend store keeps buckets for
@@ -127,6 +128,9 @@ class EntitlementsSection:
     require_auth: bool = False
     store: str = ""  # "" / "sqlite" (state_dir) / "sqlite:///path" / "redis://host:port/db"
     keys: list[KeyEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        parse_spec(self.store)  # a bad store would make every keyed request a 500
 
 
 @dataclass

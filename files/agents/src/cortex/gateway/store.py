@@ -293,19 +293,29 @@ def _shown(spec: str) -> str:
     return repr(re.sub(r"//[^/@]*@", "//<credentials>@", spec))
 
 
-def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
-    """The store named by ``[entitlements] store``; ``options`` (``retention_s``: pass the
-    longest rolling window configured, if over a day) go to its constructor."""
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``[entitlements] store`` → ("sqlite", path or "") or ("redis", url); a ValueError
+    naming the accepted forms otherwise (checked when the config loads)."""
     spec = spec.strip()
     if spec in ("", "sqlite"):
-        return SQLiteStore(Path(state_dir) / "entitlements.sqlite3", **options)
+        return "sqlite", ""
     if spec.startswith("sqlite://"):
         path = spec.removeprefix("sqlite://")
         if not path.startswith("/"):
             raise ValueError(f"[entitlements] store = {_shown(spec)}: the sqlite path must be "
                              f"absolute (sqlite:///var/lib/...); accepted forms: {_FORMS}")
-        return SQLiteStore(Path(path), **options)
+        return "sqlite", path
     if spec.startswith(("redis://", "rediss://")):
-        return RedisStore(spec, **options)
+        return "redis", spec
     raise ValueError(f"[entitlements] store = {_shown(spec)} is not understood; "
                      f"accepted forms: {_FORMS}")
+
+
+def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
+    """The store named by ``[entitlements] store``; ``options`` (``retention_s``: pass the
+    longest rolling window configured, if over a day) go to its constructor."""
+    kind, where = parse_spec(spec)
+    if kind == "redis":
+        return RedisStore(where, **options)
+    return SQLiteStore(Path(where) if where else Path(state_dir) / "entitlements.sqlite3",
+                       **options)
