@@ -81,3 +81,21 @@ def test_completion_bodies_never_500(fuzz_neuron, prompt, extra):
     body = {"model": "tiny-hello", "prompt": prompt, "max_tokens": 4, **extra}
     check(fuzz_neuron, "/v1/completions", body)
     check(fuzz_neuron, "/tokenize", body)
+
+
+# Any code point, lone surrogates included: json.dumps escapes them as \udXXX, as a client
+# in a language with UTF-16 strings may send them.
+any_text = st.text(st.characters(codec=None, categories=None)
+                   | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"]),
+                   max_size=12)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(content=any_text, key=any_text, stop=st.lists(any_text, max_size=2),
+       body=st.dictionaries(st.sampled_from(["model", "messages", "prompt", *FIELDS]), values,
+                            max_size=4))
+def test_any_text_and_any_shape_never_500(fuzz_neuron, content, key, stop, body):
+    chat = {"model": "tiny-hello", "max_tokens": 4, "stop": stop,
+            "messages": [{"role": "user", "content": content, key: content}]}
+    check(fuzz_neuron, "/v1/chat/completions", chat)
+    check(fuzz_neuron, "/v1/chat/completions", {"max_tokens": 4, **body})
