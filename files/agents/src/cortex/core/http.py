@@ -6,7 +6,9 @@ import hmac
 import json
 import logging
 import re
+from array import array
 from collections.abc import Iterable
+from itertools import accumulate
 from typing import Any
 
 from flask import Flask, Response, request
@@ -47,7 +49,13 @@ def check_json_type(mimetype: str) -> None:
 # after parsing (templates, json.dumps, translation) can hit the recursion limit.
 MAX_JSON_DEPTH = 64
 # Only a \uD800-\uDFFF escape can produce a lone surrogate (raw ones are invalid UTF-8).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+# With the valid pairs taken out, any such escape left may be lone (or follow an escaped
+# backslash: the exact check then finds nothing).
+_SURROGATE_PAIR = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Brackets as +1 / -1 (signed bytes) for the depth check; everything else is deleted.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+_DEPTH_STEP = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
 
 
 class _NonFinite(ValueError):
@@ -63,7 +71,10 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     a sampler would get garbage), no lone surrogates (they cannot be encoded back), and
     nested at most MAX_JSON_DEPTH deep. Each refusal is a 400 naming the problem."""
     try:
-        body = json.loads(raw, parse_constant=_non_finite)
+        # The common case keeps json's own cached decoder; only a body that may hold NaN or
+        # Infinity pays for the hook that refuses them.
+        body = (json.loads(raw, parse_constant=_non_finite)
+                if b"NaN" in raw or b"Infinity" in raw else json.loads(raw))
     except _NonFinite as exc:
         raise BadRequest(f"the body is not valid JSON: {exc} is not a JSON number; send a "
                          "finite number", code="malformed_json") from None
@@ -74,11 +85,22 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", code="invalid_request_body",
                        status=422, type="invalid_request_error")
-    # Both checks walk the whole body, so only run when a cheap scan says they may fail.
-    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
-    if surrogates or raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH:
-        _check_tree(body, surrogates)
+    # The gateway parses every request: both checks are scans in C over the raw bytes, and
+    # the walk over the parsed body (to name the field) runs only for a likely surrogate.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    if (b"\\ud" in raw or b"\\uD" in raw) and _SURROGATE.search(_SURROGATE_PAIR.sub(b"", raw)):
+        _check_tree(body)
     return body
+
+
+def _depth(raw: bytes) -> int:
+    """How deep (valid) JSON nests: the bracket balance outside strings, at its highest.
+    With escaped backslashes and quotes gone, every quote left opens or closes a string."""
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    steps = array("b", outside.translate(_DEPTH_STEP, _NOT_BRACKETS))
+    return max(accumulate(steps), default=0)
 
 
 def _too_deep() -> BadRequest:
@@ -86,23 +108,18 @@ def _too_deep() -> BadRequest:
                       code="invalid_request_body")
 
 
-def _check_tree(body: Any, surrogates: bool) -> None:
-    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+def _check_tree(body: Any) -> None:
+    """Find the string that holds a lone surrogate, to name it."""
+    stack: list[tuple[Any, str]] = [(body, "")]
     while stack:
-        node, depth, where = stack.pop()
+        node, where = stack.pop()
         if isinstance(node, dict):
-            if depth > MAX_JSON_DEPTH:
-                raise _too_deep()
             for k, v in node.items():
-                path = f"{where}.{k}" if where else str(k)
-                if surrogates:
-                    _check_text(k, where or "the body's keys")
-                stack.append((v, depth + 1, path))
+                _check_text(k, where or "the body's keys")
+                stack.append((v, f"{where}.{k}" if where else str(k)))
         elif isinstance(node, list):
-            if depth > MAX_JSON_DEPTH:
-                raise _too_deep()
-            stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(node))
-        elif surrogates and isinstance(node, str):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+        elif isinstance(node, str):
             _check_text(node, where)
 
 
