@@ -67,6 +67,13 @@ def serve(config_path: str) -> None:
         metrics["server"] = start_metrics_server(
             cfg, models, *parse_listen(g.metrics_listen, DEFAULT_METRICS_PORT))
 
+    def post_fork(server: Any, worker: Any) -> None:
+        # In the new worker. gevent forks the master's greenlets too: this copy of the
+        # metrics server and its poller must stop here, or the worker would poll the
+        # neurons on the master's sockets and answer scrapes on the master's port.
+        if "server" in metrics:
+            metrics["server"].forget()
+
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
@@ -90,6 +97,7 @@ def serve(config_path: str) -> None:
         "control_socket_disable": True,
         "when_ready": when_ready,
         "on_reload": on_reload,
+        "post_fork": post_fork,
         "child_exit": child_exit,
         "on_exit": on_exit,
     }).run()
@@ -139,6 +147,12 @@ class MetricsServer:
         self.fleet.stop()
         self.server.shutdown()
         self.server.server_close()
+
+    def forget(self) -> None:
+        """In a forked worker: end this process's copy without touching the master's
+        sockets (no shutdown, no close of shared connections; the loops just end)."""
+        self.fleet.stop()
+        self.server._BaseServer__shutdown_request = True  # serve_forever ends at its next tick
 
 
 def start_metrics_server(cfg: Any, models: Any, host: str, port: int) -> MetricsServer:
