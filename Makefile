@@ -45,6 +45,8 @@ lint: $(STAMP) collection
 	$(BIN)/ruff check $(AGENTS) scripts bench tests
 	# The import layering (files/agents/LAYERS.md): no cycles, no upward imports.
 	cd $(AGENTS) && PYTHONPATH=src ../../$(BIN)/lint-imports --no-cache
+	# Security lint: every exception is a `# nosec Bxxx` with its reason beside it.
+	$(BIN)/bandit -q -r $(AGENTS)/src
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps

@@ -270,8 +270,9 @@ def test_metrics(two, gateway_factory):
     gw.chat("tiny-hello")
     gw.get("/health")  # same connection: served once the chat's accounting (after send) ran
     reg = gw.gw.metrics.registry
-    # As the metrics server does: the gauges are read from the neurons at scrape time.
-    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue, refresh=True))
+    # As the metrics server does: the gauges are the fleet's last poll (one after the chat).
+    gw.gw.fleet.poll_all()
+    reg.register(FleetCollector(gw.gw.fleet, gw.gw.catalogue))
     text = metrics_app(reg).test_client().get("/metrics").get_data(as_text=True)
     assert 'cortex_requests_total{model="tiny-hello",node="n1"} 1.0' in text
     assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
@@ -319,3 +320,113 @@ def test_a_stale_view_of_a_drained_node_is_retried_elsewhere(two, gateway_factor
     gw.gw.fleet.refresh(gw.gw.fleet.nodes["n1"])
     assert gw.chat("tiny-hello").headers["X-Cortex-Node"] == "n2"  # shutting down: retried
     two["n1"].neuron.registry.shutting_down = False
+
+
+def _stale_idle_view(gw, node: str, model_id: str) -> None:
+    """What a poll from before the last request shows: idle for an hour."""
+    m = gw.gw.fleet.nodes[node].models[model_id]
+    m.in_flight = m.queue_depth = 0
+    m.last_used = time.time() - 3600
+
+
+def test_reaper_never_unloads_a_model_in_use(neuron_factory, gateway_factory):
+    # The reaper decided on the last poll: a stream that began after it was cut off.
+    n = neuron_factory(n_ctx=65536)
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-long", keep_alive="60s")],
+                         poll_interval_secs=3600)  # no poll (or reaper run) but ours
+    body = {"model": "tiny-long", "messages": MSG, "max_tokens": 60000, "stream": True}
+    with gw.http.post(gw.url + "/v1/chat/completions", json=body, stream=True,
+                      timeout=60) as stream:
+        assert stream.status_code == 200
+        worker = n.neuron.registry.models["file:tiny-long"].worker
+        wait_until(lambda: worker.in_flight == 1)
+        _stale_idle_view(gw, "n1", "file:tiny-long")
+        assert gw.gw.router.reap_idle() == []
+        assert "file:tiny-long" in n.neuron.registry.models
+    n.post("/models/unload", {"model_id": "file:tiny-long"})
+
+
+def test_reaper_spares_a_model_just_routed_to(two, gateway_factory):
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello", keep_alive="60s")],
+                         poll_interval_secs=3600)
+    assert gw.chat("tiny-hello").status_code == 200
+    (node,) = [k for k, n in two.items() if "file:tiny-hello" in n.neuron.registry.models]
+    gw.gw.router.route("tiny-hello")  # a request on its way to the neuron
+    _stale_idle_view(gw, node, "file:tiny-hello")
+    assert gw.gw.router.reap_idle() == []
+    # Idle by the neuron's own account and not routed to: it goes.
+    assert gw.gw.router.reap_idle(now=time.time() + 120) == [(node, "file:tiny-hello")]
+
+
+class _Switch:
+    """A neuron that can turn into something else answering 200 (a proxy page, garbage)."""
+
+    def __init__(self, app) -> None:
+        self.app, self.garbage = app, None
+
+    def __call__(self, environ, start_response):
+        if self.garbage is None or environ["PATH_INFO"] not in self.garbage:
+            return self.app(environ, start_response)
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [self.garbage[environ["PATH_INFO"]]]
+
+
+@pytest.mark.parametrize("garbage", [
+    {"/health": b"<html>hello</html>"},
+    {"/health": b"[]"},
+    {"/models": b'[{"name": "no id"}]'},
+    {"/health": b'{"status": "ok", "models": [{"id": "file:tiny-hello", "in_flight": "x"}]}',
+     "/models": b'[{"id": "file:tiny-hello"}]'},
+    {"/health": b'{"status": "ok", "devices": 3}'},
+])
+def test_a_200_with_garbage_is_a_failed_poll(neuron, gateway_factory, garbage):
+    from types import SimpleNamespace
+
+    from werkzeug.serving import make_server
+
+    switch = _Switch(neuron.app)
+    server = make_server("127.0.0.1", 0, switch, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        gw = gateway_factory({"n1": SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}")},
+                             [ModelEntry(id="tiny-hello")], poll_interval_secs=0.05)
+        node = gw.gw.fleet.nodes["n1"]
+        assert node.healthy
+        switch.garbage = garbage
+        wait_until(lambda: not node.healthy)
+        assert node.last_error and gw.get("/health").json()["nodes"]["healthy"] == 0
+        switch.garbage = None  # the poller lives on: the node comes back
+        wait_until(lambda: node.healthy)
+        assert gw.chat("tiny-hello").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_ipv6_endpoints_work(neuron_factory, gateway_factory):
+    import socket
+    from types import SimpleNamespace
+
+    from werkzeug.serving import make_server
+
+    from cortex.gateway.config import NeuronEntry
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    n = neuron_factory()
+    server = make_server("::1", 0, n.app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://[::1]:{server.server_port}"
+        gw = gateway_factory({"v6": SimpleNamespace(url=url)}, [ModelEntry(id="tiny-hello")])
+        assert gw.gw.fleet.nodes["v6"].healthy
+        r = gw.chat("tiny-hello")
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == HELLO
+        nodes = gw.get("/health").json()["nodes"]
+        assert nodes["healthy"] == 1
+        # Without brackets it cannot be parsed; the error says how to write it.
+        with pytest.raises(ValueError, match=r"brackets: http://\[::1\]:13131"):
+            NeuronEntry("v6", f"http://::1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from openai import AuthenticationError, OpenAI, RateLimitError
 
-from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry, Window
+from cortex.gateway.config import (
+    EntitlementsSection,
+    GatewaySection,
+    KeyEntry,
+    ModelEntry,
+    Window,
+)
+from cortex.testing.waiting import wait_for
 
 MSG = [{"role": "user", "content": "Hi"}]
 
@@ -109,3 +116,89 @@ def test_neuron_token_on_every_call(neuron_factory, gateway_factory):
     gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-hello")], neuron_token="nt0k")
     assert gw.gw.fleet.nodes["n1"].healthy
     assert gw.chat("tiny-hello").status_code == 200
+
+
+def test_empty_admin_key_is_refused_and_never_opens_admin_routes(neuron_hello,
+                                                                 gateway_factory):
+    # An empty vault value once made admin_keys = [""], which matched a request with no key.
+    with pytest.raises(ValueError, match=r"admin_keys\[1\] is empty"):
+        GatewaySection(admin_keys=["adm", " "])
+    gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")],
+                         admin_keys=["adm"])
+    gw.gw.auth.admin_keys = [""]  # however it got there, an empty key matches nobody
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer  "}):
+        r = gw.post("/admin/nodes/n1/drain", headers=headers)
+        assert r.status_code == 401, r.text
+        assert r.json()["error"]["code"] == "invalid_api_key"
+    assert not gw.gw.fleet.nodes["n1"].drained
+
+
+def test_empty_client_key_is_refused():
+    with pytest.raises(ValueError, match="key is empty"):
+        KeyEntry(key="", account_id="acme")
+    with pytest.raises(ValueError, match="key is empty"):
+        KeyEntry(key="\t ", account_id="acme")
+
+
+def test_unknown_key_is_401_even_without_require_auth(neuron_hello, gateway_factory,
+                                                      tmp_path):
+    # A typo or a revoked key must not pass as anonymous (uncapped, unattributed).
+    ent = keys(f"sqlite://{tmp_path}/s.db")
+    ent.require_auth = False
+    gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")], entitlements=ent)
+    with pytest.raises(AuthenticationError) as exc:
+        OpenAI(base_url=gw.url + "/v1", api_key="sk-revoked", max_retries=0
+               ).chat.completions.create(model="tiny-hello", messages=MSG)
+    assert exc.value.body["code"] == "invalid_api_key"
+    assert "sk-revoked" not in exc.value.response.text
+    body = {"model": "tiny-hello", "messages": MSG, "max_tokens": 4}
+    assert gw.post("/v1/messages", body, headers={"x-api-key": "sk-revoked"}).status_code == 401
+    assert gw.post("/v1/chat/completions", body).status_code == 200  # no key: anonymous
+    ok = OpenAI(base_url=gw.url + "/v1", api_key="sk-free").chat.completions.create(
+        model="tiny-hello", messages=MSG)
+    assert ok.choices[0].message.content
+
+
+def test_week_long_rolling_window_caps(neuron_hello, gateway_factory, store_spec):
+    # seconds = 604800 once made every request with the key a 500 (ValueError in the store).
+    gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")],
+                         entitlements=keys(store_spec, hard_cap=30,
+                                           window=Window(kind="rolling", seconds=604800)))
+    h = {"Authorization": "Bearer sk-capped"}
+    body = {"model": "tiny-hello", "messages": MSG}
+    spent = 0
+    while spent < 30:
+        r = gw.post("/v1/chat/completions", body, headers=h)
+        assert r.status_code == 200, r.text
+        spent += r.json()["usage"]["total_tokens"]
+        # A reply is accounted once it is on the wire: until then its hold still counts.
+        wait_for(lambda: gw.gw.auth.held("capped") == 0, "the request's hold to settle")
+    r = gw.post("/v1/chat/completions", body, headers=h)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    # The spend leaves the window a week (one hour bucket at most) from now.
+    assert 604800 - 60 < int(r.headers["Retry-After"]) <= 604800 + 3600
+
+
+@pytest.mark.parametrize("seconds", [0, -5, 400 * 86400])
+def test_rolling_window_bounds(seconds):
+    with pytest.raises(ValueError, match="0 < seconds <="):
+        Window(kind="rolling", seconds=seconds)
+
+
+@pytest.mark.parametrize("raw, code", [
+    ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
+     '"temperature": NaN}', "malformed_json"),
+    ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "\\udc80"}]}',
+     "malformed_json"),
+    ('{"model": "tiny-hello", "messages": ' + "[" * 3000 + "]" * 3000 + "}",
+     "invalid_request_body"),
+])
+def test_gateway_refuses_what_json_should_not_hold(neuron_hello, gateway_factory, raw, code):
+    # Refused before routing: no neuron sees it, nothing is retried elsewhere.
+    gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")])
+    for path in ("/v1/chat/completions", "/v1/messages"):
+        r = gw.http.post(gw.url + path, data=raw, headers={"Content-Type": "application/json"},
+                         timeout=30)
+        assert r.status_code == 400, r.text
+        e = r.json()["error"]  # Anthropic's envelope has a type, no code
+        assert e.get("code", code) == code and e["message"]

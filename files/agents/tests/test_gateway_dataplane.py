@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import threading
-import time
 from pathlib import Path
 
 import anthropic
@@ -20,6 +19,7 @@ import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from cortex.gateway.config import EntitlementsSection, KeyEntry, Limit, ModelEntry, Window
+from cortex.testing.waiting import wait_for
 from neuron_standin import StandIn
 
 DATA = Path(__file__).parent / "data"
@@ -59,14 +59,6 @@ def keys(tmp_path: Path, **caps) -> EntitlementsSection:
 def spent(gw, key: str) -> int:
     entry = next(k for k in gw.gw.auth.keys if k.key == key)
     return gw.gw.auth.store.total(entry.key_id)
-
-
-def wait_for(condition, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
 
 
 def check_envelope(r: requests.Response, dialect: str, status: int, kind: str) -> dict:
@@ -134,7 +126,7 @@ def test_nested_json_under_the_limit_is_a_400(plane):
         r = plane.post(path, data=b"[" * 1900 + b"]" * 1900,
                        headers={"Authorization": "Bearer sk-ok", "x-api-key": "sk-ok",
                                 "Content-Type": "application/json"})
-        check_envelope(r, dialect, 400, "malformed_json" if dialect == "openai"
+        check_envelope(r, dialect, 400, "invalid_request_body" if dialect == "openai"
                        else "invalid_request_error")
 
 

@@ -124,6 +124,16 @@ def test_cortex_cli_status_models_drain(served_gateway):
     ("", "[[models]]\nid = 'x'\nvram_mb = 'big'\n", "models[0].vram_mb"),
     ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
      "window = {kind = 'monthly'}\n", "", "window kind must be"),
+    ("[gateway]\nadmin_keys = ['']\n", "", "admin_keys[0] is empty"),
+    ("[gateway]\nadmin_keys = ['a', '  ']\n", "", "admin_keys[1] is empty"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = ''\naccount_id = 'a'\n", "",
+     "key is empty"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
+     "window = {kind = 'rolling', seconds = 0}\n", "", "0 < seconds <="),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
+     "window = {kind = 'rolling', seconds = 99999999}\n", "", "0 < seconds <="),
+    ("[entitlements]\nstore = 'postgres://db'\n", "", "accepted forms"),
+    ("[entitlements]\nstore = 'sqlite://relative.db'\n", "", "must be absolute"),
 ])
 def test_bad_config_is_a_clear_error(tmp_path, cortex_toml, models_toml, fragment):
     if models_toml is not None:
@@ -188,3 +198,145 @@ window = { kind = "rolling", seconds = 86400 }
     assert m.residency_priority == 1000 and m.load_id == "hf:Qwen/Qwen2.5-7B-Instruct-GGUF"
     assert cfg.entitlements.keys[0].window.seconds == 86400
     assert "sk-test" not in repr(cfg.entitlements.keys[0])
+
+
+@pytest.mark.parametrize("cortex_toml, field", [
+    ("[gateway]\nneuron_token = ['sk-SECRET-1']\n", "gateway.neuron_token"),
+    ("[gateway]\nadmin_keys = 'sk-SECRET-1'\n", "gateway.admin_keys"),
+    ("[gateway]\nadmin_keys = ['ok', ['sk-SECRET-1']]\n", "gateway.admin_keys[1]"),
+    ("[entitlements]\nstore = 'redis2://:sk-SECRET-1@cache:6379/0'\n", "[entitlements] store"),
+    ("[entitlements]\n[[entitlements.keys]]\nkey = ['sk-SECRET-1']\naccount_id = 'a'\n",
+     "entitlements.keys[0].key"),
+])
+def test_config_errors_name_secret_fields_never_their_values(tmp_path, cortex_toml, field):
+    # Config errors land in the journal and in Ansible output.
+    (tmp_path / "models.toml").write_text("")
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n' + cortex_toml)
+    r = subprocess.run([str(BIN / "cortex"), "check-config", str(tmp_path / "cortex.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and field in r.stderr, r.stderr
+    assert "SECRET" not in r.stderr + r.stdout
+
+
+def test_neuron_config_errors_never_echo_tokens(tmp_path):
+    from cortex.neuron import config as neuron_config
+
+    p = tmp_path / "neuron.toml"
+    p.write_text("auth_token = 12345678\n[hf]\ntoken = ['hf_SECRET']\n")
+    with pytest.raises(ConfigError) as exc:
+        neuron_config.load(p)
+    assert "auth_token" in str(exc.value) and "12345678" not in str(exc.value)
+
+
+def test_cli_environment_is_not_config(tmp_path, monkeypatch):
+    # `cortex status` reads CORTEX_URL / CORTEX_ADMIN_KEY; `cortex serve` must not take them
+    # for config overrides (unknown keys 'url' and 'admin_key').
+    (tmp_path / "models.toml").write_text("")
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n')
+    monkeypatch.setenv("CORTEX_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("CORTEX_ADMIN_KEY", "adm")
+    cfg, _ = gw_config.load(tmp_path / "cortex.toml")
+    assert cfg.gateway.admin_keys == []
+    r = subprocess.run([str(BIN / "cortex"), "check-config", str(tmp_path / "cortex.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def test_metrics_scrapes_never_poll_the_neurons(neuron, tmp_path, monkeypatch):
+    # The metrics port is unauthenticated: a scrape that polled every neuron let anyone
+    # turn scrapes into neuron load until the nodes were marked unhealthy.
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from cortex.gateway.config import GatewayConfig, GatewaySection, ModelsConfig, NeuronEntry
+    from cortex.gateway.serve import MetricsServer
+
+    (tmp_path / "mp").mkdir()
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "mp"))
+    polls = []
+
+    def counting(environ, start_response):
+        if environ["PATH_INFO"] == "/health":
+            polls.append(1)
+        return neuron.app(environ, start_response)
+
+    server = make_server("127.0.0.1", 0, counting, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = GatewayConfig(gateway=GatewaySection(poll_interval_secs=3600,
+                                               state_dir=str(tmp_path / "state")),
+                        neurons=[NeuronEntry("n1", f"http://127.0.0.1:{server.server_port}")])
+    metrics = MetricsServer(cfg, ModelsConfig(), "127.0.0.1", 0)
+    try:
+        metrics.fleet.wait_first_poll(10)
+        for _ in range(20):
+            text = requests.get(f"http://127.0.0.1:{metrics.port}/metrics", timeout=10).text
+            assert 'cortex_node_up{node="n1"} 1.0' in text
+        assert len(polls) == 1  # the poller's first poll; the next is an hour away
+    finally:
+        metrics.stop()
+        server.shutdown()
+
+
+def test_a_failed_reload_keeps_the_last_good_config(tmp_path):
+    # HUP with a broken cortex.toml once brought the start-up config back, and with it
+    # every key revoked since.
+    import re
+    import signal
+    import threading
+
+    port, mport = free_port(), free_port()
+    (tmp_path / "models.toml").write_text("")
+
+    def write(keys: list[str]) -> None:
+        text = (f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
+                f'metrics_listen = "127.0.0.1:{mport}"\nworkers = 1\n'
+                f'state_dir = "{tmp_path / "state"}"\n[entitlements]\nrequire_auth = true\n')
+        for k in keys:
+            text += f'[[entitlements.keys]]\nkey = "{k}"\naccount_id = "{k}"\n'
+        (tmp_path / "cortex.toml").write_text(text)
+
+    write(["sk-a", "sk-b"])
+    proc = subprocess.Popen([str(BIN / "cortex"), "serve", "--config",
+                             str(tmp_path / "cortex.toml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                     daemon=True).start()
+
+    def status(key: str) -> int | None:
+        try:  # auth comes before routing: 404 for a good key, 401 for a revoked one
+            return requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=5,
+                                 json={"model": "nope", "messages": [{"role": "user",
+                                                                      "content": "x"}]},
+                                 headers={"Authorization": f"Bearer {key}"}).status_code
+        except requests.RequestException:
+            return None
+
+    def wait(cond) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+
+    def workers() -> list[str]:
+        return re.findall(r"Booting worker with pid: (\d+)", "".join(lines))
+
+    try:
+        wait(lambda: status("sk-b") == 404)
+        write(["sk-a"])  # revoke sk-b
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: status("sk-b") == 401)
+        (tmp_path / "cortex.toml").write_text("[gateway\n")  # broken
+        booted = len(workers())
+        proc.send_signal(signal.SIGHUP)
+        wait(lambda: len(workers()) > booted)
+        old = workers()[booted - 1]
+        wait(lambda: f"Worker exiting (pid: {old})" in "".join(lines))  # only the new one left
+        for _ in range(5):
+            assert status("sk-b") == 401 and status("sk-a") == 404
+        assert "reload failed, keeping the last good configuration" in "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -106,6 +106,72 @@ def test_body_errors(hello):
     assert hello.chat("tiny-hello", user="u1", logit_bias={}).status_code == 200
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_never_reach_a_sampler(hello, constant):
+    # Python's json takes NaN; the model then sampled garbage until its context was full.
+    raw = ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
+           f'"temperature": {constant}}}')
+    e = err(hello.http.post(hello.url + "/v1/chat/completions", data=raw,
+                            headers={"Content-Type": "application/json"}), 400, "malformed_json")
+    assert constant in e["message"] and "finite" in e["message"]
+
+
+def test_overflowing_numbers_are_refused_by_field(hello):
+    raw = ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
+           '"temperature": 1e999}')
+    e = err(hello.http.post(hello.url + "/v1/chat/completions", data=raw,
+                            headers={"Content-Type": "application/json"}), 422,
+            "invalid_request_body")
+    assert e["param"] == "temperature" and "finite" in e["message"]
+
+
+def test_lone_surrogate_is_a_400_naming_the_field(hello):
+    raw = '{"model": "tiny-hello", "messages": [{"role": "user", "content": "a\\udc80b"}]}'
+    e = err(hello.http.post(hello.url + "/v1/chat/completions", data=raw,
+                            headers={"Content-Type": "application/json"}), 400, "malformed_json")
+    assert e["param"] == "messages[0].content" and "surrogate" in e["message"]
+    # A valid pair, escaped, is one character and fine.
+    ok = raw.replace("\\udc80", "\\ud83d\\ude00")
+    assert hello.http.post(hello.url + "/v1/chat/completions", data=ok, headers={
+        "Content-Type": "application/json"}).status_code == 200
+
+
+@pytest.mark.parametrize("depth", [65, 5000, 100_000])
+def test_deep_nesting_is_a_400_not_a_recursion_error(hello, depth):
+    raw = ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
+           '"metadata": ' + "[" * depth + "]" * depth + "}")
+    e = err(hello.http.post(hello.url + "/v1/chat/completions", data=raw,
+                            headers={"Content-Type": "application/json"}), 400,
+            "invalid_request_body")
+    assert "deep" in e["message"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+@pytest.mark.parametrize("bad, param", [
+    ({"tools": TOOLS, "tool_choice": {"function": {"name": "get_weather"}}}, "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function", "function": "get_weather"}},
+     "tool_choice"),
+    ({"tools": TOOLS, "tool_choice": {"type": "function"}}, "tool_choice"),
+    ({"messages": [*MSG, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather",
+                                                      "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": 5, "content": "sunny"}]}, "messages[2].tool_call_id"),
+    ({"messages": [*MSG, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": 7, "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+     "messages[1].tool_calls[0].id"),
+    ({"messages": [*MSG, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": 3}}]}]},
+     "messages[1].tool_calls[0].function.arguments"),
+])
+def test_tool_fields_are_checked(hello, bad, param):
+    e = err(hello.post("/v1/chat/completions", {"model": "tiny-hello", "messages": MSG, **bad}),
+            422, "invalid_request_body")
+    assert e["param"] == param
+
+
 def test_body_over_the_limit_is_413(neuron_factory):
     n = neuron_factory(max_body_bytes=2048)
     r = n.chat("x", "a" * 4096)

@@ -157,3 +157,48 @@ def test_ctransformers_engine_serves_plain_llama_and_explains_its_limits(neuron,
         (models_dir / "tiny-qwen.gguf").unlink()
         (models_dir / "smol.gguf").unlink()
     assert neuron.get("/health").json()["models"] == []  # nothing half-loaded
+
+
+def test_health_answers_while_every_thread_could_be_busy(neuron_process):
+    # gunicorn with 4 threads and 8 slow streams: /health (the gateways' poll) must still
+    # answer, else a busy neuron is dropped as unhealthy. Work past the slots is a fast 503.
+    import requests
+
+    n = neuron_process("http_threads = 4\nn_ctx = 65536\n"
+                       "[admission]\nmax_queue_depth = 16\nmax_wait_secs = 60\n")
+    assert requests.post(n.url + "/models/load", json={"model_id": "file:tiny-long"},
+                         timeout=120).status_code == 200
+    results: list = []
+    done = threading.Condition()
+
+    def slow() -> None:
+        try:
+            r = requests.post(n.url + "/v1/chat/completions", stream=True, timeout=120, json={
+                "model": "file:tiny-long", "max_tokens": 60000, "stream": True,
+                "messages": [{"role": "user", "content": "Hi"}]})
+        except requests.RequestException as exc:
+            r = exc
+        with done:
+            results.append(r)
+            done.notify_all()
+
+    threads = [threading.Thread(target=slow, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        with done:  # as many answered as there are threads: every thread may be held now
+            assert done.wait_for(lambda: len(results) >= 4, timeout=60)
+        health = requests.get(n.url + "/health", timeout=10)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert requests.get(n.url + "/metrics", timeout=10).status_code == 200
+        with done:
+            assert done.wait_for(lambda: len(results) == 8, timeout=60)
+        busy = [r for r in results if r.status_code == 503]
+        assert busy and busy[0].json()["error"]["code"] == "neuron_busy"
+        assert busy[0].headers["Retry-After"] == "1"
+        assert any(r.status_code == 200 for r in results)
+    finally:
+        for r in results:
+            if isinstance(r, requests.Response):
+                r.close()
+        requests.post(n.url + "/models/unload", json={"model_id": "file:tiny-long"}, timeout=60)

@@ -82,6 +82,35 @@ def test_long_windows_use_minute_buckets(store: SpendStore) -> None:
         store.window_total("k_a", 86401, now=T0 + 86400)
 
 
+def test_week_and_year_windows_use_hour_and_day_buckets(store_spec: str, tmp_path: Path
+                                                        ) -> None:
+    week, year = 7 * 86400, 366 * 86400
+    s = open_store(store_spec, tmp_path, retention_s=year)
+    s.record("k_a", 10, now=T0 + 0.5)  # hour bucket [T0, T0+3600)
+    s.record("k_a", 5, now=T0 + 3 * 86400)
+    assert s.window_total("k_a", week, now=T0 + week) == 15
+    assert s.oldest_in_window("k_a", week, now=T0 + week) == T0 + 3600
+    assert s.window_total("k_a", week, now=T0 + week + 3599) == 15
+    assert s.window_total("k_a", week, now=T0 + week + 3600) == 5
+    # Shorter windows still read their own, finer tiers.
+    assert s.window_total("k_a", 60, now=T0 + 3 * 86400 + 1) == 5
+    assert s.window_total("k_a", 86400, now=T0 + 3 * 86400 + 1) == 5
+    # Past 31 days a window counts whole days.
+    assert s.window_total("k_a", year, now=T0 + 200 * 86400) == 15
+    assert s.window_total("k_a", 60 * 86400, now=T0 + 62 * 86400) == 5
+    with pytest.raises(ValueError, match="retention_s"):
+        s.window_total("k_a", year + 1, now=T0 + year)
+    s.close()
+
+
+def test_default_retention_writes_two_tiers_only(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "s.sqlite3")
+    s.record("k_a", 1, now=T0)
+    conn, _ = s._conn()
+    assert sorted(w for (w,) in conn.execute("SELECT width FROM spend_bucket")) == [1, 60]
+    s.close()
+
+
 def test_sqlite_prunes_old_buckets(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "s.sqlite3", retention_s=3600)
     for i in range(0, 3 * 3600, 5):  # 3 hours, a record every 5 s
@@ -231,3 +260,50 @@ def test_open_store_rejects_unknown_forms(spec: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"\[entitlements\] store") as err:
         open_store(spec, tmp_path)
     assert "sqlite:///" in str(err.value) and "redis://" in str(err.value)
+
+
+_GEVENT_WAITER = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from cortex.gateway.store import SQLiteStore
+store = SQLiteStore(sys.argv[1])
+store.record("k_a", 1)  # connected before the other process takes the lock
+print("ready", flush=True)
+sys.stdin.readline()  # the other process now holds the write lock
+writer = gevent.spawn(store.record, "k_a", 5)
+ticks = 0
+while not writer.ready():
+    ticks += 1
+    if ticks == 20:
+        print("ticking", flush=True)  # the hub runs while the write waits
+    gevent.sleep(0.005)
+writer.get()
+print("total", store.total("k_a"), flush=True)
+"""
+
+
+def test_a_locked_sqlite_file_never_stalls_the_gevent_hub(tmp_path: Path) -> None:
+    # Two processes: this one holds the write lock; the gevent one must keep serving its
+    # other greenlets while its write waits, then land the write once the lock is free.
+    import sqlite3
+
+    path = tmp_path / "s.sqlite3"
+    SQLiteStore(path).close()
+    proc = subprocess.Popen([sys.executable, "-c", _GEVENT_WAITER, str(path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().split() == ["ready"], proc.stderr.read()
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        # Before the fix the hub sat inside sqlite's busy wait: no tick, then "locked".
+        line = proc.stdout.readline()
+        holder.execute("COMMIT")
+        holder.close()
+        assert line.split() == ["ticking"], proc.stderr.read()
+        assert proc.stdout.readline().split() == ["total", "6"], proc.stderr.read()
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()

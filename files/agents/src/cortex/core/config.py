@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -21,17 +22,33 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Keys whose values are secrets: errors about them name the key, never the value (config
+# errors end up in the journal and in Ansible output).
+_SECRET = re.compile(r"(^|_)(key|keys|token|secret|password)$")
+
+
+def is_secret(where: str) -> bool:
+    """Whether the key at `where` (`a.b[0]`) holds a secret."""
+    return bool(_SECRET.search(re.sub(r"\[\d+\]$", "", where).rsplit(".", 1)[-1]))
+
+
+def shown(where: str, value: Any) -> str:
+    """`value` for an error message, or a placeholder when `where` is a secret."""
+    return "<redacted>" if is_secret(where) else repr(value)
+
 
 class ConfigError(Exception):
     """A configuration problem, with the file and key it concerns."""
 
 
 def load_config(cls: type[T], path: str | Path | None, env_prefix: str,
-                environ: typing.Mapping[str, str] | None = None) -> T:
-    """Read `path` (may be None for defaults only), apply env overrides, build `cls`."""
+                environ: typing.Mapping[str, str] | None = None,
+                ignore: typing.Collection[str] = ()) -> T:
+    """Read `path` (may be None for defaults only), apply env overrides, build `cls`.
+    Names in `ignore` share the prefix but mean something else (a CLI's own variables)."""
     source = str(path) if path else "<defaults>"
     data = read_toml(path) if path else {}
-    apply_env(data, env_prefix, os.environ if environ is None else environ)
+    apply_env(data, env_prefix, os.environ if environ is None else environ, ignore)
     return build(cls, data, source)
 
 
@@ -45,9 +62,10 @@ def read_toml(path: str | Path, missing: str = "file not found") -> dict[str, An
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
-def apply_env(data: dict[str, Any], prefix: str, environ: typing.Mapping[str, str]) -> None:
+def apply_env(data: dict[str, Any], prefix: str, environ: typing.Mapping[str, str],
+              ignore: typing.Collection[str] = ()) -> None:
     for name, raw in environ.items():
-        if not name.startswith(prefix) or name == prefix:
+        if not name.startswith(prefix) or name == prefix or name in ignore:
             continue
         keys = [k.lower() for k in name[len(prefix):].split("__") if k]
         node = data
@@ -104,7 +122,8 @@ def coerce(hint: Any, value: Any, source: str, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else
-                          f"{source}: {where!r}: {value!r} matches none of the allowed forms")
+                          f"{source}: {where!r}: {shown(where, value)} matches none of the "
+                          "allowed forms")
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -136,7 +155,7 @@ def _describe(hint: Any) -> str:
 
 def _type_error(source: str, where: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(f"{source}: key {where!r}: expected {expected}, got "
-                       f"{type(value).__name__} {value!r}")
+                       f"{type(value).__name__} {shown(where, value)}")
 
 
 def _join(where: str, key: str) -> str:
@@ -146,9 +165,11 @@ def _join(where: str, key: str) -> str:
 def parse_listen(listen: str, default_port: int) -> tuple[str, int]:
     """`host:port`, `:port` or `[v6]:port` → (host, port)."""
     host, sep, port = listen.rpartition(":")
+    # An empty host means every interface, as `:port` does for most servers; the roles
+    # write the address they mean (bandit B104).
     if not sep:
-        return listen or "0.0.0.0", default_port
-    host = host.strip("[]") or "0.0.0.0"
+        return listen or "0.0.0.0", default_port  # nosec B104
+    host = host.strip("[]") or "0.0.0.0"  # nosec B104
     if not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen {listen!r}: the port must be a number from 0 to 65535")
     return host, int(port)

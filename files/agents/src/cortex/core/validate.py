@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from cortex.core.errors import ApiError
@@ -22,6 +23,8 @@ def get_number(body: dict, key: str, default: Any = None, *, lo: float | None = 
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise invalid(key, f"expected {'an integer' if integer else 'a number'}, "
                            f"got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf
+        raise invalid(key, "expected a finite number")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise invalid(key, f"must be between {lo} and {hi}, got {value}")
     return value

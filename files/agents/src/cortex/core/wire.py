@@ -4,6 +4,9 @@ data plane, so both refuse a bad body with the same 4xx."""
 from __future__ import annotations
 
 import json
+import re
+from array import array
+from itertools import accumulate
 from typing import Any
 
 from cortex.core.errors import ApiError, BadRequest
@@ -18,17 +21,92 @@ def check_json_type(mimetype: str) -> None:
                        type="invalid_request_error")
 
 
+# Deeper than any real request (tool schemas nest a few levels); bounded so that nothing
+# after parsing (templates, json.dumps, translation) can hit the recursion limit.
+MAX_JSON_DEPTH = 64
+# Only a \uD800-\uDFFF escape can produce a lone surrogate (raw ones are invalid UTF-8).
+# With the valid pairs taken out, any such escape left may be lone (or follow an escaped
+# backslash: the exact check then finds nothing).
+_SURROGATE_PAIR = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Brackets as +1 / -1 (signed bytes) for the depth check; everything else is deleted.
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+_DEPTH_STEP = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _non_finite(name: str) -> Any:
+    raise _NonFinite(name)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A JSON object as RFC 8259 has it: no NaN or Infinity (Python's json takes them and
+    a sampler would get garbage), no lone surrogates (they cannot be encoded back), and
+    nested at most MAX_JSON_DEPTH deep. Each refusal is a 400 naming the problem."""
     try:
-        body = json.loads(raw)
+        # The common case keeps json's own cached decoder; only a body that may hold NaN or
+        # Infinity pays for the hook that refuses them.
+        body = (json.loads(raw, parse_constant=_non_finite)
+                if b"NaN" in raw or b"Infinity" in raw else json.loads(raw))
+    except _NonFinite as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc} is not a JSON number; send a "
+                         "finite number", code="malformed_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
-    except RecursionError:  # JSON nested thousands deep
-        raise BadRequest("the body is nested too deeply", code="malformed_json") from None
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", code="invalid_request_body",
                        status=422, type="invalid_request_error")
+    # The gateway parses every request: both checks are scans in C over the raw bytes, and
+    # the walk over the parsed body (to name the field) runs only for a likely surrogate.
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    if (b"\\ud" in raw or b"\\uD" in raw) and _SURROGATE.search(_SURROGATE_PAIR.sub(b"", raw)):
+        _check_tree(body)
     return body
+
+
+def _depth(raw: bytes) -> int:
+    """How deep (valid) JSON nests: the bracket balance outside strings, at its highest.
+    With escaped backslashes and quotes gone, every quote left opens or closes a string."""
+    plain = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(plain.split(b'"')[::2])
+    steps = array("b", outside.translate(_DEPTH_STEP, _NOT_BRACKETS))
+    return max(accumulate(steps), default=0)
+
+
+def _too_deep() -> BadRequest:
+    return BadRequest(f"the body nests objects and arrays more than {MAX_JSON_DEPTH} deep",
+                      code="invalid_request_body")
+
+
+def _check_tree(body: Any) -> None:
+    """Find the string that holds a lone surrogate, to name it."""
+    stack: list[tuple[Any, str]] = [(body, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                _check_text(k, where or "the body's keys")
+                stack.append((v, f"{where}.{k}" if where else str(k)))
+        elif isinstance(node, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
+        elif isinstance(node, str):
+            _check_text(node, where)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        where = where.encode(errors="backslashreplace").decode()
+        raise BadRequest(f"{where}: the string holds a lone UTF-16 surrogate (an unpaired "
+                         "\\uD800-\\uDFFF escape); send valid Unicode", code="malformed_json",
+                         param=where) from None
 
 
 def too_large(limit: int | None) -> ApiError:

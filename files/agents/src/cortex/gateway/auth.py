@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cortex.core.errors import ApiError, TooManyRequests, Unauthorized
 from cortex.gateway.config import EntitlementsSection, KeyEntry
-from cortex.gateway.store import SpendStore, key_id_for, open_store
+from cortex.gateway.store import DEFAULT_RETENTION_S, SpendStore, key_id_for, open_store
 
 
 @dataclass(frozen=True)
@@ -47,23 +47,37 @@ class Auth:
     @property
     def store(self) -> SpendStore:
         if self._store is None:  # opened lazily: after gunicorn forks, once per worker
-            self._store = open_store(self._store_spec, self._state_dir)
+            # Keep buckets for the longest configured window (a day at least).
+            longest = max((k.window.seconds for k in self.keys if k.window.kind == "rolling"),
+                          default=0)
+            self._store = open_store(self._store_spec, self._state_dir,
+                                     retention_s=max(DEFAULT_RETENTION_S, longest))
         return self._store
 
     def principal(self, key: str, allow_x_api_key: bool = False) -> Principal:
-        """Who presents `key`; 401 when auth is required and the key is missing or unknown."""
-        for entry in self.keys:
-            if key and hmac.compare_digest(key.encode(), entry.key.encode()):
-                return Principal(entry.account_id, entry.key_id, entry)
+        """Who presents `key`. No key: anonymous unless auth is required. A key that is not
+        configured is a 401 whenever keys are: a typo or a revoked key must fail loudly,
+        not pass as anonymous (uncapped, unattributed). A gateway with no keys at all has
+        nothing to check a key against, and SDKs insist on sending one: anonymous."""
+        if key and self.keys:
+            for entry in self.keys:
+                if hmac.compare_digest(key.encode(), entry.key.encode()):
+                    return Principal(entry.account_id, entry.key_id, entry)
+            raise Unauthorized("unknown API key: use a key from [entitlements] keys"
+                               + ("" if self.cfg.require_auth else
+                                  ", or send none for anonymous access"),
+                               code="invalid_api_key")
         if self.cfg.require_auth:
-            raise Unauthorized("missing or unknown API key: send 'Authorization: Bearer <key>'"
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'"
                                + (" or 'x-api-key: <key>'" if allow_x_api_key else ""),
                                code="invalid_api_key")
         return ANONYMOUS
 
     def require_admin(self, key: str) -> None:
-        if not self.admin_keys or not any(
-                hmac.compare_digest(key.encode(), k.encode()) for k in self.admin_keys):
+        # Empty keys are refused by the config; skipping them here as well means no
+        # configuration can ever let a caller without a key in.
+        if not key or not any(k and hmac.compare_digest(key.encode(), k.encode())
+                              for k in self.admin_keys):
             raise Unauthorized("this route needs an admin key ([gateway] admin_keys)",
                                code="invalid_api_key")
 
@@ -78,6 +92,10 @@ class Auth:
             hold.held = max(0, reserve)
             self._held[p.key_id] = self._held.get(p.key_id, 0) + hold.held
         return hold
+
+    def held(self, key_id: str) -> int:
+        """Tokens this worker's requests in flight hold against `key_id`'s cap."""
+        return self._held.get(key_id, 0)
 
     def _release(self, hold: Hold) -> None:
         if hold.held:

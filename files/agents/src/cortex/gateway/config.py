@@ -10,10 +10,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cortex.core.config import build, load_config, parse_listen, read_toml
+from cortex.gateway.store import parse_spec
 
 DEFAULT_PORT, DEFAULT_METRICS_PORT = 31313, 31314
+MAX_WINDOW_S = 366 * 86400  # the longest rolling window the spend store keeps buckets for
+# Environment names the `cortex` CLI reads for itself, not config overrides.
+CLI_ENV = frozenset({"CORTEX_URL", "CORTEX_ADMIN_KEY"})
 
 
 @dataclass
@@ -41,6 +46,13 @@ class GatewaySection:
         if self.poll_interval_secs <= 0 or self.workers < 1:
             raise ValueError("[gateway] poll_interval_secs and workers must be positive")
         parse_duration(self.default_keep_alive, "[gateway] default_keep_alive")
+        for i, key in enumerate(self.admin_keys):
+            # An empty key would match a request with no key at all: every admin route open.
+            if not key.strip():
+                raise ValueError(f"[gateway] admin_keys[{i}] is empty; remove it or set a "
+                                 "real key (an empty vault value?)")
+        if self.neuron_token != self.neuron_token.strip():
+            raise ValueError("[gateway] neuron_token has leading or trailing whitespace")
 
 
 @dataclass
@@ -60,10 +72,18 @@ class NeuronEntry:
     endpoint: str
 
     def __post_init__(self) -> None:
-        if not re.match(r"^https?://[^/\s]+", self.endpoint):
-            raise ValueError(f"[[neurons]] {self.name}: endpoint must be http(s)://host:port, "
-                             f"got {self.endpoint!r}")
         self.endpoint = self.endpoint.rstrip("/")
+        hint = (" (an IPv6 address goes in brackets: http://[::1]:13131)"
+                if self.endpoint.count(":") > 2 and "[" not in self.endpoint else "")
+        try:
+            u = urlsplit(self.endpoint)
+            u.port  # noqa: B018 - raises ValueError for a port that is not a number
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and not u.username
+        except ValueError:  # a port that is not a number, an unclosed bracket
+            ok = False
+        if not ok or re.search(r"\s", self.endpoint):
+            raise ValueError(f"[[neurons]] {self.name}: endpoint must be http(s)://host:port, "
+                             f"got {self.endpoint!r}{hint}")
 
 
 @dataclass
@@ -74,8 +94,9 @@ class Window:
     def __post_init__(self) -> None:
         if self.kind not in ("balance", "rolling"):
             raise ValueError(f"window kind must be 'rolling' or 'balance', got {self.kind!r}")
-        if self.kind == "rolling" and self.seconds <= 0:
-            raise ValueError("a rolling window needs seconds > 0")
+        if self.kind == "rolling" and not 0 < self.seconds <= MAX_WINDOW_S:
+            raise ValueError(f"a rolling window needs 0 < seconds <= {MAX_WINDOW_S} (366 days)"
+                             f", got {self.seconds}; use kind = 'balance' for a lifetime cap")
 
 
 @dataclass
@@ -86,6 +107,18 @@ class KeyEntry:
     hard_cap: int | None = None
     window: Window = field(default_factory=Window)
 
+    def __post_init__(self) -> None:
+        # An empty key would be matched by nothing but is a sure sign of a missing secret.
+        if not self.key.strip():
+            raise ValueError(f"[[entitlements.keys]] account_id = {self.account_id!r}: key is "
+                             "empty; set a real key (an empty vault value?)")
+        if self.key != self.key.strip():
+            raise ValueError(f"[[entitlements.keys]] account_id = {self.account_id!r}: key has "
+                             "leading or trailing whitespace (a bearer token never matches it)")
+        if self.hard_cap is not None and self.hard_cap < 0:
+            raise ValueError(f"[[entitlements.keys]] account_id = {self.account_id!r}: "
+                             "hard_cap must be >= 0")
+
     def __repr__(self) -> str:  # never print the secret
         return f"KeyEntry(account_id={self.account_id!r}, key_id={self.key_id!r})"
 
@@ -95,6 +128,9 @@ class EntitlementsSection:
     require_auth: bool = False
     store: str = ""  # "" / "sqlite" (state_dir) / "sqlite:///path" / "redis://host:port/db"
     keys: list[KeyEntry] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        parse_spec(self.store)  # a bad store would make every keyed request a 500
 
 
 @dataclass
@@ -191,7 +227,7 @@ def parse_duration(value: Any, where: str = "duration") -> float:
 
 
 def load(path: str | Path) -> tuple[GatewayConfig, ModelsConfig]:
-    cfg = load_config(GatewayConfig, path, "CORTEX_")
+    cfg = load_config(GatewayConfig, path, "CORTEX_", ignore=CLI_ENV)
     models_path = Path(cfg.models_config)
     if not models_path.is_absolute():
         models_path = Path(path).parent / models_path

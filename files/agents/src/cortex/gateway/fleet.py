@@ -101,7 +101,10 @@ class Fleet:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.poll_all()
+            try:
+                self.poll_all()
+            except Exception:  # the poller must outlive anything one round does
+                log.exception("fleet poll failed")
             self._stop.wait(self.interval)
 
     def poll_all(self) -> None:
@@ -121,35 +124,47 @@ class Fleet:
         try:
             health = self.upstream.get_json(f"{node.endpoint}/health")
             models = self.upstream.get_json(f"{node.endpoint}/models")
-        except (UpstreamError, ValueError) as exc:
+            self.apply(node, health, models, seq)
+            return
+        except (UpstreamError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # A 200 that is not the neuron API (garbage, a proxy's page) is a failed poll.
             node.failures += 1
-            node.last_error = str(exc)
+            node.last_error = f"{type(exc).__name__}: {exc}"[:300]
             if node.healthy and node.failures >= FAILURES_UNHEALTHY:
                 log.warning("neuron %s is unhealthy: %s", node.name, exc)
             node.healthy = node.healthy and node.failures < FAILURES_UNHEALTHY
             node.polled = True
-            return
-        self.apply(node, health, models, seq)
 
     def apply(self, node: Node, health: dict, models: list, seq: int) -> None:
+        """Take a poll's answers; raises (changing nothing) if they are not the neuron API."""
+        if not isinstance(health, dict) or not isinstance(models, list):
+            raise ValueError("the answer is not the neuron API (/health must be an object, "
+                             "/models a list)")
+        live = {m["id"]: m for m in health.get("models", [])}
+        fresh: dict[str, ModelOnNode] = {}
+        for m in models:
+            h = live.get(m["id"], {})
+            fresh[str(m["id"])] = ModelOnNode(
+                id=str(m["id"]), status=str(m.get("status", "loaded")),
+                vram_mb=int(m.get("vram_used_mb", 0)),
+                in_flight=int(h.get("in_flight", 0)), queue_depth=int(h.get("queue_depth", 0)),
+                last_used=float(h.get("last_used", 0.0)),
+                tok_s_prefill=float(h.get("tok_s_prefill", 0.0)),
+                tok_s_decode=float(h.get("tok_s_decode", 0.0)),
+                rejections={str(k): int(v) for k, v in h.get("rejections", {}).items()},
+                info=m)
+        devices, activation = health.get("devices", []), health.get("activation", {})
+        if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices) \
+                or not isinstance(activation, dict):
+            raise ValueError("devices must be a list of objects, activation an object")
         if seq < node.applied_poll:
             return  # older than what the node already shows
         node.applied_poll = seq
         if not node.healthy and node.polled:
             log.info("neuron %s is healthy", node.name)
-        live = {m["id"]: m for m in health.get("models", [])}
-        fresh: dict[str, ModelOnNode] = {}
-        for m in models:
-            h = live.get(m["id"], {})
-            fresh[m["id"]] = ModelOnNode(
-                id=m["id"], status=m.get("status", "loaded"), vram_mb=m.get("vram_used_mb", 0),
-                in_flight=h.get("in_flight", 0), queue_depth=h.get("queue_depth", 0),
-                last_used=h.get("last_used", 0.0), tok_s_prefill=h.get("tok_s_prefill", 0.0),
-                tok_s_decode=h.get("tok_s_decode", 0.0), rejections=h.get("rejections", {}),
-                info=m)
         node.models = fresh
-        node.devices = health.get("devices", [])
-        node.activation = health.get("activation", {})
+        node.devices = devices
+        node.activation = activation
         node.drained = bool(health.get("drained"))
         node.healthy = health.get("status", "ok") == "ok"
         node.failures = 0

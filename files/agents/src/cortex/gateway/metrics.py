@@ -2,7 +2,8 @@
 
 Counters and histograms live in each worker (prometheus-client's multiprocess mode adds
 them up at scrape time). The per-node gauges are re-exported from the neurons' own
-/health at scrape time, so they are never stale or double-counted across workers.
+/health as last polled (one poller in the process serving them, so never double-counted
+across workers, and never a neuron call per scrape).
 """
 
 from __future__ import annotations
@@ -107,19 +108,16 @@ class GatewayMetrics:
 class FleetCollector(Collector):
     """Per-node gauges re-exported from the neurons' /health."""
 
-    def __init__(self, fleet: Fleet, catalogue: Catalogue | None = None,
-                 refresh: bool = False) -> None:
+    def __init__(self, fleet: Fleet, catalogue: Catalogue | None = None) -> None:
+        # The fleet's last poll, never a poll per scrape: scrapes must not become neuron load.
         self.fleet = fleet
         self.catalogue = catalogue  # to label models with the ids clients use
-        self.refresh = refresh  # poll at scrape time (the metrics process has no poller)
 
     def _public(self, model_id: str) -> str:
         entry = self.catalogue.by_load_id(model_id) if self.catalogue else None
         return entry.id if entry else model_id
 
     def collect(self) -> Iterator:
-        if self.refresh:
-            self.fleet.poll_all()
         nm = ["node", "model"]
         fam = {
             "in_flight": GaugeMetricFamily("cortex_model_in_flight", "Requests generating",

@@ -37,7 +37,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "authorization", "x-api-key", "x-helexa-account-id", "x-helexa-key-id",
               "x-helexa-routed"}
 PASS_BACK = ("Content-Type", "Retry-After")
-RETRY_CODES = {"node_drained", "shutting_down"}
+RETRY_CODES = {"node_drained", "shutting_down", "neuron_busy"}  # the neuron did no work
 # A client that hangs up mid-stream: read on this long (bytes, seconds) for the usage chunk,
 # so what the neuron generated is billed exactly; past it, the stream is cut (the neuron
 # stops) and the prompt plus each relayed event is billed.

@@ -41,6 +41,7 @@ class Router:
         self.strategy = strategy
         self.load_timeout = load_timeout
         self._loads: dict[str, threading.Event] = {}
+        self._routed: dict[tuple[str, str], float] = {}  # (node, model) → last routed at
         self._lock = threading.Lock()
 
     # -- choosing ------------------------------------------------------------------------
@@ -53,7 +54,7 @@ class Router:
             replicas = [n for n in self.fleet.replicas(model_id) if n.name not in exclude]
             if replicas:
                 node = min(replicas, key=lambda n: (n.loaded(model_id).busy, n.name))
-                return Target(node, model_id, public, entry)
+                return self._picked(Target(node, model_id, public, entry))
             if entry is None:
                 self._not_found(name)
             with self._lock:
@@ -63,7 +64,7 @@ class Router:
                     event = self._loads[model_id] = threading.Event()
             if leader:
                 try:
-                    return self._cold_load(entry, exclude)
+                    return self._picked(self._cold_load(entry, exclude))
                 finally:
                     with self._lock:
                         self._loads.pop(model_id, None)
@@ -72,6 +73,11 @@ class Router:
                 raise Unavailable(f"{public} is still loading; retry shortly",
                                   code="service_unavailable", retry_after=5)
             # The leader finished (or failed): look again; a failure makes us lead next.
+
+    def _picked(self, target: Target) -> Target:
+        # Counts as use for the idle reaper before the neuron has even seen the request.
+        self._routed[(target.node.name, target.model_id)] = time.time()
+        return target
 
     def _not_found(self, name: str) -> None:
         known = sorted(self.catalogue.public_ids())
@@ -197,16 +203,28 @@ class Router:
 
     # -- idle TTL ------------------------------------------------------------------------
     def reap_idle(self, now: float | None = None) -> list[tuple[str, str]]:
-        """Unload catalogue models idle longer than their keep_alive. Returns what went."""
+        """Unload catalogue models idle longer than their keep_alive. Returns what went.
+
+        The poll that says a model is idle may be seconds old: before unloading, the node
+        is read again, and a model this gateway routed a request to within its keep_alive
+        stays (the request may not have reached the neuron yet)."""
         now = now or time.time()
         gone = []
         for node in list(self.fleet.nodes.values()):
-            if not node.healthy:
+            if not node.healthy or not self._idle(node, now):
                 continue
-            for m in list(node.models.values()):
-                entry = self.catalogue.by_load_id(m.id)
-                ttl = self.catalogue.keep_alive(entry) if entry else 0
-                if (m.status == "loaded" and ttl > 0 and not m.busy and m.last_used
-                        and now - m.last_used > ttl and self.unload(node, m.id, "idle")):
+            self.fleet.refresh(node)
+            for m in self._idle(node, now) if node.healthy else []:
+                if self._idle_model(node, m, now) and self.unload(node, m.id, "idle"):
                     gone.append((node.name, m.id))
         return gone
+
+    def _idle(self, node: Node, now: float) -> list[ModelOnNode]:
+        return [m for m in list(node.models.values()) if self._idle_model(node, m, now)]
+
+    def _idle_model(self, node: Node, m: ModelOnNode, now: float) -> bool:
+        entry = self.catalogue.by_load_id(m.id)
+        ttl = self.catalogue.keep_alive(entry) if entry else 0
+        last = max(m.last_used, self._routed.get((node.name, m.id), 0.0))
+        return (m.status == "loaded" and ttl > 0 and not m.busy and bool(m.last_used)
+                and now - last > ttl)

@@ -2,11 +2,12 @@
 
 Two numbers per key: the balance (all tokens ever spent) and the spend inside a rolling
 window. Rolling spend lives in time buckets, so storage grows with time, not with requests.
-Each record lands in a 1 s bucket and a 60 s bucket: windows up to 15 minutes sum the 1 s
-buckets (exact to the second), longer ones the 60 s buckets (at most 1441 for a day), so a
-check stays cheap whatever the window. A window counts every bucket that overlaps it, so it
-errs toward the cap, by less than one bucket. 1 s buckets are kept 15 minutes, 60 s buckets
-``retention_s`` (the longest window a caller may ask about).
+Each record lands in one bucket per tier: 1 s buckets serve windows up to 15 minutes
+(exact to the second), 60 s buckets up to a day, hour buckets up to 31 days and day buckets
+beyond, so a window sums at most ~1500 buckets whatever its length. A window counts every
+bucket that overlaps it, so it errs toward the cap, by less than one bucket. Tiers past
+``retention_s`` (the longest window a caller may ask about; a day unless the configured
+windows are longer) are not written, so the common case pays for two tiers only.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import sqlite3
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-FINE_S, COARSE_S = 1, 60
-FINE_MAX_WINDOW_S = 900
+T = TypeVar("T")
+
+# (bucket width, longest window it serves), finest first.
+TIERS = ((1, 900), (60, 86400), (3600, 31 * 86400), (86400, 10 * 366 * 86400))
 DEFAULT_RETENTION_S = 86400
 
 
@@ -47,6 +53,17 @@ class SpendStore(Protocol):
     def close(self) -> None: ...
 
 
+def _cooperative() -> bool:
+    """Whether this process runs under gevent's monkey patching (a gunicorn gevent worker)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("time")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
+
+
 def key_id_for(key: str) -> str:
     """A stable id for logs, headers and the store; the key itself never leaves config."""
     return "k_" + hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -59,18 +76,27 @@ class _Buckets:
         if retention_s < 1:
             raise ValueError(f"retention_s must be >= 1, got {retention_s}")
         self.retention_s = int(retention_s)
+        # (width, longest window it serves here): tiers up to the first that covers
+        # retention_s; longer tiers would only cost writes.
+        self.tiers: list[tuple[int, int]] = []
+        for width, longest in TIERS:
+            self.tiers.append((width, min(longest, self.retention_s)))
+            if longest >= self.retention_s:
+                break
+        if self.tiers[-1][1] < self.retention_s:
+            raise ValueError(f"retention_s must be <= {TIERS[-1][1]}, got {retention_s}")
 
     def buckets(self, now: float) -> list[tuple[int, int, int]]:
         """(width, start, keep_s) of the buckets a spend at ``now`` goes to."""
-        return [(w, math.floor(now / w) * w, keep)
-                for w, keep in ((FINE_S, FINE_MAX_WINDOW_S), (COARSE_S, self.retention_s))]
+        return [(w, math.floor(now / w) * w, keep) for w, keep in self.tiers]
 
     def span(self, seconds: float, now: float) -> tuple[int, int, int]:
         """Width, first and last bucket start overlapping the window (now - seconds, now]."""
-        if not 0 < seconds <= self.retention_s:
-            raise ValueError(f"window of {seconds} s outside (0, retention_s={self.retention_s}]")
-        w = FINE_S if seconds <= FINE_MAX_WINDOW_S else COARSE_S
-        return w, math.floor((now - seconds) / w) * w, math.floor(now / w) * w
+        if seconds > 0:
+            for w, longest in self.tiers:
+                if seconds <= longest:
+                    return w, math.floor((now - seconds) / w) * w, math.floor(now / w) * w
+        raise ValueError(f"window of {seconds} s outside (0, retention_s={self.retention_s}]")
 
     def record(self, key_id: str, tokens: int, now: float | None = None) -> None:
         if tokens < 0:
@@ -126,54 +152,87 @@ class SQLiteStore(_Buckets):
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Under gevent a busy wait inside sqlite would stall the whole worker (every
+        # greenlet) for up to busy_timeout: there sqlite gives up at once and _retry waits
+        # with the (patched, cooperative) time.sleep. Threads may block; others still run.
+        self._native_wait_ms = 0 if _cooperative() else int(self._busy_timeout_ms)
+        return self._retry(self._open)
+
+    def _open(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE below. One
-        # connection per process, serialised by a lock (threads; under gevent sqlite never
-        # yields, so the lock is never contended).
+        # connection per process, serialised by a lock.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                               timeout=self._busy_timeout_ms / 1000)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: no fsync per request; a power cut may lose the last few records.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(self._SCHEMA)
+                               timeout=self._native_wait_ms / 1000)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._native_wait_ms}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL + NORMAL: no fsync per request; a power cut may lose the last few records.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(self._SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` again while another process holds the database, up to busy_timeout."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        delay = 0.001
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                left = deadline - time.monotonic()
+                if not _busy(exc) or left <= 0:
+                    raise
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
 
     def _record(self, key_id: str, tokens: int, now: float) -> None:
         conn, lock = self._conn()
-        with lock, conn:  # `with conn` commits, or rolls back on an error
-            # IMMEDIATE takes the write lock up front, so concurrent writers wait on
-            # busy_timeout instead of failing to upgrade a read lock.
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO spend_total (key_id, tokens) VALUES (?, ?) ON CONFLICT (key_id) "
-                "DO UPDATE SET tokens = tokens + excluded.tokens", (key_id, tokens))
-            for width, start, keep in self.buckets(now):
+
+        def write() -> None:
+            with lock, conn:  # `with conn` commits, or rolls back on an error
+                # IMMEDIATE takes the write lock up front, so a concurrent writer is told
+                # busy at once instead of failing to upgrade a read lock half way through.
+                conn.execute("BEGIN IMMEDIATE")
                 conn.execute(
-                    "INSERT INTO spend_bucket (key_id, width, start, tokens) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT (key_id, width, start) "
-                    "DO UPDATE SET tokens = tokens + excluded.tokens",
-                    (key_id, width, start, tokens))
-                # Dropping this key's expired buckets here bounds its rows; an index seek
-                # that usually deletes nothing.
-                conn.execute(
-                    "DELETE FROM spend_bucket WHERE key_id = ? AND width = ? AND start < ?",
-                    (key_id, width, math.floor((now - keep) / width) * width))
+                    "INSERT INTO spend_total (key_id, tokens) VALUES (?, ?) ON CONFLICT "
+                    "(key_id) DO UPDATE SET tokens = tokens + excluded.tokens",
+                    (key_id, tokens))
+                for width, start, keep in self.buckets(now):
+                    conn.execute(
+                        "INSERT INTO spend_bucket (key_id, width, start, tokens) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (key_id, width, start) "
+                        "DO UPDATE SET tokens = tokens + excluded.tokens",
+                        (key_id, width, start, tokens))
+                    # Dropping this key's expired buckets here bounds its rows; an index
+                    # seek that usually deletes nothing.
+                    conn.execute(
+                        "DELETE FROM spend_bucket WHERE key_id = ? AND width = ? AND start < ?",
+                        (key_id, width, math.floor((now - keep) / width) * width))
+
+        self._retry(write)
+
+    def _read(self, sql: str, args: tuple) -> tuple:
+        conn, lock = self._conn()
+
+        def read() -> tuple:
+            with lock:
+                return conn.execute(sql, args).fetchone()
+
+        return self._retry(read)
 
     def total(self, key_id: str) -> int:
-        conn, lock = self._conn()
-        with lock:
-            row = conn.execute("SELECT tokens FROM spend_total WHERE key_id = ?",
-                               (key_id,)).fetchone()
+        row = self._read("SELECT tokens FROM spend_total WHERE key_id = ?", (key_id,))
         return row[0] if row else 0
 
     def _window(self, key_id: str, seconds: float, now: float) -> tuple[int, float | None]:
         width, lo, hi = self.span(seconds, now)
-        conn, lock = self._conn()
-        with lock:
-            total, oldest = conn.execute(
-                "SELECT COALESCE(SUM(tokens), 0), MIN(start) FROM spend_bucket "
-                "WHERE key_id = ? AND width = ? AND start BETWEEN ? AND ?",
-                (key_id, width, lo, hi)).fetchone()
+        total, oldest = self._read(
+            "SELECT COALESCE(SUM(tokens), 0), MIN(start) FROM spend_bucket "
+            "WHERE key_id = ? AND width = ? AND start BETWEEN ? AND ?",
+            (key_id, width, lo, hi))
         return total, None if oldest is None else float(oldest + width)
 
     def close(self) -> None:
@@ -229,19 +288,34 @@ _FORMS = ('"" or "sqlite" (a file in the gateway\'s state_dir), "sqlite:///absol
           'or "redis://host:port/db" (also rediss://)')
 
 
-def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
-    """The store named by ``[entitlements] store``; ``options`` (``retention_s``: pass the
-    longest rolling window configured, if over a day) go to its constructor."""
+def _shown(spec: str) -> str:
+    """The spec for an error message, without a password (redis://:pw@host)."""
+    return repr(re.sub(r"//[^/@]*@", "//<credentials>@", spec))
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``[entitlements] store`` → ("sqlite", path or "") or ("redis", url); a ValueError
+    naming the accepted forms otherwise (checked when the config loads)."""
     spec = spec.strip()
     if spec in ("", "sqlite"):
-        return SQLiteStore(Path(state_dir) / "entitlements.sqlite3", **options)
+        return "sqlite", ""
     if spec.startswith("sqlite://"):
         path = spec.removeprefix("sqlite://")
         if not path.startswith("/"):
-            raise ValueError(f"[entitlements] store = {spec!r}: the sqlite path must be "
+            raise ValueError(f"[entitlements] store = {_shown(spec)}: the sqlite path must be "
                              f"absolute (sqlite:///var/lib/...); accepted forms: {_FORMS}")
-        return SQLiteStore(Path(path), **options)
+        return "sqlite", path
     if spec.startswith(("redis://", "rediss://")):
-        return RedisStore(spec, **options)
-    raise ValueError(f"[entitlements] store = {spec!r} is not understood; "
+        return "redis", spec
+    raise ValueError(f"[entitlements] store = {_shown(spec)} is not understood; "
                      f"accepted forms: {_FORMS}")
+
+
+def open_store(spec: str, state_dir: Path, **options: int) -> SpendStore:
+    """The store named by ``[entitlements] store``; ``options`` (``retention_s``: pass the
+    longest rolling window configured, if over a day) go to its constructor."""
+    kind, where = parse_spec(spec)
+    if kind == "redis":
+        return RedisStore(where, **options)
+    return SQLiteStore(Path(where) if where else Path(state_dir) / "entitlements.sqlite3",
+                       **options)

@@ -7,16 +7,24 @@ import logging
 import os
 import platform
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.wsgi import ClosingIterator
 
 import cortex
-from cortex.core.errors import BadRequest
-from cortex.core.http import install_error_handlers, json_body, json_response, require_token
+from cortex.core.errors import BadRequest, Unavailable
+from cortex.core.http import (
+    error_response,
+    install_error_handlers,
+    json_body,
+    json_response,
+    require_token,
+)
 from cortex.core.validate import get_number, get_str, invalid
 from cortex.neuron import inference
 from cortex.neuron.config import NeuronConfig
@@ -77,9 +85,47 @@ def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
         if request.path not in PUBLIC:
             require_token(cfg.auth_token)
 
+    app.wsgi_app = WorkSlots(app.wsgi_app, cfg.http_threads)  # type: ignore[method-assign]
     if prewarm and cfg.default_models:
         neuron.registry.prewarm(cfg.default_model_specs())
     return app
+
+
+class WorkSlots:
+    """Keeps HTTP threads free for /health, /metrics and the other quick reads.
+
+    gunicorn's gthread pool serves every request; a stream, a queued request or a load holds
+    its thread for seconds to minutes. Were they allowed every thread, the gateways' polls
+    would wait behind them and mark a merely busy neuron unhealthy. So requests that do work
+    (every POST but /drain) take one of `threads - reserve` slots, and past that are a fast
+    503 the gateway retries elsewhere: a full neuron says so at once instead of going dark.
+    (A second listener just for health would need its own server and port in the one
+    worker process; a cap keeps one port and no new moving parts.)
+    """
+
+    QUICK_POSTS = frozenset({"/drain"})
+
+    def __init__(self, app: Any, threads: int) -> None:
+        self.app = app
+        self.reserve = max(2, threads // 4)
+        self.slots = max(1, threads - self.reserve)
+        self._free = threading.BoundedSemaphore(self.slots)
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") in self.QUICK_POSTS:
+            return self.app(environ, start_response)
+        if not self._free.acquire(blocking=False):
+            busy = Unavailable(f"all {self.slots} request slots of this neuron are taken "
+                               "(streams, queued requests, loads); retry shortly",
+                               code="neuron_busy", retry_after=1)
+            return error_response(busy)(environ, start_response)
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            self._free.release()
+            raise
+        # Released when the server closes the body: a stream keeps its slot to the end.
+        return ClosingIterator(body, [self._free.release])
 
 
 def _neuron() -> Neuron:

@@ -39,6 +39,8 @@ def sampling(body: dict, *, prompt_tokens: list[int], n_ctx: int, max_prompt_tok
              defaults: SamplingDefaults) -> GenerationRequest:
     if get_number(body, "n", 1, lo=1, integer=True) != 1:
         raise invalid("n", "only n=1 is supported; send several requests for several choices")
+    if not prompt_tokens:  # nothing to condition on: the engine cannot start a sequence
+        raise invalid("prompt", "must not be empty")
     limit = min(n_ctx - 1, max_prompt_tokens or n_ctx - 1)
     if len(prompt_tokens) > limit:
         raise BadRequest(
@@ -78,9 +80,17 @@ def chat_prompt(body: dict, model: LoadedModel) -> Prompt:
     reasoning = body.get("reasoning_effort") or body.get("enable_thinking")
     if reasoning is not None:
         kwargs["enable_thinking"] = reasoning not in (False, "none", "off")
-    text = chat_template.render(
-        template, messages, tools=tools, bos_token=model.token_text(model.bos_token_id),
-        eos_token=model.token_text(model.eos_token_id), add_generation_prompt=True, **kwargs)
+    try:
+        text = chat_template.render(
+            template, messages, tools=tools, bos_token=model.token_text(model.bos_token_id),
+            eos_token=model.token_text(model.eos_token_id), add_generation_prompt=True,
+            **kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+        # The template is trusted code run on the client's data (its tool schemas, say):
+        # a Python error inside it is a request it cannot render, not a server fault.
+        raise BadRequest(f"the model's chat template failed on these messages or tools: "
+                         f"{type(exc).__name__}: {exc}", code="chat_template_error",
+                         param="messages") from None
     bos = model.token_text(model.bos_token_id)
     add_bos = model.add_bos and not (bos and text.startswith(bos))
     tokens = model.tokenize(text, add_bos=add_bos, special=True)
@@ -112,14 +122,14 @@ def _messages(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(m, dict):
             raise invalid(where, "expected an object with role and content")
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise invalid(f"{where}.role", f"expected one of {sorted(ROLES)}, got {role!r}")
         msg: dict[str, Any] = {"role": "system" if role == "developer" else role,
                                "content": _text(m.get("content"), f"{where}.content", role)}
         if role == "assistant" and m.get("tool_calls"):
             msg["tool_calls"] = _tool_calls(m["tool_calls"], f"{where}.tool_calls")
         if role == "tool":
-            msg["tool_call_id"] = m.get("tool_call_id", "")
+            msg["tool_call_id"] = _opt_str(m, "tool_call_id", f"{where}.tool_call_id")
             if isinstance(m.get("name"), str):
                 msg["name"] = m["name"]
         if isinstance(m.get("reasoning_content"), str):
@@ -167,9 +177,11 @@ def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
         if isinstance(args, str):
             try:  # templates render arguments with tojson: give them the object
                 args = json.loads(args) if args.strip() else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
-        calls.append({"id": call.get("id", ""), "type": "function",
+        elif not isinstance(args, dict):
+            raise invalid(f"{where}[{i}].function.arguments", "expected a JSON string")
+        calls.append({"id": _opt_str(call, "id", f"{where}[{i}].id"), "type": "function",
                       "function": {"name": fn["name"], "arguments": args}})
     return calls
 
@@ -192,12 +204,25 @@ def _tools(body: dict) -> list[dict[str, Any]] | None:
     if choice == "none" or not tools:
         return None
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        fn = choice.get("function")
+        if choice.get("type") != "function" or not isinstance(fn, dict) or not isinstance(
+                fn.get("name"), str):
+            raise invalid("tool_choice", "expected {type: function, function: {name}}")
+        name = fn["name"]
         picked = [t for t in tools if t["function"]["name"] == name]
         if not picked:
             raise invalid("tool_choice", f"no tool named {name!r} in tools")
         return picked
     return tools
+
+
+def _opt_str(obj: dict, key: str, where: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise invalid(where, f"expected a string, got {type(value).__name__}")
+    return value
 
 
 def _tools_in_system(messages: list[dict], tools: list[dict]) -> list[dict]:

@@ -132,7 +132,9 @@ class Hub:
 
         blobs = self.cache_dir / f"models--{repo.replace('/', '--')}" / "blobs"
         with _Progress(blobs, f"{repo}/{filename}", on_bytes):
-            path = hf_hub_download(repo, filename, cache_dir=str(self.cache_dir),
+            # The catalogue names the repository (its default branch, as the hub serves it);
+            # a GGUF is data, read by our own header parser before llama.cpp sees it.
+            path = hf_hub_download(repo, filename, cache_dir=str(self.cache_dir),  # nosec B615
                                    endpoint=self.endpoint, token=self.token,
                                    local_files_only=self.offline)
         return Path(path)

@@ -165,7 +165,7 @@ class FakeHub:
         """Create or replace a repo; its commit sha follows from its content."""
         described = {name: _describe(name, source) for name, source in files.items()}
         listing = "\n".join(f"{name} {f.etag}" for name, f in sorted(described.items()))
-        commit = hashlib.sha1(f"{repo_id}\n{listing}".encode()).hexdigest()
+        commit = hashlib.sha1(f"{repo_id}\n{listing}".encode(), usedforsecurity=False).hexdigest()
         with self._lock:
             self._repos[repo_id] = _Repo(described, commit)
             if gated:
@@ -343,7 +343,8 @@ class _Handler(BaseHTTPRequestHandler):
             deepest = len(parts) - 1 if recursive else min(1, len(parts) - 1)
             folders.update(prefix + "/".join(parts[:i]) for i in range(1, deepest + 1))
         entries += [{"type": "directory", "size": 0, "path": path,
-                     "oid": hashlib.sha1(f"{repo.commit}:{path}".encode()).hexdigest()}
+                     "oid": hashlib.sha1(f"{repo.commit}:{path}".encode(),
+                                            usedforsecurity=False).hexdigest()}
                     for path in sorted(folders)]
         # Fewer than the hub's page size, so no `Link: <...>; rel="next"` header is needed.
         self._json(entries)

@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 - runs this package's own neuron/cortex binaries
 import sys
 import threading
 import time
@@ -29,7 +29,7 @@ from typing import Any
 import requests
 
 BIN = Path(sys.executable).parent
-TOKEN = "faults-neuron-token"  # the gateway-neuron token of every fleet made here
+TOKEN = "faults-neuron-token"  # nosec B105 - the test fleets' own gateway-neuron token
 
 
 def free_port() -> int:
@@ -108,12 +108,13 @@ class Service:
         self.http = requests.Session()
 
     def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"{self.name} is running")
         with self.log.open("ab") as out:
             out.write(f"\n--- start {self.starts + 1} ---\n".encode())
             out.flush()
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(self.argv, stdout=out,  # nosec B603 - our argv
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.starts += 1
 
     @property
@@ -237,7 +238,7 @@ class NeuronServer(Service):
 
     def load(self, model_id: str) -> dict[str, Any]:
         r = self.http.post(self.url + "/models/load", json={"model_id": model_id}, timeout=60)
-        assert r.status_code == 200, r.text
+        _expect_ok(r)
         return r.json()
 
     def metrics(self) -> str:
@@ -288,7 +289,7 @@ class GatewayServer(Service):
     def listing(self, key: str) -> dict[str, dict[str, Any]]:
         r = self.http.get(self.url + "/v1/models", headers={"Authorization": f"Bearer {key}"},
                           timeout=10)
-        assert r.status_code == 200, r.text
+        _expect_ok(r)
         return {m["id"]: m for m in r.json()["data"]}
 
     def metrics(self) -> str:
@@ -513,3 +514,8 @@ def _read_request(sock: socket.socket) -> tuple[str, str, bytes] | None:
         body += data
     kept.append("Connection: close")
     return method, path, ("\r\n".join(kept) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _expect_ok(r: requests.Response) -> None:
+    if r.status_code != 200:
+        raise AssertionError(f"{r.request.method} {r.url}: {r.status_code} {r.text}")

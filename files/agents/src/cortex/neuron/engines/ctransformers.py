@@ -77,7 +77,9 @@ class CTransformersModel(LoadedModel):
         gen = self.llm.generate(
             req.prompt_tokens, top_k=req.top_k or 1, top_p=req.top_p,
             temperature=max(req.temperature, 1e-4), repetition_penalty=req.repeat_penalty,
-            seed=req.seed if req.seed is not None else random.getrandbits(31), reset=True)
+            # A sampling seed, not a secret: random is right here.
+            seed=req.seed if req.seed is not None else random.getrandbits(31),  # nosec B311
+            reset=True)
         eos = self.eos_token_id
         try:
             for token in gen:

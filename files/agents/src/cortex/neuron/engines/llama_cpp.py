@@ -87,7 +87,8 @@ class LlamaCppModel(LoadedModel):
         self.cached_tokens = _common_prefix(llm.input_ids[: llm.n_tokens], req.prompt_tokens)
         if self.cached_tokens == len(req.prompt_tokens):
             self.cached_tokens -= 1  # the last prompt token is evaluated again for its logits
-        llm.set_seed(req.seed if req.seed is not None else random.getrandbits(31))
+        # A sampling seed, not a secret: random is right here.
+        llm.set_seed(req.seed if req.seed is not None else random.getrandbits(31))  # nosec B311
         produced = 0
         gen = llm.generate(
             req.prompt_tokens, top_k=req.top_k, top_p=req.top_p, min_p=req.min_p,
