@@ -28,7 +28,8 @@ class CTransformersEngine(Engine):
     name = "ctransformers"
 
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
-             devices: list[int], has_gpu: bool) -> LoadedModel:
+             devices: list[int], has_gpu: bool, n_slots: int = 1) -> LoadedModel:
+        # ctransformers cannot batch: one slot, whatever `parallel` asks.
         meta = gguf_header.read_metadata(path)
         arch = meta.get("general.architecture", "unknown")
         if arch not in _MODEL_TYPES:
