@@ -229,16 +229,30 @@ class ModelScheduler:
             job = self._queue.popleft()
             if job.cancelled:
                 continue
-            free = [s for s in range(self.slots) if s not in self._active]
-            prompt = job.request.prompt_tokens
-            slot = max(free, key=lambda s: (self.model.prefix_match(s, prompt),
-                                            -self._slot_used[s]))
+            slot = self._pick_slot(job.request.prompt_tokens)
             run = self._active[slot] = _Run(job, slot)
             admitted.append(run)
         if admitted:
             self.metrics.queue_depth.labels(self.model_id).set(len(self._queue))
             self._busy_changed()
         return admitted
+
+    def _pick_slot(self, prompt: list[int]) -> int:
+        """The free slot whose cache shares the longest prefix with the prompt, unless taking
+        it would drop more cached tokens than half of those it reuses (a chat template's
+        shared header must not evict another conversation); else the least recently used."""
+        free = [s for s in range(self.slots) if s not in self._active]
+
+        def reuse(s: int) -> int:
+            match = self.model.prefix_match(s, prompt)
+            lost = self.model.cached_len(s) - match
+            return match if lost * 2 <= match else 0
+
+        value = {s: reuse(s) for s in free}
+        best = max(free, key=lambda s: (value[s], -self._slot_used[s]))
+        if value[best]:
+            return best
+        return min(free, key=lambda s: self._slot_used[s])
 
     def _busy_changed(self) -> None:
         n = len(self._active)

@@ -71,6 +71,10 @@ class LoadedModel(ABC):
         """How many leading `tokens` the slot's cache already holds."""
         return 0
 
+    def cached_len(self, slot: int) -> int:
+        """Tokens the slot's cache holds."""
+        return 0
+
     def begin(self, slot: int, req: GenerationRequest) -> Sequence:
         seq = Sequence(slot, req, 0)
         seq._gen = self.generate(req)

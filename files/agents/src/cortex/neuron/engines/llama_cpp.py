@@ -148,6 +148,9 @@ class LlamaCppModel(LoadedModel):
     def prefix_match(self, slot: int, tokens: list[int]) -> int:
         return _common_prefix(self._cache[slot], tokens)
 
+    def cached_len(self, slot: int) -> int:
+        return len(self._cache[slot])
+
     def begin(self, slot: int, req: GenerationRequest) -> Sequence:
         prompt = req.prompt_tokens
         cache = self._cache[slot]
