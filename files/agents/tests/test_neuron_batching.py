@@ -246,3 +246,11 @@ def test_parallel_per_load_and_its_validation(neuron_factory):
     assert r.status_code == 422 and r.json()["error"]["param"] == "parallel"
     metrics = n.get("/metrics").text
     assert 'neuron_model_slots{model="file:tiny-hello"} 3.0' in metrics
+
+
+def test_an_empty_prompt_is_400_and_leaves_the_slots_free(neuron):
+    neuron.load("file:tiny-hello")
+    r = neuron.post("/v1/completions", {"model": "tiny-hello", "prompt": "", "max_tokens": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert neuron.neuron.registry.models["file:tiny-hello"].scheduler.in_flight == 0
+    assert neuron.chat("tiny-hello", max_tokens=3).status_code == 200

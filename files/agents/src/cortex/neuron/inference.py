@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
-from cortex.core.errors import ApiError, Unavailable
+from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.http import json_response, sse_event, sse_response
 from cortex.neuron import chat as chatmod
 from cortex.neuron.outputs import OutputParser, Part
@@ -43,6 +43,10 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
     with loaded.lease() as model:
         prompt = (chatmod.chat_prompt(body, model) if chat
                   else chatmod.completion_prompt(body, model))
+    if not prompt.tokens:
+        field = "messages" if chat else "prompt"
+        raise BadRequest(f"'{field}' gives an empty prompt (no tokens): send some text",
+                         code="empty_prompt", param=field)
     gen = chatmod.sampling(body, prompt_tokens=prompt.tokens, n_ctx=model.n_ctx,
                            max_prompt_tokens=neuron.cfg.max_prompt_tokens,
                            defaults=neuron.cfg.sampling)

@@ -153,6 +153,8 @@ class LlamaCppModel(LoadedModel):
 
     def begin(self, slot: int, req: GenerationRequest) -> Sequence:
         prompt = req.prompt_tokens
+        if not prompt:
+            raise ValueError("an empty prompt has nothing to generate from")
         cache = self._cache[slot]
         # Keep the longest common prefix in the KV; the last prompt token is always evaluated
         # again, for its logits.
