@@ -246,7 +246,7 @@ def main() -> int:
         batched = DirectBatched(path, args.threads, n_ctx, top)
         single = Direct(path, args.threads, n_ctx)
         results: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for _ in range(args.rounds):
+        for rnd in range(args.rounds):
             for b in BATCHES:
                 targets = {
                     "neuron": lambda b=b: figures(neuron.concurrent(b, args.tokens), False),
@@ -260,6 +260,9 @@ def main() -> int:
                 random.shuffle(order)
                 for name in order:
                     results.setdefault((name, b), []).append(targets[name]())
+                    r = results[(name, b)][-1]
+                    print(f"  round {rnd + 1} B={b} {name}: {r['agg']:.1f} tok/s",
+                          file=sys.stderr, flush=True)
         med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]}
                for k, v in results.items()}
         print(f"model SmolLM2-135M Q4_1, {args.threads} threads, greedy, {args.tokens} tokens "

@@ -18,6 +18,7 @@ from flask import Response, request
 from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.http import json_response, sse_event, sse_response
 from cortex.neuron import chat as chatmod
+from cortex.neuron import structured
 from cortex.neuron.outputs import OutputParser, Part
 from cortex.neuron.scheduler import Job
 
@@ -40,9 +41,12 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
         raise Unavailable("this neuron is drained", code="node_drained", retry_after=1)
     loaded = reg.find(body.get("model"))
     stream = chatmod.stream_flag(body)
+    grammar = structured.grammar_for(body)
     with loaded.lease() as model:
         prompt = (chatmod.chat_prompt(body, model) if chat
                   else chatmod.completion_prompt(body, model))
+        if grammar is not None:
+            model.check_grammar(grammar)
     if not prompt.tokens:
         field = "messages" if chat else "prompt"
         raise BadRequest(f"'{field}' gives an empty prompt (no tokens): send some text",
@@ -50,6 +54,7 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
     gen = chatmod.sampling(body, prompt_tokens=prompt.tokens, n_ctx=model.n_ctx,
                            max_prompt_tokens=neuron.cfg.max_prompt_tokens,
                            defaults=neuron.cfg.sampling)
+    gen.grammar = grammar
     job = Job(request=gen, stop=chatmod.stops(body),
               principal=request.headers.get(PRINCIPAL_HEADER, ""))
     endpoint = "chat" if chat else "completions"

@@ -211,13 +211,18 @@ class ModelScheduler:
                     if self._closed:
                         return
                     admitted = self._admit()
-                for run in admitted:
-                    self._begin(run)
-                for run in list(self._active.values()):
-                    if run.job.cancelled:
-                        self._finish(run, "cancelled")
-                if self._active:
-                    self._step()
+                try:
+                    for run in admitted:
+                        self._begin(run)
+                    for run in list(self._active.values()):
+                        if run.job.cancelled:
+                            self._finish(run, "cancelled")
+                    if self._active:
+                        self._step()
+                except Exception as exc:  # a bug here must not leave the model without a thread
+                    log.exception("scheduler step failed on %s", self.model_id)
+                    for run in list(self._active.values()):
+                        self._fail(run, exc)
         finally:
             for run in list(self._active.values()):
                 self._finish(run, "cancelled")

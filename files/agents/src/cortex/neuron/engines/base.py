@@ -28,6 +28,7 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    grammar: str | None = None  # GBNF the output must match (response_format)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -70,6 +71,14 @@ class LoadedModel(ABC):
     def prefix_match(self, slot: int, tokens: list[int]) -> int:
         """How many leading `tokens` the slot's cache already holds."""
         return 0
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise ApiError 400 unless this model can enforce the grammar."""
+        from cortex.core.errors import BadRequest
+
+        raise BadRequest("this model's engine cannot enforce response_format; load it with "
+                         "harness 'llama_cpp'", code="invalid_response_format",
+                         param="response_format")
 
     def cached_len(self, slot: int) -> int:
         """Tokens the slot's cache holds."""

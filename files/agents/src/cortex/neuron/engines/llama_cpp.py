@@ -10,11 +10,13 @@ the configured n_ctx. Sampling is llama.cpp's sampler chain, one chain per seque
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import random
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose
 
@@ -86,6 +88,7 @@ class LlamaCppEngine(Engine):
 
 class _Seq(Sequence):
     sampler: ctypes.c_void_p | None = None
+    grammar: ctypes.c_void_p | None = None  # kept out of the chain: see LlamaCppModel._sample
     pending: list[int]  # prompt tokens not yet in the KV cache
     next_token: int = -1  # sampled, to be fed at the next step
     fed: list[int]  # tokens put in this step's batch
@@ -109,6 +112,11 @@ class LlamaCppModel(LoadedModel):
         self._batch: llama_cpp.llama_batch | None = llama_cpp.llama_batch_init(
             self._n_batch, 0, 1)
         self._cache: list[list[int]] = [[] for _ in range(n_slots)]  # tokens in each slot's KV
+        # Candidate buffers for grammar-constrained sampling (the scheduler thread's alone).
+        self._cur = internals.LlamaTokenDataArray(n_vocab=self._n_vocab)
+        self._one_data = (llama_cpp.llama_token_data * 1)()
+        self._one = llama_cpp.llama_token_data_array(data=self._one_data, size=1,
+                                                     selected=-1, sorted=False)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         state = llama_cpp.llama_state_get_size(ctx.ctx)
@@ -167,6 +175,10 @@ class LlamaCppModel(LoadedModel):
         seq = _Seq(slot, req, common)
         seq.pending = list(prompt[common:])
         seq.fed = []
+        if req.grammar:
+            seq.grammar = self._grammar(req.grammar)
+            if not seq.grammar:
+                raise ValueError("the response_format grammar did not parse")
         seq.sampler = self._sampler(req, prompt)
         return seq
 
@@ -196,6 +208,18 @@ class LlamaCppModel(LoadedModel):
         seed = req.seed if req.seed is not None else random.getrandbits(31)
         add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         return chain
+
+    def _grammar(self, gbnf: str) -> ctypes.c_void_p | None:
+        return llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf.encode(), b"root")
+
+    def check_grammar(self, grammar: str) -> None:
+        sampler = self._grammar(grammar)
+        if not sampler:
+            from cortex.core.errors import BadRequest
+
+            raise BadRequest("response_format: the schema gave a grammar llama.cpp rejects",
+                             code="invalid_response_format", param="response_format")
+        llama_cpp.llama_sampler_free(sampler)
 
     def step(self, seqs: list[Sequence]) -> list[tuple[Sequence, TokenEvent]]:
         """One llama_decode: each decoding sequence's next token, then prompt chunks."""
@@ -252,17 +276,44 @@ class LlamaCppModel(LoadedModel):
             if s.idx < 0:
                 continue
             s.prefilled = True
-            tok = llama_cpp.llama_sampler_sample(s.sampler, self._ctx.ctx, s.idx)
+            tok = self._sample(s)
             s.next_token = tok
             eog = self._is_eog(tok)
             out.append((s, TokenEvent(tok, b"" if eog else self._piece(tok), eog)))
         return out
 
+    def _sample(self, s: _Seq) -> int:
+        if s.grammar is None:
+            return llama_cpp.llama_sampler_sample(s.sampler, self._ctx.ctx, s.idx)
+        # As llama.cpp's common sampler: sample freely and check that one token against the
+        # grammar; only when it is rejected, apply the grammar to the whole vocabulary (the
+        # costly part) and sample again.
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, s.idx),
+                                       shape=(self._n_vocab,))
+        cur = self._cur
+        cur.copy_logits(logits)
+        llama_cpp.llama_sampler_apply(s.sampler, ctypes.byref(cur.candidates))
+        tok = int(cur.candidates_data.id[cur.candidates.selected])
+        one = self._one
+        one.data[0].id, one.data[0].logit, one.data[0].p = tok, 1.0, 0.0
+        one.size, one.selected, one.sorted = 1, -1, False
+        llama_cpp.llama_sampler_apply(s.grammar, ctypes.byref(one))
+        if not math.isfinite(one.data[0].logit):
+            cur.copy_logits(logits)
+            llama_cpp.llama_sampler_apply(s.grammar, ctypes.byref(cur.candidates))
+            llama_cpp.llama_sampler_apply(s.sampler, ctypes.byref(cur.candidates))
+            tok = int(cur.candidates_data.id[cur.candidates.selected])
+        llama_cpp.llama_sampler_accept(s.grammar, tok)
+        llama_cpp.llama_sampler_accept(s.sampler, tok)
+        return tok
+
     def end(self, seq: Sequence) -> None:
         assert isinstance(seq, _Seq)
-        if seq.sampler is not None:
-            llama_cpp.llama_sampler_free(seq.sampler)
-            seq.sampler = None
+        for name in ("sampler", "grammar"):
+            sampler = getattr(seq, name)
+            if sampler is not None:
+                llama_cpp.llama_sampler_free(sampler)
+                setattr(seq, name, None)
 
     def close(self) -> None:
         if self._batch is not None:
