@@ -97,7 +97,7 @@ def test_headers_stamped_and_spoofs_stripped(neuron_factory, gateway_factory, tm
 
     t = threading.Thread(target=long_call)
     t.start()
-    worker = n.neuron.registry.models["file:tiny-long"].worker
+    worker = n.neuron.registry.models["file:tiny-long"].scheduler
     deadline = time.monotonic() + 20
     while worker.in_flight == 0:
         assert time.monotonic() < deadline

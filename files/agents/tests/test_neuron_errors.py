@@ -220,12 +220,15 @@ LONG = "file:tiny-long"
 
 @pytest.fixture
 def busy_factory(neuron_factory):
-    """A neuron with the long-running model loaded and a way to keep it busy."""
+    """A neuron with the long-running model loaded and a way to keep it busy.
 
-    def make(**admission):
-        n = neuron_factory(n_ctx=65536, admission=AdmissionConfig(**admission))
+    One slot (parallel = 1), so that a second request has to queue."""
+
+    def make(parallel=1, **admission):
+        n = neuron_factory(n_ctx=65536, parallel=parallel,
+                           admission=AdmissionConfig(**admission))
         n.load(LONG)
-        return n, n.neuron.registry.models[LONG].worker
+        return n, n.neuron.registry.models[LONG].scheduler
 
     return make
 

@@ -31,7 +31,7 @@ def test_config_defaults_file_and_env(tmp_path, monkeypatch):
     ("listen = 5", "key 'listen': expected a string"),
     ("lissen = '1'", "unknown key 'lissen'"),
     ("[admission]\nmax_queue_depth = 'x'", "key 'admission.max_queue_depth'"),
-    ("[admission]\nmax_in_flight = 0", "max_in_flight must be at least 1"),
+    ("[admission]\nmax_in_flight = -1", "max_in_flight must be 0 (the slot count) or more"),
     ("listen = '0.0.0.0:http'", "the port must be a number"),
     ("[hf\n", "not valid TOML"),
     ("default_models = [{quant = 'x'}]", "model_id"),

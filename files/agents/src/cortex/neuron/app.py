@@ -27,7 +27,7 @@ from cortex.core.http import (
 )
 from cortex.core.validate import get_number, get_str, invalid
 from cortex.neuron import inference
-from cortex.neuron.config import NeuronConfig
+from cortex.neuron.config import MAX_PARALLEL, NeuronConfig
 from cortex.neuron.engines import harnesses
 from cortex.neuron.gpu import Devices
 from cortex.neuron.metrics import NeuronMetrics
@@ -170,10 +170,12 @@ def health() -> Any:
         n.metrics.vram_free.labels(str(d.index)).set(d.vram_free_mb)
     models = []
     for m in list(reg.models.values()):
-        w = m.worker
+        w = m.scheduler
         models.append({
             "id": m.id, "in_flight": w.in_flight, "queue_depth": w.queue_depth,
-            "max_in_flight": n.cfg.admission.max_in_flight,
+            "max_in_flight": w.max_in_flight,
+            "slots": {"busy": w.in_flight, "total": w.slots},
+            "tok_s_decode_aggregate": round(w.decode_rate(), 1),
             "max_queue_depth": n.cfg.admission.max_queue_depth,
             "tok_s_prefill": round(w.stats.tok_s_prefill, 1),
             "tok_s_decode": round(w.stats.tok_s_decode, 1),
@@ -232,10 +234,17 @@ def load() -> Any:
                       harness=get_str(body, "harness", "") or "",
                       tensor_parallel=get_number(body, "tensor_parallel", 1, lo=1,
                                                  integer=True),
-                      devices=devices)
+                      devices=devices, parallel=_parallel(body))
     loaded, fresh = _neuron().registry.load(req)
     return json_response({"status": "loaded", "model_id": loaded.id, "already_loaded": not fresh,
                           "model": loaded.describe()})
+
+
+def _parallel(body: dict) -> int | None:
+    """The load's slot count; absent or null: the neuron's `parallel` setting."""
+    if body.get("parallel") is None:
+        return None
+    return int(get_number(body, "parallel", 0, lo=0, hi=MAX_PARALLEL, integer=True))
 
 
 @bp.post("/models/unload")
@@ -254,7 +263,7 @@ def drain() -> Any:
         raise invalid("drained", "expected true or false")
     n = _neuron()
     n.set_drained(drained)
-    w = [m.worker for m in n.registry.models.values()]
+    w = [m.scheduler for m in n.registry.models.values()]
     return json_response({"drained": drained,
                           "in_flight": sum(x.in_flight + x.queue_depth for x in w)})
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from cortex.core.config import load_config, parse_listen
 
 DEFAULT_PORT = 13131
+MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
 @dataclass
@@ -19,16 +20,16 @@ class HubConfig:
 
 @dataclass
 class AdmissionConfig:
-    # llama.cpp runs one sequence per context at a time, so in-flight is one per model;
-    # the queue in front of it is what absorbs bursts.
-    max_in_flight: int = 1
+    # Requests generating at once per model; 0 = the model's slot count (`parallel`). The
+    # queue in front of the slots is what absorbs bursts.
+    max_in_flight: int = 0
     max_queue_depth: int = 8
     max_wait_secs: float = 30.0
     max_per_principal: int = 2
 
     def __post_init__(self) -> None:
-        if self.max_in_flight < 1:
-            raise ValueError("admission.max_in_flight must be at least 1")
+        if self.max_in_flight < 0:
+            raise ValueError("admission.max_in_flight must be 0 (the slot count) or more")
         if self.max_queue_depth < 0 or self.max_per_principal < 1 or self.max_wait_secs <= 0:
             raise ValueError("admission limits must be positive (max_queue_depth may be 0)")
 
@@ -65,6 +66,10 @@ class NeuronConfig:
     n_ctx: int = 4096
     n_threads: int = 0  # 0: all cores this process may use
     n_gpu_layers: int = -1  # -1: offload everything when a GPU build is present
+    # Sequences each model decodes together (continuous batching), each with n_ctx of
+    # context; 0 = auto: as many as the device memory holds on GPUs (up to 16), 4 on CPU.
+    # A load may override it (`"parallel": N` in POST /models/load).
+    parallel: int = 0
     # Memory offered to models on a host without GPUs; 0 = what the kernel says is available.
     cpu_memory_mb: int = 0
     http_threads: int = 32
@@ -83,6 +88,8 @@ class NeuronConfig:
             raise ValueError("log_level must be one of debug, info, warning, error")
         if self.n_ctx < 64:
             raise ValueError("n_ctx must be at least 64")
+        if not 0 <= self.parallel <= MAX_PARALLEL:
+            raise ValueError(f"parallel must be 0 (auto) to {MAX_PARALLEL}")
 
     @property
     def bind(self) -> tuple[str, int]:

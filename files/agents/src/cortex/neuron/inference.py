@@ -1,7 +1,8 @@
-"""Chat and text completions: admission, waiting on the model's worker, OpenAI replies.
+"""Chat and text completions: admission, waiting on the model's scheduler, OpenAI replies.
 
 The HTTP thread only submits a job and relays its events; a stream that the client
-drops cancels the job at once so the model's slot is freed.
+drops cancels the job at once so the model's slot is freed. Every tokenize or template
+call here holds a lease on the model, so an unload never frees it under this thread.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
 
-from cortex.core.errors import ApiError, Unavailable
+from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.http import json_response, sse_event, sse_response
 from cortex.neuron import chat as chatmod
+from cortex.neuron import structured
 from cortex.neuron.outputs import OutputParser, Part
-from cortex.neuron.worker import Job
+from cortex.neuron.scheduler import Job
 
 if TYPE_CHECKING:
     from cortex.neuron.app import Neuron
@@ -38,17 +40,26 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
         # retries on another replica. Direct callers (an operator's check) are served.
         raise Unavailable("this neuron is drained", code="node_drained", retry_after=1)
     loaded = reg.find(body.get("model"))
-    model = loaded.model
     stream = chatmod.stream_flag(body)
-    prompt = chatmod.chat_prompt(body, model) if chat else chatmod.completion_prompt(body, model)
+    grammar = structured.grammar_for(body)
+    with loaded.lease() as model:
+        prompt = (chatmod.chat_prompt(body, model) if chat
+                  else chatmod.completion_prompt(body, model))
+        if grammar is not None:
+            model.check_grammar(grammar)
+    if not prompt.tokens:
+        field = "messages" if chat else "prompt"
+        raise BadRequest(f"'{field}' gives an empty prompt (no tokens): send some text",
+                         code="empty_prompt", param=field)
     gen = chatmod.sampling(body, prompt_tokens=prompt.tokens, n_ctx=model.n_ctx,
                            max_prompt_tokens=neuron.cfg.max_prompt_tokens,
                            defaults=neuron.cfg.sampling)
+    gen.grammar = grammar
     job = Job(request=gen, stop=chatmod.stops(body),
               principal=request.headers.get(PRINCIPAL_HEADER, ""))
     endpoint = "chat" if chat else "completions"
     try:
-        loaded.worker.submit(job)
+        loaded.scheduler.submit(job)
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
@@ -127,8 +138,8 @@ class Waiter:
                 kind, value = job.events.get(timeout=timeout)
             except queue.Empty:
                 if not job.started.is_set() and time.monotonic() >= deadline:
-                    if self.loaded.worker.withdraw(job):
-                        self.loaded.worker.reject("queue_timeout")
+                    if self.loaded.scheduler.withdraw(job):
+                        self.loaded.scheduler.reject("queue_timeout")
                         raise Unavailable(
                             f"waited {self.max_wait:g} s for {self.loaded.id} without a free "
                             "slot; retry shortly", code="rate_limit_exceeded",
@@ -172,7 +183,7 @@ class Waiter:
 
     def release(self) -> None:
         if not self.finished:
-            self.loaded.worker.withdraw(self.job)
+            self.loaded.scheduler.withdraw(self.job)
 
 
 class Reply:
@@ -217,8 +228,12 @@ class Reply:
         reasoning_tokens = 0
         if self.reasoning:
             text = "".join(self.reasoning)
-            reasoning_tokens = min(s["completion_tokens"],
-                                   len(self.loaded.model.tokenize(text, add_bos=False)))
+            try:
+                with self.loaded.lease() as model:
+                    counted = len(model.tokenize(text, add_bos=False))
+            except Unavailable:  # unloaded since the text was generated: a fair estimate
+                counted = len(text) // 4
+            reasoning_tokens = min(s["completion_tokens"], counted)
         return {
             "prompt_tokens": s["prompt_tokens"], "completion_tokens": s["completion_tokens"],
             "total_tokens": s["prompt_tokens"] + s["completion_tokens"],
@@ -306,8 +321,9 @@ def _tool_call(p: Part) -> dict[str, Any]:
 def count_tokens(neuron: Neuron, body: dict) -> dict[str, Any]:
     """Prompt tokens a request would use, with the model's own template and tokenizer."""
     loaded = neuron.registry.find(body.get("model"))
-    if "messages" in body:
-        prompt = chatmod.chat_prompt(body, loaded.model)
-    else:
-        prompt = chatmod.completion_prompt(body, loaded.model)
-    return {"model": loaded.id, "tokens": len(prompt.tokens), "n_ctx": loaded.model.n_ctx}
+    with loaded.lease() as model:
+        if "messages" in body:
+            prompt = chatmod.chat_prompt(body, model)
+        else:
+            prompt = chatmod.completion_prompt(body, model)
+        return {"model": loaded.id, "tokens": len(prompt.tokens), "n_ctx": model.n_ctx}

@@ -7,6 +7,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 _TOK_S = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
@@ -34,6 +35,16 @@ class NeuronMetrics:
         self.in_flight = Gauge("neuron_model_in_flight", "Requests generating now", m,
                                registry=r)
         self.queue_depth = Gauge("neuron_model_queue_depth", "Requests waiting", m, registry=r)
+        self.slots_total = Gauge("neuron_model_slots", "Sequences a model decodes at once", m,
+                                 registry=r)
+        self.slots_busy = Gauge("neuron_model_slots_busy", "Slots generating now", m,
+                                registry=r)
+        self.batch_size = Histogram("neuron_batch_sequences",
+                                    "Sequences in each decode step (continuous batching)", m,
+                                    buckets=_BATCH, registry=r)
+        self.decode_tok_s_aggregate = Gauge(
+            "neuron_model_decode_tokens_per_second",
+            "Tokens sampled per second, all sequences together (last 10 s)", m, registry=r)
         self.rejections = Counter("neuron_rejections", "Requests refused by admission",
                                   ["model", "reason"], registry=r)
         self.loaded = Gauge("neuron_model_loaded", "1 while a model is loaded", m, registry=r)
@@ -61,7 +72,8 @@ class NeuronMetrics:
 
     def forget(self, model: str) -> None:
         """Drop a model's gauges when it is unloaded (counters keep their history)."""
-        for g in (self.in_flight, self.queue_depth):
+        for g in (self.in_flight, self.queue_depth, self.slots_total, self.slots_busy,
+                  self.decode_tok_s_aggregate):
             with contextlib.suppress(KeyError):
                 g.remove(model)
         self.loaded.labels(model).set(0)

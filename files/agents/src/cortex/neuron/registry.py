@@ -1,4 +1,9 @@
-"""Loaded models: single-flighted loads, unloads that free memory, and pre-warming."""
+"""Loaded models: single-flighted loads, unloads that free memory, and pre-warming.
+
+An unload frees a model's native memory only once nothing can touch it: the scheduler
+thread has exited (its sequences cancelled) and every lease (a tokenize or chat-template
+call on an HTTP thread) has been returned.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +27,8 @@ from cortex.neuron.gpu import Devices
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.preflight import Plan, plan_load
 from cortex.neuron.progress import LoadProgress
+from cortex.neuron.scheduler import ModelScheduler
 from cortex.neuron.sources import Hub, parse_model_id
-from cortex.neuron.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,11 @@ class LoadRequest:
     harness: str = ""
     tensor_parallel: int = 1
     devices: list[int] = field(default_factory=list)
+    parallel: int | None = None  # slots; None: the neuron's `parallel` setting
+
+
+CPU_AUTO_SLOTS = 4  # parallel = 0 on a host without GPUs (issue 10: 1.77x at 4 on 2 cores)
+GPU_AUTO_MAX_SLOTS = 16
 
 
 @dataclass
@@ -44,10 +55,40 @@ class Loaded:
     quant: str | None
     devices: list[int]
     model: LoadedModel
-    worker: ModelWorker
+    scheduler: ModelScheduler
     vram_mb: int
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
+    _leases: int = 0
+    _closing: bool = False
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[LoadedModel]:
+        """Use the model on this thread (tokenize, templates); an unload waits for it."""
+        with self._cond:
+            if self._closing:
+                raise Unavailable(f"model {self.id} was unloaded", code="model_unloaded",
+                                  retry_after=2)
+            self._leases += 1
+        try:
+            yield self.model
+        finally:
+            with self._cond:
+                self._leases -= 1
+                self._cond.notify_all()
+
+    def close(self, reason: ApiError) -> None:
+        """Refuse new leases, stop the scheduler (it exits), wait out the leases, free."""
+        with self._cond:
+            self._closing = True
+        self.scheduler.close(reason)
+        with self._cond:
+            while self._leases:
+                if not self._cond.wait(timeout=30):
+                    log.warning("unload of %s is waiting for %d tokenize/template call(s)",
+                                self.id, self._leases)
+        self.model.close()
 
     @property
     def template(self) -> str:
@@ -62,6 +103,7 @@ class Loaded:
             "tool_call": "tools" in self.template,
             "reasoning": "<think>" in self.template or "enable_thinking" in self.template,
             "limit": {"context": self.model.n_ctx, "output": self.model.n_ctx},
+            "slots": self.scheduler.slots,
             "servable": {"ok": True},
             "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
         }
@@ -193,12 +235,13 @@ class Registry:
             raise PreflightError("invalid_gguf", key, f"{path.name}: {exc}") from None
         facts = gguf_header.describe(meta)
         n_ctx = min(self.cfg.n_ctx, facts["context_length"] or self.cfg.n_ctx)
-        need = gguf_header.estimate_mb(path, meta, n_ctx)
         devices = self._check_devices(req.devices, key)
         progress.begin("queued")  # behind another model's engine load, if any
         with self._engine_lock:
             free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
                        if not devices or d.index in devices)
+            slots = self._slots(req, path, meta, n_ctx, free)
+            need = gguf_header.estimate_mb(path, meta, n_ctx * slots)
             if need > free:
                 raise Unavailable(
                     f"{key} needs about {need} MB and the device has {free} MB free; unload "
@@ -211,22 +254,33 @@ class Registry:
             try:
                 model = engine.load(path, n_ctx=n_ctx, n_threads=self.cfg.n_threads,
                                     n_gpu_layers=self.cfg.n_gpu_layers, devices=devices,
-                                    has_gpu=self.devices.has_gpu,
+                                    has_gpu=self.devices.has_gpu, n_slots=slots,
                                     progress=lambda f: progress.update(fraction=f))
             except (ValueError, RuntimeError, OSError) as exc:
                 raise PreflightError("engine_load_failed", key,
                                      f"{harness} could not load {path.name}: {exc}") from None
             seconds = time.monotonic() - t0
-            worker = ModelWorker(key, model, self.cfg.admission, self.metrics)
+            scheduler = ModelScheduler(key, model, self.cfg.admission, self.metrics)
             loaded = Loaded(id=key, harness=harness, path=path, quant=plan.quant,
-                            devices=devices or [0], model=model, worker=worker,
+                            devices=devices or [0], model=model, scheduler=scheduler,
                             vram_mb=max(model.size_mb, need), load_seconds=seconds)
             with self._lock:
                 self.models[key] = loaded
         self.metrics.loaded.labels(key).set(1)
-        log.info("loaded %s (%s, %s) in %.2f s, ~%d MB", key, path.name, plan.quant,
-                 seconds, loaded.vram_mb)
+        log.info("loaded %s (%s, %s) in %.2f s, ~%d MB, %d slot(s) of %d tokens", key,
+                 path.name, plan.quant, seconds, loaded.vram_mb, model.n_slots, model.n_ctx)
         return loaded
+
+    def _slots(self, req: LoadRequest, path: Path, meta: dict, n_ctx: int, free: int) -> int:
+        """The load's `parallel`, or the neuron's; 0 = what the device's memory holds."""
+        slots = req.parallel if req.parallel is not None else self.cfg.parallel
+        if slots:
+            return slots
+        if not self.devices.has_gpu:
+            return CPU_AUTO_SLOTS
+        weights = gguf_header.estimate_mb(path, meta, 0)
+        per_slot = max(1, gguf_header.estimate_mb(path, meta, n_ctx) - weights)
+        return max(1, min(GPU_AUTO_MAX_SLOTS, (free - weights) // per_slot))
 
     def _fetch(self, plan: Plan, key: str, progress: LoadProgress) -> Path:
         if plan.base is not None:
@@ -269,9 +323,8 @@ class Registry:
         with self._lock:
             loaded = self.find(model_id)
             del self.models[loaded.id]
-        loaded.worker.close(Unavailable(f"model {loaded.id} was unloaded",
-                                        code="model_unloaded", retry_after=2))
-        loaded.model.close()
+        loaded.close(Unavailable(f"model {loaded.id} was unloaded", code="model_unloaded",
+                                 retry_after=2))
         self.metrics.forget(loaded.id)
         del loaded.model
         gc.collect()

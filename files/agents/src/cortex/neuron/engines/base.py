@@ -1,4 +1,10 @@
-"""The engine interface: what the neuron needs from an inference backend."""
+"""The engine interface: what the neuron needs from an inference backend.
+
+A loaded model offers `n_slots` sequences. The model's scheduler thread (the only thread that
+decodes) calls `begin` to place a request on a free slot, `step` to advance every active
+sequence by one token in one batch, and `end` to free the slot. Engines that cannot batch
+implement `generate` alone and get one slot, stepped through their generator.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ class GenerationRequest:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
+    grammar: str | None = None  # GBNF the output must match (response_format)
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -32,21 +39,71 @@ class TokenEvent:
     eog: bool  # end of generation (EOS, <|im_end|>, ...): not part of the output
 
 
-class LoadedModel(ABC):
-    """A model in memory. One generation at a time: the model's worker serialises calls."""
+class Sequence:
+    """One request on one slot. Engines keep their per-sequence state on a subclass."""
 
-    n_ctx: int
+    def __init__(self, slot: int, req: GenerationRequest, cached_tokens: int) -> None:
+        self.slot = slot
+        self.req = req
+        self.cached_tokens = cached_tokens  # prompt tokens reused from the slot's cache
+        self.n_past = cached_tokens  # tokens of this sequence in the KV cache
+        self.prefilled = False  # the whole prompt has been evaluated
+        self._gen: Iterator[TokenEvent] | None = None
+
+
+class LoadedModel(ABC):
+    """A model in memory. Only its scheduler thread calls begin/step/end/generate."""
+
+    n_ctx: int  # context per sequence
     n_ctx_train: int
     metadata: dict[str, Any]
     size_mb: int  # weights + context buffers, what placement should count
-    cached_tokens: int = 0  # prompt tokens reused from the previous generation's cache
+    n_slots: int = 1
 
     @abstractmethod
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]: ...
 
-    @abstractmethod
     def generate(self, req: GenerationRequest) -> Iterator[TokenEvent]:
-        """Yield sampled tokens until end of generation, `max_tokens`, or `req.cancel`."""
+        """Yield sampled tokens until end of generation (serial engines only)."""
+        raise NotImplementedError
+
+    # -- slots (the default: one slot, stepped through `generate`) -----------------------
+    def prefix_match(self, slot: int, tokens: list[int]) -> int:
+        """How many leading `tokens` the slot's cache already holds."""
+        return 0
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise ApiError 400 unless this model can enforce the grammar."""
+        from cortex.core.errors import BadRequest
+
+        raise BadRequest("this model's engine cannot enforce response_format; load it with "
+                         "harness 'llama_cpp'", code="invalid_response_format",
+                         param="response_format")
+
+    def cached_len(self, slot: int) -> int:
+        """Tokens the slot's cache holds."""
+        return 0
+
+    def begin(self, slot: int, req: GenerationRequest) -> Sequence:
+        seq = Sequence(slot, req, 0)
+        seq._gen = self.generate(req)
+        return seq
+
+    def step(self, seqs: list[Sequence]) -> list[tuple[Sequence, TokenEvent]]:
+        """Advance every sequence by one step; a sequence still in prefill may yield nothing."""
+        out = []
+        for s in seqs:
+            ev = next(s._gen, None) if s._gen is not None else None
+            s.prefilled = True
+            out.append((s, ev if ev is not None else TokenEvent(-1, b"", True)))
+        return out
+
+    def end(self, seq: Sequence) -> None:
+        if seq._gen is not None:
+            close = getattr(seq._gen, "close", None)
+            if close is not None:
+                close()
+            seq._gen = None
 
     @abstractmethod
     def close(self) -> None: ...
@@ -77,6 +134,7 @@ class Engine(ABC):
 
     @abstractmethod
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
-             devices: list[int], has_gpu: bool,
+             devices: list[int], has_gpu: bool, n_slots: int = 1,
              progress: Callable[[float], None] | None = None) -> LoadedModel:
-        """Load `path`; `progress`, where the backend can, hears the share done (0..1)."""
+        """Load `path` with `n_slots` sequences; `progress`, where the backend can, hears
+        the share done (0..1)."""

@@ -28,8 +28,10 @@ class CTransformersEngine(Engine):
     name = "ctransformers"
 
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
-             devices: list[int], has_gpu: bool, progress=None) -> LoadedModel:
-        # ctransformers reports no load progress: the load shows only its phase.
+             devices: list[int], has_gpu: bool, n_slots: int = 1,
+             progress=None) -> LoadedModel:
+        # ctransformers cannot batch (one slot, whatever `parallel` asks) and reports no
+        # load progress (the load shows only its phase).
         meta = gguf_header.read_metadata(path)
         arch = meta.get("general.architecture", "unknown")
         if arch not in _MODEL_TYPES:

@@ -1,0 +1,366 @@
+"""Continuous batching: one scheduler thread per loaded model, over the model's slots.
+
+HTTP threads never run inference: they submit a Job and read its events. Each step the
+scheduler admits queued jobs to free slots (the free slot whose cache shares the longest
+prefix with the prompt), runs one batch holding every active sequence's next token and
+prompt chunks of the new ones, and routes the sampled tokens. A sequence that ends (EOS,
+stop string, max_tokens, client gone, error) frees its slot at once; the others go on.
+Admission: in flight up to max_in_flight (default: the slot count), then a bounded queue
+(max_queue_depth), a few places per principal (max_per_principal), max_wait_secs (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from cortex.core.errors import ApiError, TooManyRequests, Unavailable
+from cortex.neuron.config import AdmissionConfig
+from cortex.neuron.engines import GenerationRequest, LoadedModel
+from cortex.neuron.engines.base import Sequence, TokenEvent
+from cortex.neuron.textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+RATE_WINDOW_SECS = 10.0  # aggregate decode tok/s is measured over this window
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    stop: list[str]
+    principal: str = ""
+    enqueued_at: float = field(default_factory=time.monotonic)
+    # Events: ("start", cached_tokens) ("text", str) ("done", summary) ("error", ApiError)
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    started: threading.Event = field(default_factory=threading.Event)
+    # Why the neuron (not the client) cancelled it: sent as an error, never as a clean end.
+    abort: ApiError | None = None
+
+    def cancel(self, abort: ApiError | None = None) -> None:
+        self.abort = self.abort or abort
+        self.request.cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.request.cancel.is_set()
+
+
+class Stats:
+    """Per-model figures for /health (an exponential moving average of recent requests)."""
+
+    def __init__(self) -> None:
+        self.tok_s_prefill = 0.0
+        self.tok_s_decode = 0.0
+        self.last_used = 0.0
+        self.requests = 0
+        self.rejections: dict[str, int] = {}  # by reason, since the model was loaded
+
+    def record(self, prefill_tokens: int, prefill_s: float, decode_tokens: int,
+               decode_s: float) -> None:
+        a = 0.3 if self.requests else 1.0
+        if prefill_s > 0 and prefill_tokens:
+            self.tok_s_prefill += a * (prefill_tokens / prefill_s - self.tok_s_prefill)
+        if decode_s > 0 and decode_tokens > 1:
+            self.tok_s_decode += a * ((decode_tokens - 1) / decode_s - self.tok_s_decode)
+        self.requests += 1
+
+
+class _Run:
+    """A job on a slot: its sequence and what has been produced so far."""
+
+    def __init__(self, job: Job, slot: int) -> None:
+        self.job = job
+        self.slot = slot
+        self.seq: Sequence | None = None
+        self.text = TextStream(job.stop)
+        self.produced = 0
+        self.started = time.monotonic()
+        self.first_at: float | None = None
+
+
+class ModelScheduler:
+    def __init__(self, model_id: str, model: LoadedModel, limits: AdmissionConfig,
+                 metrics: Any) -> None:
+        self.model_id = model_id
+        self.model = model
+        self.limits = limits
+        self.metrics = metrics
+        self.slots = model.n_slots
+        self.max_in_flight = min(limits.max_in_flight or self.slots, self.slots)
+        self.stats = Stats()
+        self.stats.last_used = time.time()
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._active: dict[int, _Run] = {}  # by slot
+        self._slot_used = [0.0] * self.slots  # when each slot last ended (LRU among ties)
+        self._rate: deque[tuple[float, float, int]] = deque()  # (step start, end, tokens)
+        self._closed = False
+        metrics.slots_total.labels(model_id).set(self.slots)
+        metrics.slots_busy.labels(model_id).set(0)
+        metrics.decode_tok_s_aggregate.labels(model_id).set_function(self.decode_rate)
+        self._thread = threading.Thread(target=self._loop, name=f"gen:{model_id}", daemon=True)
+        self._thread.start()
+
+    # -- admission (HTTP threads) ------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def decode_rate(self) -> float:
+        """Tokens sampled per second over the last RATE_WINDOW_SECS, all sequences together."""
+        now = time.monotonic()
+        with self._cond:
+            while self._rate and self._rate[0][1] < now - RATE_WINDOW_SECS:
+                self._rate.popleft()
+            if not self._rate:
+                return 0.0
+            tokens = sum(n for _, _, n in self._rate)
+            return tokens / max(now - self._rate[0][0], 1e-3)
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if self._closed:
+                raise Unavailable(f"model {self.model_id} is being unloaded",
+                                  code="model_unloading", retry_after=2)
+            free = max(0, self.max_in_flight - len(self._active))
+            if len(self._queue) >= self.limits.max_queue_depth + free:
+                self.reject("queue_full")
+                raise Unavailable(
+                    f"model {self.model_id} is busy: {len(self._active)} generating, "
+                    f"{len(self._queue)} queued (max_queue_depth="
+                    f"{self.limits.max_queue_depth}); retry shortly",
+                    code="rate_limit_exceeded", retry_after=self._retry_after())
+            if job.principal:
+                held = sum(1 for j in self._jobs() if j.principal == job.principal)
+                if held >= self.limits.max_per_principal:
+                    self.reject("per_principal")
+                    raise TooManyRequests(
+                        f"account {job.principal!r} already has {held} requests on "
+                        f"{self.model_id} (max_per_principal={self.limits.max_per_principal})",
+                        code="rate_limit_exceeded", retry_after=1)
+            self._queue.append(job)
+            self.metrics.queue_depth.labels(self.model_id).set(len(self._queue))
+            self._cond.notify()
+
+    def _jobs(self) -> list[Job]:
+        return [r.job for r in self._active.values()] + list(self._queue)
+
+    def reject(self, reason: str) -> None:
+        self.metrics.rejections.labels(self.model_id, reason).inc()
+        self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + 1
+
+    def _retry_after(self) -> int:
+        per_job = 2.0
+        return max(1, round(per_job * (1 + len(self._queue)) / max(1, self.max_in_flight)))
+
+    def withdraw(self, job: Job) -> bool:
+        """Take a job that has not started out of the queue (client left, or waited too long).
+
+        A job already on a slot is cancelled: the scheduler frees its slot at the next step.
+        """
+        job.cancel()
+        with self._cond:
+            self._cond.notify()
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return False
+            self.metrics.queue_depth.labels(self.model_id).set(len(self._queue))
+            return True
+
+    def close(self, reason: ApiError) -> None:
+        """Stop taking work, fail queued and running jobs with `reason`, and wait for the
+        scheduler thread to exit: only then may the model's context be freed."""
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            for run in self._active.values():
+                run.job.cancel(reason)
+            self._cond.notify_all()
+        for job in pending:
+            job.cancel()
+            job.events.put(("error", reason))
+        # A step is one llama_decode of at most n_batch tokens (prompts go in chunks), so
+        # this returns within a step; it never gives up and lets the context be freed.
+        while not self._thread.join(timeout=30) and self._thread.is_alive():
+            log.warning("unload of %s is waiting for its current step to finish",
+                        self.model_id)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- the scheduler thread ----------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._active and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    admitted = self._admit()
+                try:
+                    for run in admitted:
+                        self._begin(run)
+                    for run in list(self._active.values()):
+                        if run.job.cancelled:
+                            self._finish(run, "cancelled")
+                    if self._active:
+                        self._step()
+                except Exception as exc:  # a bug here must not leave the model without a thread
+                    log.exception("scheduler step failed on %s", self.model_id)
+                    for run in list(self._active.values()):
+                        self._fail(run, exc)
+        finally:
+            for run in list(self._active.values()):
+                self._finish(run, "cancelled")
+
+    def _admit(self) -> list[_Run]:
+        """Place queued jobs on free slots (under the lock)."""
+        admitted = []
+        while self._queue and len(self._active) < self.max_in_flight:
+            job = self._queue.popleft()
+            if job.cancelled:
+                continue
+            slot = self._pick_slot(job.request.prompt_tokens)
+            run = self._active[slot] = _Run(job, slot)
+            admitted.append(run)
+        if admitted:
+            self.metrics.queue_depth.labels(self.model_id).set(len(self._queue))
+            self._busy_changed()
+        return admitted
+
+    def _pick_slot(self, prompt: list[int]) -> int:
+        """The free slot whose cache shares the longest prefix with the prompt, unless taking
+        it would drop more cached tokens than half of those it reuses (a chat template's
+        shared header must not evict another conversation); else the least recently used."""
+        free = [s for s in range(self.slots) if s not in self._active]
+
+        def reuse(s: int) -> int:
+            match = self.model.prefix_match(s, prompt)
+            lost = self.model.cached_len(s) - match
+            return match if lost * 2 <= match else 0
+
+        value = {s: reuse(s) for s in free}
+        best = max(free, key=lambda s: (value[s], -self._slot_used[s]))
+        if value[best]:
+            return best
+        return min(free, key=lambda s: self._slot_used[s])
+
+    def _busy_changed(self) -> None:
+        n = len(self._active)
+        self.metrics.in_flight.labels(self.model_id).set(n)
+        self.metrics.slots_busy.labels(self.model_id).set(n)
+
+    def _begin(self, run: _Run) -> None:
+        job = run.job
+        self.metrics.queue_wait.labels(self.model_id).observe(run.started - job.enqueued_at)
+        job.started.set()
+        try:
+            run.seq = self.model.begin(run.slot, job.request)
+        except Exception as exc:
+            log.exception("could not start a sequence on %s", self.model_id)
+            self._fail(run, exc)
+
+    def _step(self) -> None:
+        runs = [r for r in self._active.values() if r.seq is not None]
+        t0 = time.monotonic()
+        try:
+            events = self.model.step([r.seq for r in runs])
+        except Exception as exc:  # the engine failed: these requests fail, the model stays
+            log.exception("generation failed on %s", self.model_id)
+            for run in runs:
+                self._fail(run, exc)
+            return
+        now = time.monotonic()
+        self.metrics.batch_size.labels(self.model_id).observe(len(runs))
+        decoded = sum(1 for _, ev in events if not ev.eog)
+        if decoded:
+            with self._cond:
+                self._rate.append((t0, now, decoded))
+        by_slot = {r.seq.slot: r for r in runs if r.seq is not None}
+        for seq, ev in events:
+            run = by_slot[seq.slot]
+            self._on_token(run, ev, now)
+
+    def _on_token(self, run: _Run, ev: TokenEvent, now: float) -> None:
+        job = run.job
+        seq = run.seq
+        assert seq is not None
+        if run.first_at is None:
+            run.first_at = now
+            job.events.put(("start", seq.cached_tokens))
+        if ev.eog:
+            self._finish(run, "stop")
+            return
+        run.produced += 1
+        delta = run.text.feed(ev.piece)
+        if delta:
+            job.events.put(("text", delta))
+        if run.text.stopped_by is not None:
+            self._finish(run, "stop")
+        elif run.produced >= job.request.max_tokens or seq.n_past >= self.model.n_ctx - 1:
+            self._finish(run, "length")
+
+    def _release(self, run: _Run) -> None:
+        if run.seq is not None:
+            try:
+                self.model.end(run.seq)
+            except Exception:
+                log.exception("could not free a sequence on %s", self.model_id)
+        with self._cond:
+            if self._active.get(run.slot) is run:
+                del self._active[run.slot]
+            self._slot_used[run.slot] = time.monotonic()
+            self._busy_changed()
+        self.stats.last_used = time.time()
+
+    def _fail(self, run: _Run, exc: Exception) -> None:
+        self._release(run)
+        run.job.events.put(("error", ApiError(f"generation failed: {exc}",
+                                              code="generation_failed")))
+
+    def _finish(self, run: _Run, finish: str) -> None:
+        self._release(run)
+        job = run.job
+        if job.abort is not None:
+            job.events.put(("error", job.abort))
+            return
+        if finish != "cancelled" and job.cancelled:
+            finish = "cancelled"
+        tail = run.text.flush()
+        if tail:
+            job.events.put(("text", tail))
+        cached = run.seq.cached_tokens if run.seq is not None else 0
+        if run.first_at is None:  # nothing was generated (cancelled before the first token)
+            run.first_at = time.monotonic()
+            job.events.put(("start", cached))
+        done = time.monotonic()
+        req = job.request
+        prefill_tokens = len(req.prompt_tokens) - cached
+        self.stats.record(prefill_tokens, run.first_at - run.started, run.produced,
+                          done - run.first_at)
+        self.metrics.observe_generation(self.model_id, prompt=len(req.prompt_tokens),
+                                        completion=run.produced,
+                                        ttft=run.first_at - job.enqueued_at,
+                                        decode_s=done - run.first_at)
+        job.events.put(("done", {
+            "finish_reason": finish, "stop": run.text.stopped_by,
+            "completion_tokens": run.produced, "prompt_tokens": len(req.prompt_tokens),
+            "cached_tokens": cached, "prefill_ms": round((run.first_at - run.started) * 1000, 2),
+            "decode_ms": round((done - run.first_at) * 1000, 2),
+            "prefill_tokens": prefill_tokens,
+            "queue_ms": round((run.started - job.enqueued_at) * 1000, 2),
+        }))

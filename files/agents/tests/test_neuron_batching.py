@@ -1,0 +1,256 @@
+"""Continuous batching: several requests on one model at once, each on its own slot."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from openai import OpenAI
+
+from cortex.core.errors import Unavailable
+
+LONG = "file:tiny-long"
+MSG = [{"role": "user", "content": "Hi"}]
+QUESTIONS = ["What is the capital of France?", "Name a colour of the sky.",
+             "What is 2 + 2?", "Say hello in Spanish."]
+
+
+def wait_until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def err(r, status: int, code: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code, r.text
+
+
+@pytest.fixture(scope="module")
+def smol_dir(smollm2_file: Path, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("smol-models")
+    (d / "smollm2.gguf").symlink_to(smollm2_file)
+    return d
+
+
+@pytest.fixture
+def smol(neuron_factory, smol_dir):
+    def make(parallel: int):
+        n = neuron_factory(models_dir=str(smol_dir), n_ctx=512, parallel=parallel)
+        n.load("file:smollm2")
+        return n
+
+    return make
+
+
+def _chat_in_thread(n, results: dict, key, **body):
+    def run():
+        results[key] = n.post("/v1/chat/completions", {"model": body.pop("model", LONG),
+                                                       "messages": body.pop("messages", MSG),
+                                                       **body})
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _batch_counts(n, model: str) -> tuple[float, float]:
+    """(steps with one sequence, all steps) from the batch-size histogram."""
+    text = n.get("/metrics").text
+    one = re.search(rf'neuron_batch_sequences_bucket{{le="1.0",model="{model}"}} (\S+)', text)
+    total = re.search(rf'neuron_batch_sequences_count{{model="{model}"}} (\S+)', text)
+    return float(one.group(1)), float(total.group(1))
+
+
+def test_concurrent_streams_all_complete(smol):
+    n = smol(parallel=4)
+    client = OpenAI(base_url=n.url + "/v1", api_key="x")
+    out: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    gate = threading.Barrier(len(QUESTIONS))
+
+    def stream(i: int) -> None:
+        gate.wait()
+        parts = []
+        for chunk in client.chat.completions.create(
+                model="file:smollm2", messages=[{"role": "user", "content": QUESTIONS[i]}],
+                stream=True, temperature=0, max_tokens=24):
+            if chunk.choices:
+                parts.append(chunk.choices[0].delta.content or "")
+                finish[i] = chunk.choices[0].finish_reason or finish.get(i)
+        out[i] = "".join(parts)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(QUESTIONS))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(out) == set(range(len(QUESTIONS)))
+    assert all(text.strip() for text in out.values()), out
+    assert all(finish[i] in ("stop", "length") for i in out), finish
+    assert "Paris" in out[0]
+    one, total = _batch_counts(n, "file:smollm2")
+    assert total > one, "no step decoded more than one sequence"
+    m = n.get("/health").json()["models"][0]
+    assert m["slots"] == {"busy": 0, "total": 4} and m["max_in_flight"] == 4
+    assert m["tok_s_decode_aggregate"] > 0
+
+
+def test_a_request_joins_a_busy_batch(neuron_factory):
+    n = neuron_factory(n_ctx=65536, parallel=2)
+    n.load(LONG)
+    sched = n.neuron.registry.models[LONG].scheduler
+    res: dict = {}
+    t = _chat_in_thread(n, res, "long", max_tokens=60000)
+    wait_until(lambda: sched.in_flight == 1)
+    r = n.chat(LONG, max_tokens=5)  # answered while the long one keeps generating
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+    assert sched.in_flight == 1 and t.is_alive()
+    n.post("/models/unload", {"model_id": LONG})
+    t.join()
+    err(res["long"], 503, "model_unloaded")
+
+
+def test_a_cancelled_stream_frees_its_slot_while_others_go_on(neuron_factory):
+    n = neuron_factory(n_ctx=65536, parallel=2)
+    n.load(LONG)
+    sched = n.neuron.registry.models[LONG].scheduler
+    res: dict = {}
+    t = _chat_in_thread(n, res, "other", max_tokens=60000)
+    wait_until(lambda: sched.in_flight == 1)
+    body = (b'{"model":"file:tiny-long","stream":true,"max_tokens":60000,'
+            b'"messages":[{"role":"user","content":"Hi"}]}')
+    s = socket.create_connection(("127.0.0.1", int(n.url.rsplit(":", 1)[1])))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
+              + b"\r\n\r\n" + body)
+    assert b"200" in s.recv(4096)
+    wait_until(lambda: sched.in_flight == 2)
+    s.close()
+    wait_until(lambda: sched.in_flight == 1)
+    assert t.is_alive()  # the other stream goes on
+    produced = n.neuron.metrics.completion_tokens.labels(LONG)._value.get()
+    r = n.chat(LONG, max_tokens=3)  # the freed slot takes a new request
+    assert r.status_code == 200
+    assert n.neuron.metrics.completion_tokens.labels(LONG)._value.get() >= produced + 3
+    n.post("/models/unload", {"model_id": LONG})
+    t.join()
+    err(res["other"], 503, "model_unloaded")
+
+
+def test_unload_during_generation_is_clean(neuron_factory):
+    n = neuron_factory(n_ctx=65536, parallel=2)
+    n.load(LONG)
+    loaded = n.neuron.registry.models[LONG]
+    sched = loaded.scheduler
+    res: dict = {}
+    threads = [_chat_in_thread(n, res, i, max_tokens=60000) for i in range(2)]
+    wait_until(lambda: sched.in_flight == 2)
+    threads.append(_chat_in_thread(n, res, "queued", max_tokens=5))
+    wait_until(lambda: sched.queue_depth == 1)
+    assert n.post("/models/unload", {"model_id": LONG}).status_code == 200
+    assert not sched.alive  # the scheduler thread exited before the context was freed
+    for t in threads:
+        t.join()
+    for r in res.values():
+        err(r, 503, "model_unloaded")
+    assert n.get("/health").json()["models"] == []
+    n.load(LONG)
+    assert n.chat(LONG, max_tokens=2).status_code == 200
+
+
+def test_unload_waits_for_a_tokenize_lease(neuron_factory):
+    """Issue 12: tokenize/template calls ran outside any lease, so an unload could free the
+    model under them. Now an unload waits for the lease; new leases are refused."""
+    n = neuron_factory()
+    n.load("file:tiny-hello")
+    loaded = n.neuron.registry.models["file:tiny-hello"]
+    done = threading.Event()
+    with loaded.lease() as model:
+        t = threading.Thread(target=lambda: (n.neuron.registry.unload("file:tiny-hello"),
+                                             done.set()))
+        t.start()
+        wait_until(lambda: loaded._closing)
+        assert not done.wait(0.5)  # still waiting for this lease
+        assert model.tokenize("still usable", add_bos=False)  # not freed under us
+        with pytest.raises(Unavailable), loaded.lease():
+            pass
+    t.join(10)
+    assert done.is_set()
+    r = n.post("/tokenize", {"model": "tiny-hello", "messages": MSG})
+    err(r, 404, "model_not_found")
+
+
+def test_sampling_settings_stay_per_request(smol):
+    """A greedy request gives the same text alone and beside a hot, seeded one; the seeded
+    one gives the same text beside a greedy request as alone (batch of 2 both times)."""
+    n = smol(parallel=2)
+    greedy = {"model": "file:smollm2", "temperature": 0, "max_tokens": 16,
+              "messages": [{"role": "user", "content": QUESTIONS[0]}]}
+    hot = {"model": "file:smollm2", "temperature": 1.5, "top_k": 0, "top_p": 1, "seed": 11,
+           "max_tokens": 16, "messages": [{"role": "user", "content": QUESTIONS[3]}]}
+
+    def text(r):
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    alone_greedy = text(n.post("/v1/chat/completions", greedy))
+    alone_hot = text(n.post("/v1/chat/completions", hot))
+    res: dict = {}
+    gate = threading.Barrier(2)
+    threads = []
+    for key, body in (("greedy", greedy), ("hot", hot)):
+        def run(key=key, body=body):
+            gate.wait()
+            res[key] = n.post("/v1/chat/completions", body)
+        threads.append(threading.Thread(target=run))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert text(res["greedy"]) == alone_greedy
+    assert text(res["hot"]) == alone_hot
+
+
+def test_prefix_reuse_across_turns_picks_the_conversation_slot(smol):
+    n = smol(parallel=4)
+    turn1 = [{"role": "user", "content": QUESTIONS[0]}]
+    r1 = n.post("/v1/chat/completions", {"model": "file:smollm2", "messages": turn1,
+                                         "temperature": 0, "max_tokens": 12}).json()
+    # Another conversation in between must not take (and evict) the first one's slot.
+    other = n.post("/v1/chat/completions", {
+        "model": "file:smollm2", "messages": [{"role": "user", "content": QUESTIONS[2]}],
+        "temperature": 0, "max_tokens": 4}).json()
+    assert other["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # an empty slot
+    turn2 = [*turn1, r1["choices"][0]["message"],
+             {"role": "user", "content": "And of Spain?"}]
+    r2 = n.post("/v1/chat/completions", {"model": "file:smollm2", "messages": turn2,
+                                         "temperature": 0, "max_tokens": 4}).json()
+    cached = r2["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert r1["usage"]["prompt_tokens"] <= cached < r2["usage"]["prompt_tokens"]
+    assert r2["helexa_timing"]["prefill_tokens"] == r2["usage"]["prompt_tokens"] - cached
+
+
+def test_parallel_per_load_and_its_validation(neuron_factory):
+    n = neuron_factory(parallel=3)
+    assert n.load("file:tiny-hello")["model"]["slots"] == 3
+    assert n.load("file:tiny-think", parallel=1)["model"]["slots"] == 1
+    r = n.post("/models/load", {"model_id": "file:tiny-tool", "parallel": -1})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "parallel"
+    r = n.post("/models/load", {"model_id": "file:tiny-tool", "parallel": "4"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "parallel"
+    metrics = n.get("/metrics").text
+    assert 'neuron_model_slots{model="file:tiny-hello"} 3.0' in metrics
+
+
+def test_an_empty_prompt_is_400_and_leaves_the_slots_free(neuron):
+    neuron.load("file:tiny-hello")
+    r = neuron.post("/v1/completions", {"model": "tiny-hello", "prompt": "", "max_tokens": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+    assert neuron.neuron.registry.models["file:tiny-hello"].scheduler.in_flight == 0
+    assert neuron.chat("tiny-hello", max_tokens=3).status_code == 200
