@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GATEWAY = "http://10.213.0.21:31313"
+CLIENT_KEY = "lab-client-key"  # inventories/lab/group_vars/gateways.yml
 
 
 def lab(*args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import requests
 from openai import OpenAI
 
-from conftest import GATEWAY, lab, playbook, recap
+from conftest import CLIENT_KEY, GATEWAY, lab, playbook, recap
 
 
 def test_site_converges_and_second_run_changes_nothing(fleet):
@@ -21,13 +24,35 @@ def test_check_mode_with_diff_reports_no_change(fleet):
 
 
 def test_gateway_answers_through_the_fleet(fleet):
-    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key="lab", timeout=120)
+    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=CLIENT_KEY, timeout=120)
     assert {"smollm2", "gpt-4o-mini"} <= {m.id for m in client.models.list()}
     r = client.chat.completions.create(
         model="gpt-4o-mini", temperature=0, max_tokens=48,
         messages=[{"role": "system", "content": "Answer in English."},
                   {"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in r.choices[0].message.content
+
+
+def test_secure_by_default(fleet):
+    """The lab inventory sets no neuron token: the roles generated one on the controller, the
+    neurons refuse calls without it and listen on their private address only, the gateway
+    wants a client key, and no run printed the token."""
+    token_file = Path("~/.cache/helexa-cortex/secrets/neuron-token").expanduser()
+    assert token_file.stat().st_mode & 0o077 == 0
+    token = token_file.read_text().strip()
+    assert len(token) >= 16
+    neuron = "http://10.213.0.11:13131"
+    assert requests.get(f"{neuron}/models", timeout=10).status_code == 401
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert requests.get(f"{neuron}/models", headers=bearer, timeout=10).status_code == 200
+    assert requests.get(f"{GATEWAY}/v1/models", timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer not-a-key"}
+    assert requests.get(f"{GATEWAY}/v1/models", headers=wrong, timeout=10).status_code == 401
+    for host, address in (("neuron1", "10.213.0.11"), ("neuron2", "10.213.0.12")):
+        ports = [line.split()[3] for line in lab("exec", host, "ss", "-ltnH").stdout.splitlines()]
+        assert f"{address}:13131" in ports, (host, ports)
+        assert not {"0.0.0.0:13131", "*:13131", "[::]:13131"} & set(ports), (host, ports)
+    assert token not in fleet.stdout + fleet.stderr
 
 
 def _show(host: str, unit: str, *props: str) -> dict[str, str]:
@@ -67,7 +92,7 @@ def test_rolling_restart_under_load_drops_no_request(fleet):
     results: list[str] = []
 
     def ask(stream: bool) -> None:
-        client = OpenAI(base_url=f"{GATEWAY}/v1", api_key="lab", timeout=120, max_retries=0)
+        client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=CLIENT_KEY, timeout=120, max_retries=0)
         while not stop.is_set():
             try:
                 r = client.chat.completions.create(
