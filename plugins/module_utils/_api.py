@@ -28,7 +28,7 @@ DEFAULT_TIMEOUT = 60
 
 
 def api_argument_spec():
-    """The options every module shares (see the ``helexa.cortex.api`` doc fragment)."""
+    """The options every module shares (see the ``helexa.cortex._api`` doc fragment)."""
     return dict(
         url=dict(type="str", required=True),
         token=dict(type="str", no_log=True),
