@@ -42,6 +42,7 @@ sysdeps:
 
 lint: $(STAMP) collection
 	$(BIN)/ruff check $(AGENTS) scripts bench tests
+	$(BIN)/python scripts/check_role_specs.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps
@@ -75,7 +76,7 @@ lab-test: $(STAMP) collection
 molecule-test: $(STAMP) collection
 	cd $(CURDIR) && for s in neuron gateway; do \
 	  PATH=$(CURDIR)/$(BIN):$$PATH MOLECULE_PROJECT_DIRECTORY=$(CURDIR) \
-	    $(BIN)/molecule test -s $$s || exit 1; done
+	    $(BIN)/molecule -c molecule/shared/config.yml test -s $$s || exit 1; done
 
 test: lint pytest collection-test sanity-test integration-test playbook-test lab-test \
 	molecule-test

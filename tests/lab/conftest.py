@@ -32,6 +32,17 @@ def playbook(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
     return r
 
 
+def changed_tasks(output: str) -> list[str]:
+    """'TASK name: host' for each task that reported a change (to say why a rerun changed)."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: ["):
+            found.append(f"{task}: {line.split('[', 1)[1].split(']', 1)[0]}")
+    return found
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP lines → {host: {ok, changed, failed, ...}}."""
     hosts = {}
