@@ -27,6 +27,13 @@ def test_check_mode_with_diff_reports_no_change(fleet):
         changed_tasks(out)
 
 
+def test_one_phase_alone_changes_nothing(fleet):
+    """--tags service renders the units as a whole run does (the backend decision runs too)."""
+    out = playbook("site.yml", "--tags", "service").stdout
+    assert {h: r["changed"] for h, r in recap(out).items()} == {h: 0 for h in recap(out)}, \
+        changed_tasks(out)
+
+
 def test_gateway_answers_through_the_fleet(fleet):
     client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=CLIENT_KEY, timeout=120)
     assert {"smollm2", "gpt-4o-mini"} <= {m.id for m in client.models.list()}
