@@ -178,7 +178,7 @@ def safe_host_name(value):
 def _split_host_port(pattern):
     """'host', 'host:port', '[v6]:port' or a bare IPv6 address -> (host, port or None)."""
     if pattern.startswith("["):
-        host, _, rest = pattern[1:].partition("]")
+        host, rest = (pattern[1:].split("]", 1) + [""])[:2]
         return host, rest[1:] if rest.startswith(":") and rest[1:] else None
     if pattern.count(":") == 1:
         host, port = pattern.split(":")

@@ -99,7 +99,7 @@ def test_units_exposure_stays_under_the_bar(fleet):
         assert m, out[-2000:]
         scores[unit] = float(m.group(1))
     print("systemd-analyze security:", ", ".join(f"{u} {s}" for u, s in scores.items()))
-    assert all(scores[u] <= bar for u, bar in EXPOSURE_BAR.items()), (scores, EXPOSURE_BAR)
+    assert all(scores[u] <= limit for u, limit in EXPOSURE_BAR.items()), (scores, EXPOSURE_BAR)
 
 
 def test_files_users_and_ports(fleet):
