@@ -132,8 +132,8 @@ def test_rolling_restart_under_load_drops_no_request(fleet):
     stop = threading.Event()
     results: list[str] = []
 
-    def ask(stream: bool) -> None:
-        client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=CLIENT_KEY, timeout=120, max_retries=0)
+    def ask(stream: bool, key: str) -> None:
+        client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=key, timeout=120, max_retries=0)
         while not stop.is_set():
             try:
                 r = client.chat.completions.create(
@@ -145,7 +145,9 @@ def test_rolling_restart_under_load_drops_no_request(fleet):
             except Exception as exc:  # any failure a client would see
                 results.append(repr(exc))
 
-    clients = [threading.Thread(target=ask, args=(s,)) for s in (False, False, True)]
+    # three accounts (tests/lab/two_replicas.yml): one account may hold 2 requests per model
+    clients = [threading.Thread(target=ask, args=(stream, key)) for stream, key in
+               ((False, CLIENT_KEY), (False, "lab-load-key-1"), (True, "lab-load-key-2"))]
     for t in clients:
         t.start()
     try:
