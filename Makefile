@@ -47,6 +47,7 @@ lint: $(STAMP) collection
 	cd $(AGENTS) && PYTHONPATH=src ../../$(BIN)/lint-imports --no-cache
 	# Security lint: every exception is a `# nosec Bxxx` with its reason beside it.
 	$(BIN)/bandit -q -r $(AGENTS)/src
+	$(BIN)/python scripts/check_role_specs.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
 
 pytest: $(STAMP) sysdeps
@@ -80,7 +81,7 @@ lab-test: $(STAMP) collection
 molecule-test: $(STAMP) collection
 	cd $(CURDIR) && for s in neuron gateway; do \
 	  PATH=$(CURDIR)/$(BIN):$$PATH MOLECULE_PROJECT_DIRECTORY=$(CURDIR) \
-	    $(BIN)/molecule test -s $$s || exit 1; done
+	    $(BIN)/molecule -c molecule/shared/config.yml test -s $$s || exit 1; done
 
 test: lint pytest collection-test sanity-test integration-test playbook-test lab-test \
 	molecule-test

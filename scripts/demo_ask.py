@@ -8,11 +8,13 @@ import time
 from openai import APIConnectionError, OpenAI
 
 GATEWAY = sys.argv[1] if len(sys.argv) > 1 else "http://10.213.0.21:31313"
+# The lab gateway's client key (inventories/lab/group_vars/gateways.yml): it requires one.
+API_KEY = sys.argv[2] if len(sys.argv) > 2 else "lab-client-key"
 QUESTION = "What is the capital of France?"
 
 
 def main() -> int:
-    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key="demo", timeout=120)
+    client = OpenAI(base_url=f"{GATEWAY}/v1", api_key=API_KEY, timeout=120)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -35,7 +37,7 @@ def main() -> int:
     print(f"The fleet: gateway {GATEWAY} (OpenAI: {GATEWAY}/v1, metrics :31314/metrics),")
     print("neurons 10.213.0.11 and 10.213.0.12 (:13131). Try:")
     print(f"  .venv/bin/cortex status --url {GATEWAY} --admin-key lab-admin-key")
-    print(f"  curl -s {GATEWAY}/v1/models")
+    print(f"  curl -s {GATEWAY}/v1/models -H 'Authorization: Bearer {API_KEY}'")
     print("Tear it down: make lab-down")
     return 0
 

@@ -27,7 +27,16 @@ description:
     C(cortex_in_flight), C(cortex_hostname), C(cortex_version), C(cortex_harnesses), and
     when they apply C(cortex_error), C(cortex_cuda_unavailable_reason),
     C(cortex_gateway_node) and C(cortex_gateway_healthy)."
-  - Values read from the agents are marked unsafe, so they are never templated.
+  - Values read from the agents and the gateway (including C(ansible_host) and host names)
+    are marked unsafe, so they are never templated on the controller; a host name from them
+    with characters other than letters, digits, C(.), C(_), C(-) and C(:) has those replaced
+    by C(_).
+  - "Where the neuron token goes: to the endpoints of O(neurons) (you listed them), and to an
+    endpoint the gateway lists only when its host matches O(neuron_token_hosts). Other
+    endpoints from the gateway are read without the token (their public C(/health) only) and
+    a warning names them, so a gateway (or whoever can change its node list) cannot collect the
+    token by listing an endpoint of its own. The token and the admin key are never sent across
+    a redirect."
   - Options O(gateway_url), O(gateway_admin_key) and O(neuron_token) may be templates
     (for example a lookup of a vaulted or environment value).
   - The configuration file must be named C(neurons.yml), C(neurons.yaml), or end in
@@ -69,6 +78,17 @@ options:
     type: str
     env:
       - name: HELEXA_CORTEX_NEURON_TOKEN
+  neuron_token_hosts:
+    description:
+      - Where O(neuron_token) may be sent when the neurons come from O(gateway_url). Each entry
+        is a host name or address (V(gpu-a.example.net), V(10.20.0.11)), optionally with a port
+        (V(10.20.0.11:13131), V([fd00::11]:13131)), a network in CIDR notation
+        (V(10.20.0.0/24)), or a shell-style pattern (V(gpu-*.example.net)).
+      - An endpoint the gateway lists whose host matches none is read without the token.
+      - The endpoints of O(neurons) always get the token.
+    type: list
+    elements: str
+    default: []
   query_neurons:
     description:
       - With O(gateway_url), also query each neuron directly. When false, only the
@@ -92,14 +112,17 @@ plugin: helexa.cortex.neurons
 gateway_url: http://gateway1:31313
 gateway_admin_key: "{{ lookup('ansible.builtin.env', 'CORTEX_ADMIN_KEY') }}"
 neuron_token: "{{ lookup('ansible.builtin.env', 'CORTEX_NEURON_TOKEN') }}"
+# the token goes only to neurons on the fleet's private network
+neuron_token_hosts:
+  - 10.20.0.0/24
 
 ---
 # neurons.yml — a list of endpoints, no gateway; cached for ten minutes
 plugin: helexa.cortex.neurons
 neurons:
-  - http://10.0.0.11:31311
+  - http://10.0.0.11:13131
   - name: big-box
-    url: http://10.0.0.12:31311
+    url: http://10.0.0.12:13131
 cache: true
 cache_plugin: ansible.builtin.jsonfile
 cache_connection: ~/.cache/helexa-neurons
@@ -123,6 +146,8 @@ keyed_groups:
 """
 
 import concurrent.futures
+import fnmatch
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
@@ -142,6 +167,64 @@ _NAMES = ("neurons.yml", "neurons.yaml")
 def sanitise(value):
     """A group-name fragment: lower case, runs of anything but [a-z0-9] become one '_'."""
     return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_") or "unknown"
+
+
+def safe_host_name(value):
+    """A host name from agent or gateway data, without characters that mean something to
+    Ansible or Jinja ('{', '%', ',', spaces, ...)."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "_", str(value)) or "unknown"
+
+
+def _split_host_port(pattern):
+    """'host', 'host:port', '[v6]:port' or a bare IPv6 address -> (host, port or None)."""
+    if pattern.startswith("["):
+        host, rest = (pattern[1:].split("]", 1) + [""])[:2]
+        return host, rest[1:] if rest.startswith(":") and rest[1:] else None
+    if pattern.count(":") == 1:
+        host, port = pattern.split(":")
+        return host, port or None
+    return pattern, None
+
+
+def token_allowed(url, patterns):
+    """Whether the neuron token may go to ``url``: its host (and port) matches one of
+    ``patterns`` (host names, addresses, CIDR networks, shell-style patterns; see the docs)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    try:
+        port = str(parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError:  # a port that is no number
+        return False
+    host = parts.hostname.lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name: only plain DNS characters can match a pattern
+        address = None
+        if not re.match(r"^[a-z0-9.-]+$", host):
+            return False
+    for pattern in patterns or []:
+        pattern = str(pattern).strip().lower()
+        if address is not None and "/" in pattern:
+            try:
+                if address in ipaddress.ip_network(pattern, strict=False):
+                    return True
+            except ValueError:
+                pass
+            continue
+        want_host, want_port = _split_host_port(pattern)
+        if want_port is not None and want_port != port:
+            continue
+        if address is not None:
+            try:
+                if address == ipaddress.ip_address(want_host):
+                    return True
+                continue
+            except ValueError:
+                pass
+        if fnmatch.fnmatchcase(host, want_host):
+            return True
+    return False
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -203,8 +286,17 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                   "discovery": None, "errors": []}
         if node is not None and not self.get_option("query_neurons"):
             return record
+        if urlsplit(url).scheme not in ("http", "https"):
+            record["errors"].append("not an http(s) endpoint: %s" % url)
+            return record
+        # The gateway's list is data, not the user's word: the token goes only where allowed.
         token = self._token
-        for key, path in (("health", "/health"), ("discovery", "/discovery")):
+        paths = (("health", "/health"), ("discovery", "/discovery"))
+        if token and node is not None and not token_allowed(url, self._token_hosts):
+            token = None
+            paths = paths[:1]  # /discovery needs the token; /health is public
+            self._withheld.append(url)
+        for key, path in paths:
             try:
                 record[key] = self._get(url + path, token)
             except AnsibleError as exc:
@@ -215,10 +307,19 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _fetch(self):
         self._token = self._opt("neuron_token")
+        self._token_hosts = self.get_option("neuron_token_hosts") or []
+        self._withheld = []
         targets = self._targets()
         workers = max(1, min(16, len(targets)))
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self._probe, targets))
+            records = list(pool.map(self._probe, targets))
+        if self._withheld:
+            self.display.warning(
+                "helexa.cortex.neurons: the neuron token was not sent to %s (listed by the "
+                "gateway, not matched by neuron_token_hosts); only their /health was read. Add "
+                "their hosts or network to neuron_token_hosts to read /discovery too."
+                % ", ".join(sorted(self._withheld)))
+        return records
 
     # -- building --------------------------------------------------------------------------
     @staticmethod
@@ -287,7 +388,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         url = urlsplit(record["url"])
         disc = record.get("discovery") if isinstance(record.get("discovery"), dict) else {}
         name = record.get("name") or disc.get("hostname") or url.hostname or record["url"]
-        name = str(name)
+        name = safe_host_name(name)
         if name in taken and not record.get("name"):
             name = "%s_%s" % (name, url.port or url.scheme)
         return name
@@ -303,8 +404,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             hostvars, gpus = self._host_vars(record)
             self.inventory.add_host(name, group="neurons")
             host = urlsplit(record["url"]).hostname
-            if host:
-                self.inventory.set_variable(name, "ansible_host", host)
+            if host:  # from the gateway's data or the URL: never templated
+                self.inventory.set_variable(name, "ansible_host", wrap_var(host))
             for key, value in hostvars.items():
                 self.inventory.set_variable(name, key, wrap_var(value))
             self.inventory.add_child(

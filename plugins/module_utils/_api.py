@@ -28,7 +28,7 @@ DEFAULT_TIMEOUT = 60
 
 
 def api_argument_spec():
-    """The options every module shares (see the ``helexa.cortex.api`` doc fragment)."""
+    """The options every module shares (see the ``helexa.cortex._api`` doc fragment)."""
     return dict(
         url=dict(type="str", required=True),
         token=dict(type="str", no_log=True),
@@ -110,10 +110,11 @@ class ApiClient:
             payload = json.dumps(data)
             headers["Content-Type"] = "application/json"
         try:
+            # A token never follows a redirect: the next host could be anyone's.
             resp = open_url(url, data=payload, method=method, headers=headers,
                             timeout=timeout or self.timeout,
                             validate_certs=self.validate_certs, http_agent=USER_AGENT,
-                            follow_redirects="safe")
+                            follow_redirects="none" if token else "safe")
             raw = resp.read()
         except HTTPError as e:
             try:
@@ -121,8 +122,12 @@ class ApiClient:
             except Exception:
                 raw = b""
             body = _decode(raw)
-            raise CortexApiError(_error_message(method, url, e.code, body), status=e.code,
-                                 body=body, url=url)
+            message = _error_message(method, url, e.code, body)
+            location = e.headers.get("Location") if e.headers is not None else None
+            if 300 <= e.code < 400 and location:
+                message = ("%s %s: redirected (HTTP %s) to %s; the token is not sent across a "
+                           "redirect: use that URL" % (method, url, e.code, location))
+            raise CortexApiError(message, status=e.code, body=body, url=url)
         except (URLError, socket.timeout, socket.error, ValueError) as e:
             raise CortexApiError("%s %s: %s" % (method, url, to_native(getattr(e, "reason", e))),
                                  url=url)

@@ -17,9 +17,9 @@ version_added: 0.1.0
 author:
   - helexa (@helexa)
 extends_documentation_fragment:
-  - helexa.cortex.api
-  - helexa.cortex.attributes
-  - helexa.cortex.attributes.info_module
+  - helexa.cortex._api
+  - helexa.cortex._attributes
+  - helexa.cortex._attributes.info_module
 options:
   admin_token:
     description:
@@ -30,7 +30,7 @@ options:
 EXAMPLES = r"""
 - name: Read the fleet from the gateway
   helexa.cortex.gateway_info:
-    url: http://10.0.0.2:8080
+    url: http://10.0.0.2:31313
     token: "{{ cortex_api_key }}"
     admin_token: "{{ cortex_gateway_admin_key }}"
   register: fleet

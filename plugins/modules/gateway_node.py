@@ -20,15 +20,9 @@ version_added: 0.1.0
 author:
   - helexa (@helexa)
 extends_documentation_fragment:
-  - helexa.cortex.api
-  - helexa.cortex.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  idempotent:
-    support: full
+  - helexa.cortex._api
+  - helexa.cortex._attributes
+  - helexa.cortex._attributes.change_module
 options:
   name:
     description:
@@ -57,7 +51,7 @@ options:
 EXAMPLES = r"""
 - name: Drain a neuron and wait until it is idle
   helexa.cortex.gateway_node:
-    url: http://10.0.0.2:8080
+    url: http://10.0.0.2:31313
     token: "{{ cortex_gateway_admin_key }}"
     name: "{{ inventory_hostname }}"
     state: drained
@@ -66,7 +60,7 @@ EXAMPLES = r"""
 
 - name: Route requests to it again
   helexa.cortex.gateway_node:
-    url: http://10.0.0.2:8080
+    url: http://10.0.0.2:31313
     token: "{{ cortex_gateway_admin_key }}"
     name: "{{ inventory_hostname }}"
     state: active

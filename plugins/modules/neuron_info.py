@@ -16,15 +16,15 @@ version_added: 0.1.0
 author:
   - helexa (@helexa)
 extends_documentation_fragment:
-  - helexa.cortex.api
-  - helexa.cortex.attributes
-  - helexa.cortex.attributes.info_module
+  - helexa.cortex._api
+  - helexa.cortex._attributes
+  - helexa.cortex._attributes.info_module
 """
 
 EXAMPLES = r"""
 - name: Read a neuron
   helexa.cortex.neuron_info:
-    url: http://10.0.0.5:31313
+    url: http://10.0.0.5:13131
     token: "{{ cortex_neuron_token }}"
   register: neuron
 

@@ -21,15 +21,9 @@ version_added: 0.1.0
 author:
   - helexa (@helexa)
 extends_documentation_fragment:
-  - helexa.cortex.api
-  - helexa.cortex.attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  idempotent:
-    support: full
+  - helexa.cortex._api
+  - helexa.cortex._attributes
+  - helexa.cortex._attributes.change_module
 options:
   name:
     description:
@@ -79,13 +73,13 @@ options:
 EXAMPLES = r"""
 - name: Load SmolLM2 on a neuron
   helexa.cortex.neuron_model:
-    url: http://10.0.0.5:31313
+    url: http://10.0.0.5:13131
     token: "{{ cortex_neuron_token }}"
     name: file:smollm2
 
 - name: Load one quant of a hub model on GPU 1
   helexa.cortex.neuron_model:
-    url: http://10.0.0.5:31313
+    url: http://10.0.0.5:13131
     token: "{{ cortex_neuron_token }}"
     name: hf:bartowski/Qwen2.5-7B-Instruct-GGUF
     quant: Q4_K_M
@@ -93,7 +87,7 @@ EXAMPLES = r"""
 
 - name: Unload it
   helexa.cortex.neuron_model:
-    url: http://10.0.0.5:31313
+    url: http://10.0.0.5:13131
     token: "{{ cortex_neuron_token }}"
     name: hf:bartowski/Qwen2.5-7B-Instruct-GGUF
     state: absent
@@ -101,7 +95,7 @@ EXAMPLES = r"""
 - name: The same, with the connection options set once for the group
   module_defaults:
     group/helexa.cortex.neuron:
-      url: "http://{{ ansible_host }}:31313"
+      url: "http://{{ ansible_host }}:13131"
       token: "{{ cortex_neuron_token }}"
   block:
     - name: Load the models this host should serve
@@ -182,26 +176,114 @@ def _mismatch(entry, params):
     return None
 
 
-def _wait_settled(client, name, timeout):
-    """Poll /models until ``name`` is no longer loading; return the models list."""
-    deadline = time.time() + timeout
-    while True:
-        models = client.models()
-        entry = dict((m.get("id"), m) for m in models).get(name)
-        if not entry or entry.get("status") != "loading" or time.time() >= deadline:
-            return models
-        time.sleep(0.5)
+class NeuronModel(object):
+    """One model on one neuron: read the state, decide the action, act on it (not in check
+    mode), report the result (re-read, diff)."""
 
+    def __init__(self, module, client):
+        self.module = module
+        self.client = client
+        self.params = module.params
+        self.name = module.params["name"]
+        self.result = dict(changed=False)
+        self.before = {}
+        self.entry = None
+        self.action = None  # "load", "reload" or "unload"
+        self.reload_reason = None
 
-def _restore(client, entry, timeout):
-    """Load ``entry`` (a /models entry) again as it was; return whether that worked."""
-    try:
-        client.load(entry["id"], quant=entry.get("quant") or None,
-                    harness=entry.get("harness") or None,
-                    devices=entry.get("devices") or None, timeout=timeout)
-    except CortexApiError:
-        return False
-    return True
+    def read(self):
+        """The neuron's models; with wait, after a load another client runs has settled."""
+        models = self.client.models()
+        if self.params["wait"]:
+            models = self._wait_settled(self.params["timeout"])
+        self.before, by_id = _state(models)
+        self.entry = by_id.get(self.name)
+
+    def _wait_settled(self, timeout):
+        deadline = time.time() + timeout
+        while True:
+            models = self.client.models()
+            entry = dict((m.get("id"), m) for m in models).get(self.name)
+            if not entry or entry.get("status") != "loading" or time.time() >= deadline:
+                return models
+            time.sleep(0.5)
+
+    def decide(self):
+        status = self.entry.get("status") if self.entry else None
+        if self.params["state"] == "present":
+            if status == "loaded":
+                self.reload_reason = _mismatch(self.entry, self.params)
+                self.action = "reload" if self.reload_reason else None
+            elif status != "loading":
+                self.action = "load"
+        elif status in ("loaded", "loading"):
+            self.action = "unload"
+        self.result["changed"] = self.action is not None
+        if self.reload_reason:
+            self.result["reload_reason"] = self.reload_reason
+
+    def act(self):
+        if self.action is None or self.module.check_mode:
+            return
+        p = self.params
+        if self.action == "unload":
+            self.client.unload(self.name, timeout=p["timeout"])
+            return
+        if self.action == "reload":
+            self.client.unload(self.name, timeout=p["timeout"])
+        try:
+            self.client.load(self.name, quant=p["quant"], harness=p["harness"],
+                             devices=p["devices"],
+                             timeout=p["timeout"] if p["wait"] else min(p["timeout"], 5))
+        except CortexApiError as exc:
+            # wait=false: a load still running when the short call times out is fine.
+            if p["wait"] or exc.status is not None:
+                if self.action == "reload":
+                    self.result["restored"] = self._restore()
+                raise
+
+    def _restore(self):
+        """Load the model again as it was before the task; return whether that worked."""
+        entry = self.entry
+        try:
+            self.client.load(entry["id"], quant=entry.get("quant") or None,
+                             harness=entry.get("harness") or None,
+                             devices=entry.get("devices") or None,
+                             timeout=self.params["timeout"])
+        except CortexApiError:
+            return False
+        return True
+
+    def report(self):
+        """The result: the model and the loaded ids after the task (predicted in check mode)."""
+        before_ids = sorted(self.before)
+        if self.module.check_mode:
+            after_ids = before_ids
+            if self.action in ("load", "reload"):
+                after_ids = sorted(set(before_ids) | set([self.name]))
+            elif self.action == "unload":
+                after_ids = sorted(set(before_ids) - set([self.name]))
+            self.result["model"] = self.entry
+        else:
+            after, by_id = _state(self.client.models())
+            after_ids = sorted(after)
+            self.result["model"] = by_id.get(self.name)
+            if (self.params["state"] == "present" and self.name not in by_id
+                    and self.params["wait"]):
+                self.module.fail_json(
+                    msg="%s was loaded but the neuron does not list it" % self.name,
+                    **self.result)
+        self.result["loaded"] = after_ids
+        if self.module._diff:
+            self.result["diff"] = dict(before=dict(loaded=before_ids),
+                                       after=dict(loaded=after_ids))
+
+    def run(self):
+        self.read()
+        self.decide()
+        self.act()
+        self.report()
+        return self.result
 
 
 def main():
@@ -216,71 +298,11 @@ def main():
         timeout=dict(type="float", default=600),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    p = module.params
-    name, state = p["name"], p["state"]
-    client = client_from_module(module, NeuronClient)
-    result = dict(changed=False)
-
+    task = NeuronModel(module, client_from_module(module, NeuronClient))
     try:
-        models = client.models()
-        if p["wait"]:
-            models = _wait_settled(client, name, p["timeout"])
-        before, by_id = _state(models)
-        entry = by_id.get(name)
-        status = entry.get("status") if entry else None
-
-        reload_reason = None
-        if state == "present":
-            if status == "loaded":
-                reload_reason = _mismatch(entry, p)
-                result["changed"] = reload_reason is not None
-            else:
-                result["changed"] = status != "loading"
-        else:
-            result["changed"] = status in ("loaded", "loading")
-
-        after_ids = sorted(before)
-        if result["changed"]:
-            if state == "present":
-                after_ids = sorted(set(before) | set([name]))
-            else:
-                after_ids = sorted(set(before) - set([name]))
-        if reload_reason:
-            result["reload_reason"] = reload_reason
-
-        if result["changed"] and not module.check_mode:
-            if state == "present":
-                if reload_reason:
-                    client.unload(name, timeout=p["timeout"])
-                try:
-                    client.load(name, quant=p["quant"], harness=p["harness"],
-                                devices=p["devices"],
-                                timeout=p["timeout"] if p["wait"] else min(p["timeout"], 5))
-                except CortexApiError as exc:
-                    # wait=false: a load still running when the short call times out is fine.
-                    if p["wait"] or exc.status is not None:
-                        if reload_reason:
-                            result["restored"] = _restore(client, entry, p["timeout"])
-                        raise
-            else:
-                client.unload(name, timeout=p["timeout"])
-
-        if not module.check_mode:
-            after, by_id = _state(client.models())
-            after_ids = sorted(after)
-            result["model"] = by_id.get(name)
-            if state == "present" and name not in by_id and p["wait"]:
-                module.fail_json(msg="%s was loaded but the neuron does not list it" % name,
-                                 **result)
-        else:
-            result["model"] = entry
-        result["loaded"] = after_ids
-        if module._diff:
-            result["diff"] = dict(before=dict(loaded=sorted(before)),
-                                  after=dict(loaded=after_ids))
+        result = task.run()
     except CortexApiError as exc:
-        fail(module, exc, **result)
-
+        fail(module, exc, **task.result)
     module.exit_json(**result)
 
 

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GATEWAY = "http://10.213.0.21:31313"
+CLIENT_KEY = "lab-client-key"  # inventories/lab/group_vars/gateways.yml
 
 
 def lab(*args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -29,6 +30,17 @@ def playbook(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
                        check=False)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     return r
+
+
+def changed_tasks(output: str) -> list[str]:
+    """'TASK name: host' for each task that reported a change (to say why a rerun changed)."""
+    found, task = [], ""
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.split("[", 1)[1].rsplit("]", 1)[0]
+        elif line.startswith("changed: ["):
+            found.append(f"{task}: {line.split('[', 1)[1].split(']', 1)[0]}")
+    return found
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:

@@ -56,7 +56,12 @@ def test_unit_keeps_gpus_visible_only_for_the_cuda_build(backend):
     assert "PrivateDevices" not in cuda.replace("no PrivateDevices=", "")
     assert "Environment=LD_LIBRARY_PATH=/tmp/cortex-test-cuda/lib64" in cuda
     assert "Environment=CUDA_CACHE_PATH=" in cuda
-    assert "PrivateDevices=yes" in backend["cases"]["auto"]["unit"]
+    # GPUs through a device allow list only; no W^X rule where the CUDA driver generates code.
+    assert "DevicePolicy=closed" in cuda and "DeviceAllow=char-nvidia-uvm rw" in cuda
+    assert "MemoryDenyWriteExecute" not in cuda.replace("No MemoryDenyWriteExecute=", "")
+    cpu = backend["cases"]["auto"]["unit"]
+    assert "PrivateDevices=yes" in cpu and "MemoryDenyWriteExecute=yes" in cpu
+    assert "DeviceAllow" not in cpu
 
 
 def test_cuda_sources_build_offline_up_to_the_compiler(backend):

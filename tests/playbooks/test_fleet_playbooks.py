@@ -131,6 +131,7 @@ def test_fleet_report_from_the_inventory_plugin(fleet, tmp_path):
         gateway_url: {fleet['gw'].url}
         gateway_admin_key: {ADMIN_KEY}
         neuron_token: {TOKEN}
+        neuron_token_hosts: [127.0.0.1]
         compose:
           ansible_connection: "'local'"
         """))

@@ -58,6 +58,7 @@ def test_gateway_source_groups_and_vars(fleet, tmp_path):
         gateway_url: {fleet['gw'].url}
         gateway_admin_key: "{{{{ '{ADMIN_KEY[:5]}' ~ '{ADMIN_KEY[5:]}' }}}}"
         neuron_token: {TOKEN}
+        neuron_token_hosts: [127.0.0.1]
         timeout: 2
         """)
     inv = inventory_list(cfg)  # the admin key is a template, as a vault/env lookup would be

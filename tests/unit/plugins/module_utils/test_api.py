@@ -6,6 +6,7 @@ the HTTP API (paths, bodies, status codes, error shapes) and the agents' in step
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -142,3 +143,37 @@ def test_gateway_contract(neuron, gateway):
     with pytest.raises(CortexApiError) as e:
         gw.drain("nope")
     assert e.value.status == 404 and e.value.kind == "node_not_found"
+
+
+def test_a_token_never_follows_a_redirect(neuron):
+    """A server that redirects (a proxy, or one that wants the token) gets no second request
+    from the client; the error names where it was sent."""
+    from flask import Flask, redirect, request  # the agents' web stack (tests/unit/conftest)
+    from werkzeug.serving import make_server
+
+    seen = []
+    app = Flask("redirector")
+
+    @app.route("/models")
+    def models():
+        return redirect(neuron.url + "/models", code=307)
+
+    @app.route("/health")
+    def health():
+        seen.append(request.headers.get("Authorization"))
+        return redirect(neuron.url + "/health", code=302)
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with pytest.raises(CortexApiError) as e:
+            NeuronClient(url, token=TOKEN).models()
+        assert e.value.status == 307
+        assert "redirected (HTTP 307) to " + neuron.url + "/models" in e.value.message
+        # without a token a redirect is followed as before (to the real neuron here)
+        assert NeuronClient(url).health()["status"] == "ok"
+        assert seen == [None]
+    finally:
+        server.shutdown()
+        server.server_close()

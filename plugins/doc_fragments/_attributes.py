@@ -8,6 +8,7 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
+    # Private (helexa.cortex._attributes): for this collection's modules only.
 
     # ansible.builtin.action_common_attributes has check_mode and diff_mode but no
     # idempotent; this fragment adds it (as community.general's attributes fragment does).
@@ -22,6 +23,19 @@ attributes:
     description:
       - When run twice in a row outside check mode, with the same arguments, the second invocation
         indicates no change.
+"""
+
+    # The change modules (neuron_model, gateway_node): each supports check mode and diff mode
+    # fully and is idempotent.
+    CHANGE_MODULE = r"""
+options: {}
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  idempotent:
+    support: full
 """
 
     INFO_MODULE = r"""

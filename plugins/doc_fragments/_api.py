@@ -8,12 +8,14 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
+    # Private (helexa.cortex._api): the options of this collection's API client.
 
     DOCUMENTATION = r"""
 options:
   url:
     description:
-      - Base URL of the neuron or gateway, for example V(http://10.0.0.5:31313).
+      - Base URL of the neuron or gateway, for example V(http://10.0.0.5:13131) (a neuron) or
+        V(http://10.0.0.2:31313) (a gateway).
     type: str
     required: true
   token:
