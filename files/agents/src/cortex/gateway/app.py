@@ -11,6 +11,7 @@ from flask import Blueprint, Flask, Response, current_app
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import cortex
+from cortex.core import openapi
 from cortex.core.errors import NotFound
 from cortex.core.http import install_error_handlers, json_body, json_response
 from cortex.gateway import hotpath  # serves /v1/chat/completions and /v1/completions
@@ -100,6 +101,7 @@ def create_app(cfg: GatewayConfig, models: ModelsConfig, *, start: bool = True,
     install_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(anthropic_bp)
+    openapi.install(app, "cortex.gateway")
     app.wsgi_app = hotpath.HotPath(gw, app.wsgi_app)  # type: ignore[method-assign]
     if start:
         gw.start()

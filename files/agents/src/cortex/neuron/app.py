@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import cortex
+from cortex.core import openapi
 from cortex.core.errors import BadRequest
 from cortex.core.http import install_error_handlers, json_body, json_response, require_token
 from cortex.core.validate import get_number, get_str, invalid
@@ -26,7 +27,7 @@ from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.registry import LoadRequest, Registry
 from cortex.neuron.sources import list_local, parse_model_id
 
-PUBLIC = {"/health", "/version"}
+PUBLIC = {"/health", "/version", openapi.PATH}
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
     app.extensions["neuron"] = neuron
     install_error_handlers(app)
     app.register_blueprint(bp)
+    openapi.install(app, "cortex.neuron")
 
     @app.before_request
     def _auth() -> None:
