@@ -67,13 +67,11 @@ def test_neuron_responses_match_its_document(served):
     # Inference: whole and streamed, chat and text, and the counting route.
     chat = {"model": "file:tiny-hello", "messages": MSG, "max_tokens": 8}
     assert c.check(n.post("/v1/chat/completions", chat)).status_code == 200
-    r = c.check(n.post("/v1/chat/completions", dict(chat, stream=True)),
-                events="ChatCompletionChunk")
+    r = c.check(n.post("/v1/chat/completions", dict(chat, stream=True)))
     assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
     text = {"model": "file:tiny-hello", "prompt": "Hi", "max_tokens": 4}
     assert c.check(n.post("/v1/completions", text)).status_code == 200
-    assert c.check(n.post("/v1/completions", dict(text, stream=True)),
-                   events="TextCompletion").status_code == 200
+    assert c.check(n.post("/v1/completions", dict(text, stream=True))).status_code == 200
     assert c.check(n.post("/tokenize", chat)).status_code == 200
 
     # Errors: each status the routes document, with its envelope.
@@ -146,12 +144,12 @@ def test_gateway_responses_match_its_document(served):
     chat = {"model": "tiny-hello", "messages": MSG, "max_tokens": 8}
     r = c.check(user.post(u + "/v1/chat/completions", json=chat))
     assert r.status_code == 200 and r.headers["X-Cortex-Node"] == "n1"
-    assert c.check(user.post(u + "/v1/chat/completions", json=dict(chat, stream=True)),
-                   events="ChatCompletionChunk").status_code == 200
+    r = c.check(user.post(u + "/v1/chat/completions", json=dict(chat, stream=True)))
+    assert r.status_code == 200
     text = {"model": "tiny-hello", "prompt": "Hi", "max_tokens": 4}
     assert c.check(user.post(u + "/v1/completions", json=text)).status_code == 200
-    assert c.check(user.post(u + "/v1/completions", json=dict(text, stream=True)),
-                   events="TextCompletion").status_code == 200
+    r = c.check(user.post(u + "/v1/completions", json=dict(text, stream=True)))
+    assert r.status_code == 200
     for body, status in ((dict(chat, model="nope"), 404), ({"messages": MSG}, 400),
                          (dict(chat, temperature=9), 422), ([1], 422)):
         r = c.check(user.post(u + "/v1/chat/completions", json=body))
@@ -165,8 +163,7 @@ def test_gateway_responses_match_its_document(served):
     msg = {"model": "tiny-hello", "max_tokens": 8, "messages": MSG}
     r = c.check(user.post(u + "/v1/messages", json=msg))
     assert r.status_code == 200 and r.json()["type"] == "message"
-    r = c.check(user.post(u + "/v1/messages", json=dict(msg, stream=True)),
-                events="AnthropicEvent")
+    r = c.check(user.post(u + "/v1/messages", json=dict(msg, stream=True)))
     assert r.status_code == 200 and "message_stop" in r.text
     xkey = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
     r = c.check(anon.post(u + "/v1/messages/count_tokens", json=msg, headers=xkey))

@@ -15,6 +15,7 @@ import requests
 from jsonschema import Draft202012Validator
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+from openapi_core.validation.response.validators import V31ResponseHeadersValidator
 
 from cortex.core import openapi
 
@@ -42,37 +43,56 @@ class Contract:
         assert resp is not None, f"{method} {path}: status {status} is not documented"
         return resp
 
-    def check(self, r: requests.Response, events: str | None = None) -> requests.Response:
-        """Validate `r`; a stream's events against the component schema `events`."""
+    def check(self, r: requests.Response) -> requests.Response:
+        """Validate `r`: status, headers and body (each event of a stream)."""
         req = r.request
         path = requests.utils.urlparse(req.url).path
         ctype = r.headers.get("Content-Type", "").partition(";")[0]
         if ctype == "text/event-stream":
-            assert events, f"{req.method} {path} streamed but no event schema was given"
             resp = self.response_doc(req.method, path, r.status_code)
-            assert "text/event-stream" in resp.get("content", {}), \
-                f"{req.method} {path} {r.status_code}: SSE is not documented"
+            media = resp.get("content", {}).get("text/event-stream")
+            assert media, f"{req.method} {path} {r.status_code}: SSE is not documented"
+            event_schema = self.resolve(media["schema"])
+            V31ResponseHeadersValidator(self.spec.spec).validate(
+                RequestsOpenAPIRequest(req), RequestsOpenAPIResponse(r))
             for event in parse_sse(r.text):
-                self.validate(event, events, also="OpenAIError")
+                self.validate_schema(event, event_schema)
+                self.validate_schema(json.loads(event["data"]), _payload_schema(event_schema))
         else:
             self.spec.validate_response(RequestsOpenAPIRequest(req), RequestsOpenAPIResponse(r))
         self.checked.add((req.method, self.template(path), r.status_code))
         return r
 
-    def validate(self, instance: Any, schema: str, also: str | None = None) -> None:
-        """`instance` against components/schemas/`schema` (or `also`, e.g. an error event)."""
-        names = [schema] + ([also] if also else [])
-        root = {"anyOf": [{"$ref": f"#/components/schemas/{n}"} for n in names],
-                "components": self.doc["components"]}
+    def resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in schema:
+            schema = self.doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        return schema
+
+    def validate_schema(self, instance: Any, schema: dict[str, Any]) -> None:
+        root = dict(schema, components=self.doc["components"])
         errors = list(Draft202012Validator(root).iter_errors(instance))
-        assert not errors, f"{instance!r} is not a {schema}: {errors[0].message}"
+        assert not errors, f"{instance!r}: {errors[0].message}"
 
 
-def parse_sse(text: str) -> list[Any]:
-    """The JSON `data:` payloads of an SSE body (comments and [DONE] left out)."""
+def _payload_schema(event_schema: dict[str, Any]) -> dict[str, Any]:
+    """The contentSchema of an event's JSON `data`."""
+    for alt in event_schema["properties"]["data"]["anyOf"]:
+        if "contentSchema" in alt:
+            return alt["contentSchema"]
+    raise AssertionError("the event schema has no contentSchema for its data")
+
+
+def parse_sse(text: str) -> list[dict[str, str]]:
+    """The events of an SSE body with JSON data ({event?, data}); comments and OpenAI's
+    closing [DONE] left out."""
     out = []
-    for line in text.split("\n"):
-        if line.startswith("data: ") and line != "data: [DONE]":
-            out.append(json.loads(line[6:]))
+    for block in text.split("\n\n"):
+        event: dict[str, str] = {}
+        for line in block.split("\n"):
+            name, _, value = line.partition(": ")
+            if name in ("event", "data", "id") and not line.startswith(":"):
+                event[name] = value
+        if event.get("data") not in (None, "[DONE]"):
+            out.append(event)
     assert out, "an empty stream"
     return out
