@@ -44,8 +44,11 @@ class Contract:
         return resp
 
     def check(self, r: requests.Response) -> requests.Response:
-        """Validate `r`: status, headers and body (each event of a stream)."""
+        """Validate `r`: status, headers and body (each event of a stream); and, if it was
+        accepted, the request (what a server takes must be what its document allows)."""
         req = r.request
+        if r.status_code < 400:
+            self.spec.validate_request(RequestsOpenAPIRequest(req))
         path = requests.utils.urlparse(req.url).path
         ctype = r.headers.get("Content-Type", "").partition(";")[0]
         if ctype == "text/event-stream":
