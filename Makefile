@@ -52,7 +52,7 @@ pytest: $(STAMP) sysdeps
 FUZZ_EXAMPLES ?= 300
 fuzz: $(STAMP)
 	cd $(AGENTS) && FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_COVERAGE=1 ../../$(BIN)/python -m pytest \
-	  -q -p no:cacheprovider tests/test_fuzz_api.py tests/test_fuzz_regressions.py
+	  -q -p no:cacheprovider --timeout=1800 tests/test_fuzz_api.py tests/test_fuzz_regressions.py
 
 # The collection's unit tests (ansible-test units): the module_utils client's contract with the
 # real neuron and gateway apps, and the inventory plugin against them, on loopback.
