@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
 .PHONY: help test demo demo-local lab-up lab-down lab-test venv collection sysdeps lint pytest \
 	collection-test playbook-test molecule-test \
-	constraints clean
+	constraints clean fuzz
 
 help:
 	@echo "make demo   # a local fleet answering a real question"
@@ -52,6 +52,13 @@ lint: $(STAMP) collection
 
 pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
+
+# The long fuzz run (schemathesis, both servers, from their OpenAPI documents): many more
+# examples and the coverage phase; `make test` runs a short one in pytest. Minutes, not hours.
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP)
+	cd $(AGENTS) && FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_COVERAGE=1 ../../$(BIN)/python -m pytest \
+	  -q -p no:cacheprovider --timeout=1800 tests/test_fuzz_api.py tests/test_fuzz_regressions.py
 
 # The collection's unit tests (ansible-test units): the module_utils client's contract with the
 # real neuron and gateway apps, and the inventory plugin against them, on loopback.

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app
 
 import cortex
+from cortex.core import openapi
 from cortex.core.errors import NotFound
 from cortex.core.http import bearer_token, install_error_handlers, json_body, json_response
 from cortex.gateway.composition import Gateway
@@ -22,7 +23,8 @@ bp = Blueprint("gateway", __name__)
 
 # What `GET /` lists: the data plane's routes and the control plane's own.
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-             "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/health", "/ui/"]
+             "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/health", "/ui/",
+             "/openapi.json"]
 
 
 def control_plane(gw: Gateway) -> Flask:
@@ -32,6 +34,7 @@ def control_plane(gw: Gateway) -> Flask:
     install_error_handlers(app)
     app.register_blueprint(bp)
     install_ui(app, gw)
+    openapi.install(app, "cortex.gateway")
     return app
 
 

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wsgi import ClosingIterator
 
 import cortex
+from cortex.core import openapi
 from cortex.core.errors import BadRequest, Unavailable
 from cortex.core.http import (
     error_response,
@@ -34,7 +35,7 @@ from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.registry import LoadRequest, Registry
 from cortex.neuron.sources import list_local, parse_model_id
 
-PUBLIC = {"/health", "/version"}
+PUBLIC = {"/health", "/version", openapi.PATH}
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
     app.extensions["neuron"] = neuron
     install_error_handlers(app)
     app.register_blueprint(bp)
+    openapi.install(app, "cortex.neuron")
 
     @app.before_request
     def _auth() -> None:
