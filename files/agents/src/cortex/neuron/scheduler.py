@@ -298,7 +298,8 @@ class ModelScheduler:
     def _on_token(self, run: _Run, ev: TokenEvent, now: float) -> None:
         job = run.job
         seq = run.seq
-        assert seq is not None
+        if seq is None:
+            raise RuntimeError(f"{job} has no sequence")  # a scheduler bug: fail this job
         if run.first_at is None:
             run.first_at = now
             job.events.put(("start", seq.cached_tokens))

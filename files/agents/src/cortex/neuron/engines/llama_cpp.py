@@ -233,7 +233,8 @@ class LlamaCppModel(LoadedModel):
     def step(self, seqs: list[Sequence]) -> list[tuple[Sequence, TokenEvent]]:
         """One llama_decode: each decoding sequence's next token, then prompt chunks."""
         b = self._batch
-        assert b is not None, "step on a closed model"
+        if b is None:
+            raise RuntimeError("step on a closed model")
         n = 0
 
         def put(tok: int, pos: int, slot: int, logits: bool) -> None:
@@ -247,7 +248,6 @@ class LlamaCppModel(LoadedModel):
 
         active: list[_Seq] = []
         for s in seqs:
-            assert isinstance(s, _Seq)
             s.fed, s.idx = [], -1
             if s.prefilled:
                 s.idx = n
@@ -255,7 +255,6 @@ class LlamaCppModel(LoadedModel):
                 put(s.next_token, s.n_past, s.slot, True)
                 active.append(s)
         for s in seqs:
-            assert isinstance(s, _Seq)
             budget = self._n_batch - n
             if s.prefilled or budget <= 0:
                 continue
@@ -317,7 +316,6 @@ class LlamaCppModel(LoadedModel):
         return tok
 
     def end(self, seq: Sequence) -> None:
-        assert isinstance(seq, _Seq)
         for name in ("sampler", "grammar"):
             sampler = getattr(seq, name)
             if sampler is not None:
