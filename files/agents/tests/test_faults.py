@@ -48,13 +48,6 @@ GATEWAY = {"poll_interval_secs": 0.2, "connect_timeout_secs": 1, "read_timeout_s
 LONG = 60000  # max_tokens of a tiny-long stream: runs for seconds unless something ends it
 
 
-def known_defect(ok: bool, reason: str) -> None:
-    """Mark one assertion as an expected failure while its defect is open (the test
-    passes once it is fixed; the assertions before it still count)."""
-    if not ok:
-        pytest.xfail(reason)
-
-
 class Fleet:
     """Neurons, fault proxies and gateways made for one test, all stopped at its end."""
 
@@ -310,35 +303,28 @@ def proxied(tmp_path_factory, models_dir):
     f.close()
 
 
-GLUED = ("NEW: when a neuron's reply breaks off inside an event, the gateway appends its "
-         "error event to the partial one, so the client cannot parse it (the openai client "
-         "raises JSONDecodeError, not APIError)")
 BAD_REPLIES = {
-    # name: (fault, stream?, what the client sees (a 5xx envelope or an error event),
-    #        the open defect that breaks the case, if any)
+    # name: (fault, stream?, what the client sees: a 5xx envelope or an error event)
     "500-json": (http_reply(500, b'{"error":{"message":"boom","code":"internal_error"}}'),
-                 False, "envelope", None),
+                 False, "envelope"),
     "500-html": (http_reply(500, b"<html>Internal Server Error</html>", "text/html"), False,
-                 "envelope", None),
-    "503-not-json": (http_reply(503, b"busy", "text/plain"), False, "envelope",
-                     "NEW: a neuron's non-JSON error reply reaches the client as is "
-                     "(text/plain), not in the OpenAI error envelope"),
-    "not-http": (Reply(b"\x00\xffSSH-2.0-garbage\r\n\r\n"), False, "envelope", None),
-    "closed-at-once": (Reply(b""), False, "envelope", None),
-    "truncated-body": (http_reply(200, b'{"id": "chatcmpl-', length=400), False, "envelope",
-                       None),
-    "not-http-stream": (Reply(b"garbage\r\n\r\n"), True, "envelope", None),
+                 "envelope"),
+    "503-not-json": (http_reply(503, b"busy", "text/plain"), False, "envelope"),
+    "not-http": (Reply(b"\x00\xffSSH-2.0-garbage\r\n\r\n"), False, "envelope"),
+    "closed-at-once": (Reply(b""), False, "envelope"),
+    "truncated-body": (http_reply(200, b'{"id": "chatcmpl-', length=400), False, "envelope"),
+    "not-http-stream": (Reply(b"garbage\r\n\r\n"), True, "envelope"),
     "garbage-events": (http_reply(200, b"data: {not json\n\n", "text/event-stream"), True,
-                       "event", None),
-    "cut-between-events": (Cut(after_events=3), True, "event", None),
-    "cut-inside-an-event": (Cut(after_bytes=600), True, "event", GLUED),
+                       "event"),
+    "cut-between-events": (Cut(after_events=3), True, "event"),
+    "cut-inside-an-event": (Cut(after_bytes=600), True, "event"),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_REPLIES))
 def test_neuron_replies_garbage_or_5xx(proxied, case):
     gw, n1, proxy = proxied
-    fault, stream, seen, defect = BAD_REPLIES[case]
+    fault, stream, seen = BAD_REPLIES[case]
     proxy.set(fault)
     try:
         r = chat(gw, "tiny-long", stream=stream, max_tokens=LONG if stream else 8,
@@ -350,24 +336,18 @@ def test_neuron_replies_garbage_or_5xx(proxied, case):
             events = sse(r)
             assert "[DONE]" not in events and len(events) >= 2, events[-3:]
 
-        def readable() -> None:  # the client can tell what went wrong
-            if seen == "envelope":
-                envelope(r, 500, 502, 503)
-                return
+        # The client can tell what went wrong.
+        if seen == "envelope":
+            envelope(r, 500, 502, 503)
+        else:
             ends_with_error(events)
-            # The official client raises too (APIError, or a decode error on the neuron's
-            # garbage, which the gateway relays unchanged): never a clean end.
-            with pytest.raises((APIError, ValueError)):
+            # The official client raises too: APIError for a cut (the gateway never relays
+            # half an event), or a decode error on the neuron's own garbage events, which
+            # are relayed unchanged. Never a clean end.
+            raised = (APIError,) if case.startswith("cut") else (APIError, ValueError)
+            with pytest.raises(raised):
                 list(client(gw).chat.completions.create(model="tiny-long", messages=MSG,
                                                         stream=True, max_tokens=LONG))
-
-        if defect is None:
-            readable()
-        else:
-            try:
-                readable()
-            except (AssertionError, ValueError):
-                known_defect(False, defect)
         assert proxy.hits >= 1
     finally:
         proxy.release()
@@ -378,8 +358,8 @@ def test_neuron_replies_garbage_or_5xx(proxied, case):
 
 
 def test_neuron_200_that_is_not_json(proxied):
-    """NEW defect: a 200 whose body is not JSON reaches the client as a 200 (and bills
-    nothing); an OpenAI client then fails to parse it. It should be a 502 envelope."""
+    """A 200 whose body is not JSON is a 502 envelope (it once reached the client as a 200,
+    billed nothing, and the OpenAI client failed to parse it)."""
     gw, n1, proxy = proxied
     proxy.set(http_reply(200, b"<html>not json {"))
     try:
@@ -388,8 +368,6 @@ def test_neuron_200_that_is_not_json(proxied):
         proxy.release()
     answered(gw)
     idle(n1)
-    known_defect(r.status_code != 200, "NEW: the gateway relays a neuron's non-JSON 200 "
-                 "body to the client as a 200 (expected a 502 envelope)")
     envelope(r, 502)
 
 
@@ -409,10 +387,9 @@ def test_a_request_that_breaks_a_neuron_is_tried_once(fleet):
     answered(gw)
     idle(n1, n2)
     assert gw.health()["nodes"]["healthy"] == 2
-    known_defect(tries == 1, "known (issue 12): the gateway retries a neuron's 500 caused by "
-                 "the request on another replica")
-    known_defect(r.status_code == 400, "known (issue 12): a lone surrogate in a message is a "
-                 "500 on the neuron, not a 400 naming the field")
+    # The gateway's own JSON check refuses it now (before, it reached n1, failed with a 500
+    # and was retried on n2): at most one neuron ever sees such a request.
+    assert tries <= 1 and r.status_code == 400, (tries, r.text)
 
 
 # -- a load failing half way ---------------------------------------------------------------
@@ -545,10 +522,6 @@ def test_client_disconnect_mid_stream_frees_the_slot(fleet):
     def billed() -> float:
         return metric(gw.metrics(), "cortex_spend_tokens_total", account="capped")
 
-    try:
-        wait_until(billed, 5, "tokens billed to the key that hung up")
-    except AssertionError:
-        known_defect(False, "known (issue 12): a client that hangs up mid-stream is billed "
-                     "0 tokens")
+    wait_until(billed, 5, "tokens billed to the key that hung up")
     r = chat(gw, "tiny-long", key="sk-capped", max_tokens=8)
     assert envelope(r, 429)["code"] == "insufficient_quota"

@@ -110,12 +110,14 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
                      _relay(ex.response, ex.outcome, ex.finish))
     data = fetch_body(ex)
+    parsed = _json_reply(ex, data)
     # The gateway's own time: before the request went out, and since the reply came in.
     overhead = ex.outcome.extra["sent_s"] + time.monotonic() - ex.outcome.first_chunk_at
 
     def account() -> None:  # once the reply is on the wire: off the client's clock
         gw.metrics.overhead_of(path).observe(overhead)
-        _account(ex, data)
+        _account_parsed(parsed, ex.outcome)
+        ex.finish()
 
     return Reply(ex.response.status, {**_pass_back(ex.response), **node,
                                       "Content-Length": str(len(data)),
@@ -227,11 +229,31 @@ def _pass_back(upstream: UpstreamResponse) -> dict[str, str]:
             if name.lower() in upstream.headers}
 
 
+def _json_reply(ex: Exchange, data: bytes) -> dict[str, Any]:
+    """The neuron's whole reply as a JSON object; anything else (an HTML error page, a
+    truncated or foreign body) is a 502 in the client's envelope, never relayed as is."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    ex.outcome.status, ex.outcome.code = 502, "upstream_bad_reply"
+    _finish_quietly(ex.finish)
+    raise ApiError(f"{ex.target.node.name} answered HTTP {ex.response.status} with a body "
+                   "that is not the neuron API's JSON", status=502, type="api_error",
+                   code="upstream_bad_reply")
+
+
 def _account_body(data: bytes, outcome: Outcome) -> None:
     try:
         body = json.loads(data)
     except ValueError:
         return
+    _account_parsed(body, outcome)
+
+
+def _account_parsed(body: Any, outcome: Outcome) -> None:
     usage = body.get("usage") if isinstance(body, dict) else None
     if usage:
         outcome.prompt_tokens = usage.get("prompt_tokens", 0)
@@ -250,8 +272,18 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
     first = b""
     events = 0  # relayed: a floor on the tokens generated, if the usage never comes
     pieces = _raw(upstream, outcome)
+    held = b""  # the start of an event not yet whole: a cut never relays half an event
     try:
-        for chunk in pieces:
+        for piece in pieces:
+            chunk = held + piece if held else piece
+            end = chunk.rfind(b"\n\n") + 2
+            if end < 2:
+                held = chunk
+                continue
+            if end < len(chunk):
+                chunk, held = chunk[:end], chunk[end:]
+            else:
+                held = b""
             first = first or chunk
             recent.append(chunk)
             events += chunk.count(b"data: ")
