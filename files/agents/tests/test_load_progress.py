@@ -3,6 +3,7 @@ on the neuron's /health and /models and on the gateway's /v1/models."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -164,3 +165,60 @@ def test_the_registry_feeds_the_engine_progress_into_the_load(neuron):
     assert snap["phase"] == "loading" and snap["fraction"] == 1.0
     assert snap["bytes_total"] == snap["bytes_done"] == loaded.path.stat().st_size
     assert neuron.chat("file:tiny-hello").status_code == 200
+
+
+COLD_STREAMS = {  # dialect: (path, body) of one streaming request for the cold model
+    "openai": ("/v1/chat/completions",
+               {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}),
+    "anthropic": ("/v1/messages",
+                  {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}),
+    "responses": ("/v1/responses", {"input": "Hi", "max_output_tokens": 8}),
+}
+
+
+@pytest.mark.parametrize("dialect", list(COLD_STREAMS))
+def test_a_stream_waiting_on_a_cold_load_hears_its_progress(dialect, neuron_factory,
+                                                            gateway_factory, tmp_path,
+                                                            small_hub_chunks, monkeypatch):
+    from cortex.gateway import coldwait
+
+    monkeypatch.setattr(coldwait, "TICK_SECS", 0.2)
+    weights = build_tiny_gguf(tmp_path / "cold.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
+    with FakeHub({"acme/cold-GGUF": {"cold.Q8_0.gguf": weights}},
+                 rate=weights.stat().st_size / 2) as hub:
+        n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
+        gw = gateway_factory({"n1": n1}, [ModelEntry(id="acme/cold-GGUF", source="hf")])
+        path, body = COLD_STREAMS[dialect]
+        r = requests.post(gw.url + path, timeout=60, stream=True,
+                          json=dict(body, model="acme/cold-GGUF", stream=True))
+        assert r.status_code == 200, r.text
+        lines = [line.decode() for line in r.iter_lines() if line]
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data: {"))
+    before = lines[:first_data]
+    if dialect == "openai":  # SSE comments, then the neuron's own stream
+        assert any(line.startswith(": loading acme/cold-GGUF: downloading") for line in before)
+        assert lines[-1] == "data: [DONE]"
+        assert script_text(SCRIPT_HELLO).startswith(_openai_text(lines))
+    elif dialect == "anthropic":  # pings before message_start, then the whole message
+        events = [line[7:] for line in lines if line.startswith("event: ")]
+        start = events.index("message_start")
+        assert start >= 2 and set(events[:start]) == {"ping"}, events[:start + 1]
+        assert events[-1] == "message_stop"
+    else:  # response.created, then response.in_progress on every tick, then the output
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "response.created"
+        assert kinds[:kinds.index("response.output_item.added")].count(
+            "response.in_progress") >= 3, kinds
+        assert kinds[-1] == "response.completed"
+        seqs = [e["sequence_number"] for e in events]
+        assert seqs == list(range(len(seqs)))
+
+
+def _openai_text(lines: list[str]) -> str:
+    text = ""
+    for line in lines:
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices") or []:
+                text += (choice.get("delta") or {}).get("content") or ""
+    return text

@@ -14,16 +14,22 @@ goes on for the other requests waiting on it, as the router single-flights it.
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cortex.core.errors import ApiError
+from cortex.gateway import proxy
+from cortex.gateway.composition import Gateway
+from cortex.gateway.neuron_calls import refusal
 from cortex.gateway.router import Target
 
-if TYPE_CHECKING:
-    from cortex.gateway.composition import Gateway
+TICK_SECS = 1.0  # how often a waiting stream hears of the load
+PROGRESS = "helexa_progress"  # the key of a progress chunk, for the dialects' converters
 
 
 @dataclass
@@ -89,3 +95,71 @@ def progress_of(gw: Gateway, model_id: str, public: str, started: float) -> Wait
             return Waiting(public, node.name, p.get("phase", "preparing"), p.get("fraction"),
                            p.get("eta_secs"), elapsed)
     return Waiting(public, None, "waiting", None, None, elapsed)
+
+
+def route_or_wait(gw: Gateway, body: dict[str, Any]
+                  ) -> tuple[Target | None, Iterator[Waiting | Target] | None]:
+    """Route a streaming request: (its Target, None) when the model is served at once,
+    else (None, the wait), once the first tick shows a load under way. Errors known
+    before the first tick (too long a prompt, an unknown model) raise here, before the
+    reply commits to a 200 stream."""
+    name = body["model"]
+    proxy.check_context(gw.catalogue.resolve(name), name, body)  # before any cold load
+    waits = route_waiting(gw, name, tick=TICK_SECS)
+    first = next(waits)
+    if isinstance(first, Target):
+        waits.close()
+        return first, None
+    return None, itertools.chain([first], waits)
+
+
+def chunks_after_load(waits: Iterator[Waiting | Target],
+                      open_: Callable[[Target], proxy.Exchange]
+                      ) -> Iterator[dict[str, Any] | None]:
+    """For a converter (Anthropic, Responses): a `{PROGRESS: ...}` chunk each tick while
+    the load runs, then the chunks of the exchange `open_` starts on the target. A load
+    that fails, or a neuron that refuses, raises ApiError: the converter ends the stream
+    with its dialect's error event."""
+    for w in waits:
+        if isinstance(w, Target):
+            ex = open_(w)
+            if ex.response.status != 200:
+                raise refusal(ex)
+            yield from proxy.iter_chunks(ex)
+            return
+        yield {PROGRESS: w.describe()}
+
+
+def relay_after_load(waits: Iterator[Waiting | Target],
+                     forward: Callable[[Target], proxy.Reply]) -> Iterator[bytes]:
+    """For the OpenAI routes: an SSE comment each tick while the load runs, then the
+    neuron's stream as `forward` relays it from the target; a failure is an error event."""
+    try:
+        for w in waits:
+            if isinstance(w, Target):
+                reply = forward(w)
+                break
+            yield w.comment()
+        else:  # the wait ends with a Target or an error, never empty
+            raise ApiError("the cold load ended without a target", code="internal_error")
+    except ApiError as exc:
+        yield _error_event(exc.body())
+        return
+    body = reply.body if not isinstance(reply.body, bytes) else [reply.body]
+    try:
+        if reply.status == 200:
+            yield from body
+            return
+        try:  # the neuron's refusal (queue full, context too long...), as an event
+            refused = json.loads(b"".join(body))
+        except ValueError:
+            refused = {"error": {"message": f"HTTP {reply.status}", "code": "upstream_error"}}
+        yield _error_event(refused)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+
+
+def _error_event(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"

@@ -99,10 +99,11 @@ class Exchange:
 
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
             client_headers: dict[str, str], *, started: float, hold: Hold | None = None,
-            on_done: Callable[[Outcome], None] | None = None) -> Reply:
+            on_done: Callable[[Outcome], None] | None = None,
+            target: Target | None = None) -> Reply:
     """Relay `body` to a neuron and its answer back unchanged, streaming or not."""
     ex = open_exchange(gw, path, body, principal, client_headers, started=started,
-                       hold=hold, on_done=on_done)
+                       hold=hold, on_done=on_done, target=target)
     node = {"X-Cortex-Node": ex.target.node.name}
     if body.get("stream") is True and ex.response.status == 200:
         # Of a stream, what the gateway adds is the work before the neuron gets the request.
@@ -127,13 +128,16 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
 
 def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
                   client_headers: dict[str, str], *, started: float, hold: Hold | None = None,
-                  on_done: Callable[[Outcome], None] | None = None) -> Exchange:
-    """Route `body`, send it, and return the neuron's response once its status is in."""
+                  on_done: Callable[[Outcome], None] | None = None,
+                  target: Target | None = None) -> Exchange:
+    """Route `body` (unless a `target` was routed already), send it, and return the
+    neuron's response once its status is in."""
     name = body.get("model")
     if not isinstance(name, str) or not name:
         raise BadRequest("model: field required", code="missing_model_field", param="model")
-    check_context(gw.catalogue.resolve(name), name, body)  # before routing (a cold load)
-    target = gw.router.route(name)
+    if target is None:
+        check_context(gw.catalogue.resolve(name), name, body)  # before routing (a cold load)
+        target = gw.router.route(name)
     headers = {k: v for k, v in client_headers.items() if k.lower() not in HOP_BY_HOP}
     if principal.entry is not None:  # anonymous callers share no per-account cap
         headers["X-Helexa-Account-Id"] = principal.account_id

@@ -14,7 +14,7 @@ from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
-from cortex.gateway import proxy
+from cortex.gateway import coldwait, proxy
 from cortex.gateway.anthropic import errors, translate
 from cortex.gateway.anthropic.stream import Converter
 from cortex.gateway.composition import Gateway
@@ -24,6 +24,7 @@ from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.router import Target
 
 log = logging.getLogger(__name__)
+CHAT = "/v1/chat/completions"
 
 
 def _render(exc: ApiError) -> tuple[int, dict[str, Any]]:
@@ -37,8 +38,20 @@ def messages(call: Call) -> Reply:
     gw, body = call.gw, call.body
     req = translate.to_openai(body)
     model, thinking = body["model"], req["enable_thinking"]
-    ex = proxy.open_exchange(gw, "/v1/chat/completions", req, call.principal, call.headers,
-                             started=call.started, hold=call.hold)
+
+    def open_(target: Target | None) -> proxy.Exchange:
+        return proxy.open_exchange(gw, CHAT, req, call.principal, call.headers,
+                                   started=call.started, hold=call.hold, target=target)
+
+    target = None
+    if req.get("stream"):
+        target, waits = coldwait.route_or_wait(gw, req)
+        if waits is not None:  # a cold load under way: `ping` events until it is done
+            conv = Converter(model, thinking=thinking,
+                             count=lambda: count_or_zero(gw, model, req))
+            return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
+                         conv.events(coldwait.chunks_after_load(waits, open_)))
+    ex = open_(target)
     node = {"X-Cortex-Node": ex.target.node.name}
     if ex.response.status != 200:
         raise refusal(ex)
@@ -60,6 +73,15 @@ def count_tokens(call: Call) -> Reply:
 def _count_or_zero(gw: Gateway, target: Target, req: dict[str, Any]) -> int:
     try:
         return tokenize(gw, target, req)
+    except (ApiError, KeyError, ValueError) as exc:
+        log.warning("could not count the prompt for message_start: %s", exc)
+        return 0
+
+
+def count_or_zero(gw: Gateway, model: str, req: dict[str, Any]) -> int:
+    """The prompt's size on a loaded replica (after a cold load: the one just loaded)."""
+    try:
+        return count_on_loaded(gw, model, req)
     except (ApiError, KeyError, ValueError) as exc:
         log.warning("could not count the prompt for message_start: %s", exc)
         return 0

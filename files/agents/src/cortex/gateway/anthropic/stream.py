@@ -19,6 +19,8 @@ from cortex.core.errors import ApiError
 from cortex.core.wire import sse_event
 from cortex.gateway.anthropic import errors, translate
 
+PROGRESS = "helexa_progress"  # a cold load's tick (the gateway's coldwait)
+
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +41,12 @@ class Converter:
         self.matched: str | None = None
 
     def events(self, chunks: Iterator[dict[str, Any] | None]) -> Iterator[bytes]:
-        """Anthropic SSE bytes for the upstream chunks (None in them means keep-alive)."""
+        """Anthropic SSE bytes for the upstream chunks (None in them means keep-alive; a
+        `helexa_progress` chunk, a tick of a cold load the request waits on)."""
         try:
             for chunk in chunks:
-                if chunk is None:
-                    if self.started:
+                if chunk is None or PROGRESS in chunk:  # a keep-alive; a cold load's tick
+                    if self.started or chunk is not None:
                         yield _event("ping", {"type": "ping"})
                     continue
                 if isinstance(chunk.get("error"), dict):  # the neuron gave up and said why

@@ -13,12 +13,13 @@ from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
-from cortex.gateway import proxy
+from cortex.gateway import coldwait, proxy
 from cortex.gateway.dataplane import Call, Dialect, Route
 from cortex.gateway.neuron_calls import count_on_loaded, refusal
 from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.responses import errors, reply, translate
 from cortex.gateway.responses.stream import Converter
+from cortex.gateway.router import Target
 
 CHAT = "/v1/chat/completions"
 
@@ -32,8 +33,18 @@ RESPONSES = Dialect("responses", _render)
 
 def create(call: Call) -> Reply:
     plan = translate.to_chat(call.body)
-    ex = proxy.open_exchange(call.gw, CHAT, plan.chat, call.principal, call.headers,
-                             started=call.started, hold=call.hold)
+
+    def open_(target: Target | None) -> proxy.Exchange:
+        return proxy.open_exchange(call.gw, CHAT, plan.chat, call.principal, call.headers,
+                                   started=call.started, hold=call.hold, target=target)
+
+    target = None
+    if plan.stream:
+        target, waits = coldwait.route_or_wait(call.gw, plan.chat)
+        if waits is not None:  # a cold load under way: `response.in_progress` each tick
+            return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
+                         Converter(plan).events(coldwait.chunks_after_load(waits, open_)))
+    ex = open_(target)
     node = {"X-Cortex-Node": ex.target.node.name}
     if ex.response.status != 200:
         raise refusal(ex, keep_param=True)

@@ -20,6 +20,8 @@ from cortex.core.errors import ApiError
 from cortex.gateway.responses import errors, reply
 from cortex.gateway.responses.translate import Plan
 
+PROGRESS = "helexa_progress"  # a cold load's tick (the gateway's coldwait)
+
 log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -64,6 +66,9 @@ class Converter:
             for chunk in chunks:
                 if chunk is None:
                     yield None
+                    continue
+                if PROGRESS in chunk:  # a cold load's tick: the response is in progress
+                    yield self._lifecycle("response.in_progress")
                     continue
                 if isinstance(chunk.get("error"), dict):  # the neuron gave up and said why
                     yield self._failed(_upstream_error(chunk["error"]))
