@@ -338,8 +338,8 @@ def test_reaper_never_unloads_a_model_in_use(neuron_factory, gateway_factory):
     with gw.http.post(gw.url + "/v1/chat/completions", json=body, stream=True,
                       timeout=60) as stream:
         assert stream.status_code == 200
-        worker = n.neuron.registry.models["file:tiny-long"].worker
-        wait_until(lambda: worker.in_flight == 1)
+        scheduler = n.neuron.registry.models["file:tiny-long"].scheduler
+        wait_until(lambda: scheduler.in_flight == 1)
         _stale_idle_view(gw, "n1", "file:tiny-long")
         assert gw.gw.router.reap_idle() == []
         assert "file:tiny-long" in n.neuron.registry.models
