@@ -37,8 +37,6 @@ class NeuronMetrics:
         self.queue_depth = Gauge("neuron_model_queue_depth", "Requests waiting", m, registry=r)
         self.slots_total = Gauge("neuron_model_slots", "Sequences a model decodes at once", m,
                                  registry=r)
-        self.slots_busy = Gauge("neuron_model_slots_busy", "Slots generating now", m,
-                                registry=r)
         self.batch_size = Histogram("neuron_batch_sequences",
                                     "Sequences in each decode step (continuous batching)", m,
                                     buckets=_BATCH, registry=r)
@@ -72,7 +70,7 @@ class NeuronMetrics:
 
     def forget(self, model: str) -> None:
         """Drop a model's gauges when it is unloaded (counters keep their history)."""
-        for g in (self.in_flight, self.queue_depth, self.slots_total, self.slots_busy,
+        for g in (self.in_flight, self.queue_depth, self.slots_total,
                   self.decode_tok_s_aggregate):
             with contextlib.suppress(KeyError):
                 g.remove(model)

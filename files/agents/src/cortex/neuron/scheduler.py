@@ -102,7 +102,6 @@ class ModelScheduler:
         self._rate: deque[tuple[float, float, int]] = deque()  # (step start, end, tokens)
         self._closed = False
         metrics.slots_total.labels(model_id).set(self.slots)
-        metrics.slots_busy.labels(model_id).set(0)
         metrics.decode_tok_s_aggregate.labels(model_id).set_function(self.decode_rate)
         self._thread = threading.Thread(target=self._loop, name=f"gen:{model_id}", daemon=True)
         self._thread.start()
@@ -262,7 +261,6 @@ class ModelScheduler:
     def _busy_changed(self) -> None:
         n = len(self._active)
         self.metrics.in_flight.labels(self.model_id).set(n)
-        self.metrics.slots_busy.labels(self.model_id).set(n)
 
     def _begin(self, run: _Run) -> None:
         job = run.job
