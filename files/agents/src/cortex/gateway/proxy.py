@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cortex.core.errors import ApiError, BadRequest
-from cortex.core.wire import SSE_HEADERS
+from cortex.core.wire import SSE_HEADERS, sse_event
 from cortex.gateway.auth import Hold, Principal
 from cortex.gateway.config import ModelEntry
 from cortex.gateway.http1 import HttpError
 from cortex.gateway.http1 import Response as UpstreamResponse
-from cortex.gateway.reply import Reply, ThenRun
+from cortex.gateway.reply import Closing, Reply
 from cortex.gateway.router import Target
 from cortex.gateway.upstream import UpstreamError
 
@@ -123,7 +123,7 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
     return Reply(ex.response.status, {**_pass_back(ex.response), **node,
                                       "Content-Length": str(len(data)),
                                       "X-Cortex-Overhead-Ms": f"{overhead * 1000:.2f}"},
-                 ThenRun(data, account))
+                 Closing((data,), account))
 
 
 def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
@@ -184,10 +184,20 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
 
 
 def read_body(ex: Exchange) -> bytes:
-    """The whole (non-streaming) answer; accounts for it."""
+    """The whole (non-streaming) answer, whatever it is; accounts for it."""
     data = fetch_body(ex)
-    _account(ex, data)
+    _account_body(data, ex.outcome)
+    ex.finish()
     return data
+
+
+def read_json(ex: Exchange) -> dict[str, Any]:
+    """The whole (non-streaming) answer as the neuron API's JSON object, parsed once (a 502
+    if it is not); accounts for it."""
+    body = _json_reply(ex, fetch_body(ex))
+    _account_parsed(body, ex.outcome)
+    ex.finish()
+    return body
 
 
 def fetch_body(ex: Exchange) -> bytes:
@@ -201,11 +211,6 @@ def fetch_body(ex: Exchange) -> bytes:
                        code="upstream_read_error") from None
     ex.outcome.first_chunk_at = time.monotonic()
     return data
-
-
-def _account(ex: Exchange, data: bytes) -> None:
-    _account_body(data, ex.outcome)
-    ex.finish()
 
 
 def _error_code(upstream: UpstreamResponse) -> str:
@@ -302,7 +307,7 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
         log.warning("stream from upstream broke: %s", exc)
         err = ApiError(f"the neuron's stream broke off: {exc}", status=502, type="api_error",
                        code="upstream_stream_error")
-        yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+        yield sse_event(err.body())
     except GeneratorExit:  # the client went away: still bill what the neuron generated
         outcome.code = "client_closed"
         done = _drain(pieces, recent, edge)

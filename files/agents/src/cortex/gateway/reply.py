@@ -29,19 +29,26 @@ def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) ->
                           "Content-Length": str(len(data)), **(headers or {})}, data)
 
 
-class ThenRun:
-    """A one-piece WSGI body that runs `after` when the server closes it, once sent."""
+class Closing:
+    """A WSGI body that runs `after` once, when the server closes it: after the body is
+    sent and its own `close` has run. What runs there (accounting, releasing a hold) is off
+    the client's clock and must not break the worker: a failure is only logged."""
 
-    def __init__(self, data: bytes, after: Callable[[], None]) -> None:
-        self.data, self.after = data, after
+    def __init__(self, body: Iterable[bytes], after: Callable[[], None]) -> None:
+        self.body, self.after = body, after
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter((self.data,))
+        return iter(self.body)
 
     def close(self) -> None:
         after, self.after = self.after, None
-        if after is not None:
-            try:
-                after()
-            except Exception:  # the reply is out; bookkeeping must not break the worker
-                log.exception("accounting for a finished request failed")
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if after is not None:
+                try:
+                    after()
+                except Exception:
+                    log.exception("bookkeeping after a finished reply failed")

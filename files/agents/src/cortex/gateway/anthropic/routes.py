@@ -8,7 +8,6 @@ envelope, not OpenAI's.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -19,7 +18,7 @@ from cortex.gateway.anthropic import errors, translate
 from cortex.gateway.anthropic.stream import Converter
 from cortex.gateway.composition import Gateway
 from cortex.gateway.dataplane import Call, Dialect, Route
-from cortex.gateway.neuron_calls import count_on_loaded, refusal, tokenize
+from cortex.gateway.neuron_calls import count_on_loaded, refusal
 from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.router import Target
 
@@ -57,10 +56,10 @@ def messages(call: Call) -> Reply:
         raise refusal(ex)
     if req.get("stream"):
         conv = Converter(model, thinking=thinking,
-                         count=lambda: _count_or_zero(gw, ex.target, req))
+                         count=lambda: count_or_zero(gw, model, req))
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
                      conv.events(proxy.iter_chunks(ex)))
-    reply = json.loads(proxy.read_body(ex))
+    reply = proxy.read_json(ex)
     return json_reply(200, translate.to_anthropic(reply, model, thinking=thinking), node)
 
 
@@ -68,14 +67,6 @@ def count_tokens(call: Call) -> Reply:
     """The prompt's size by the model's own tokenizer, on a node that has it loaded."""
     req = translate.to_openai(call.body, count_only=True)
     return json_reply(200, {"input_tokens": count_on_loaded(call.gw, call.model, req)})
-
-
-def _count_or_zero(gw: Gateway, target: Target, req: dict[str, Any]) -> int:
-    try:
-        return tokenize(gw, target, req)
-    except (ApiError, KeyError, ValueError) as exc:
-        log.warning("could not count the prompt for message_start: %s", exc)
-        return 0
 
 
 def count_or_zero(gw: Gateway, model: str, req: dict[str, Any]) -> int:

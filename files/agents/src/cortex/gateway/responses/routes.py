@@ -14,7 +14,7 @@ from typing import Any
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
 from cortex.gateway import coldwait, proxy
-from cortex.gateway.dataplane import Call, Dialect, Route
+from cortex.gateway.dataplane import Call, Dialect, Route, reserve_for
 from cortex.gateway.neuron_calls import count_on_loaded, refusal
 from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.responses import errors, reply, translate
@@ -51,7 +51,7 @@ def create(call: Call) -> Reply:
     if plan.stream:
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
                      Converter(plan).events(proxy.iter_chunks(ex)))
-    completion = json.loads(proxy.read_body(ex))
+    completion = proxy.read_json(ex)
     return json_reply(200, reply.to_response(completion, plan), node)
 
 
@@ -64,14 +64,10 @@ def input_tokens(call: Call) -> Reply:
 
 
 def reserve(body: dict[str, Any]) -> int:
-    """Tokens to hold against a capped key: the input (about 4 characters a token; its
-    items' text as JSON, an upper-ish bound) and the most the model may write."""
-    most = body.get("max_output_tokens")
-    text = body.get("input")
-    size = len(text) if isinstance(text, str) else len(json.dumps(text or ""))
-    size += len(body.get("instructions") or "") if isinstance(body.get("instructions"),
-                                                              str) else 0
-    return size // 4 + (most if isinstance(most, int) and most > 0 else 256)
+    """Tokens to hold against a capped key: the instructions and input as JSON (about 4
+    characters a token, an upper-ish bound) and the most the model may write."""
+    prompt = json.dumps([body.get("instructions"), body.get("input")], ensure_ascii=False)
+    return len(prompt) // 4 + reserve_for({"max_output_tokens": body.get("max_output_tokens")})
 
 
 ROUTES = [
