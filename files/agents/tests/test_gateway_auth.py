@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import requests
 from openai import AuthenticationError, OpenAI, RateLimitError
 
 from cortex.gateway.config import (
@@ -45,13 +48,9 @@ def test_require_auth(neuron_hello, gateway_factory, tmp_path):
     assert gw.get("/").status_code == 200
 
 
-@pytest.mark.parametrize("store_kind", ["sqlite", "redis"])
-def test_rolling_cap_is_429_with_retry_after(neuron_hello, gateway_factory, tmp_path,
-                                             store_kind, request):
-    store = (f"sqlite://{tmp_path}/s.db" if store_kind == "sqlite"
-             else request.getfixturevalue("redis_url"))
+def test_rolling_cap_is_429_with_retry_after(neuron_hello, gateway_factory, store_spec):
     gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")],
-                         entitlements=keys(store, hard_cap=30,
+                         entitlements=keys(store_spec, hard_cap=30,
                                            window=Window(kind="rolling", seconds=600)))
     client = OpenAI(base_url=gw.url + "/v1", api_key="sk-capped", max_retries=0)
     spent = 0
@@ -65,6 +64,38 @@ def test_rolling_cap_is_429_with_retry_after(neuron_hello, gateway_factory, tmp_
     # Another key of the same account has no cap.
     free = OpenAI(base_url=gw.url + "/v1", api_key="sk-free")
     assert free.chat.completions.create(model="tiny-hello", messages=MSG).choices
+
+
+@pytest.mark.parametrize("route", ["chat", "chat-stream", "messages-stream"])
+def test_a_finished_request_holds_only_what_it_spent(neuron_hello, gateway_factory, tmp_path,
+                                                      route):
+    # Spend is stored after the reply is on the wire; a client's next request can come
+    # first (a new connection, a slow store). It once met the first request's reservation
+    # (256 tokens for a request without max_tokens) and got a 429 well under the cap.
+    gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")],
+                         entitlements=keys(f"sqlite://{tmp_path}/s.db", hard_cap=100,
+                                           window=Window(kind="rolling", seconds=600)))
+    store = gw.gw.auth.store
+    record, stored = store.record, []
+
+    def slow_record(key_id, tokens, *args, **kw):
+        time.sleep(0.5)  # a store across the network, busy
+        record(key_id, tokens, *args, **kw)
+        stored.append(tokens)
+
+    store.record = slow_record
+    path, stream = {"chat": ("/v1/chat/completions", False),
+                    "chat-stream": ("/v1/chat/completions", True),
+                    "messages-stream": ("/v1/messages", True)}[route]
+    body = {"model": "tiny-hello", "messages": MSG, "stream": stream}
+    if path == "/v1/messages":
+        body["max_tokens"] = 1000  # held in full until the usage is known
+    h = {"Authorization": "Bearer sk-capped", "Connection": "close"}
+    for _ in range(2):  # the second comes while the first one's spend is being stored
+        r = requests.post(gw.url + path, json=body, headers=h, timeout=30)
+        assert r.status_code == 200, r.text
+        assert gw.gw.auth.held("capped") < 100  # what it spent, not its reservation
+    wait_for(lambda: len(stored) == 2 and gw.gw.auth.held("capped") == 0, "the spend stored")
 
 
 def test_balance_cap_is_insufficient_quota(neuron_hello, gateway_factory, tmp_path):

@@ -42,6 +42,7 @@ class Auth:
         # Tokens that requests in flight in this worker may still spend, per key: counted
         # against the cap at admission, so concurrent requests cannot all pass one check.
         self._held: dict[str, int] = {}
+        self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     @property
@@ -87,27 +88,43 @@ class Auth:
         hold = Hold(self, p)
         if p.entry is None or p.entry.hard_cap is None:
             return hold
-        with self._lock:
-            self.check_caps(p)
-            hold.held = max(0, reserve)
-            self._held[p.key_id] = self._held.get(p.key_id, 0) + hold.held
+        with self._key_lock(p.key_id):
+            self._check(p)
+            self._rehold(hold, max(0, reserve))
         return hold
 
     def held(self, key_id: str) -> int:
         """Tokens this worker's requests in flight hold against `key_id`'s cap."""
         return self._held.get(key_id, 0)
 
-    def _release(self, hold: Hold) -> None:
-        if hold.held:
+    def _key_lock(self, key_id: str) -> threading.Lock:
+        # One lock per key orders its cap checks with its settlements in this worker: a
+        # check sees a finished request's spend either held or stored, never both (a
+        # spurious 429) and never neither (a cap overrun).
+        lock = self._locks.get(key_id)
+        if lock is None:
             with self._lock:
-                left = self._held.get(hold.principal.key_id, 0) - hold.held
-                if left > 0:
-                    self._held[hold.principal.key_id] = left
-                else:
-                    self._held.pop(hold.principal.key_id, None)
-            hold.held = 0
+                lock = self._locks.setdefault(key_id, threading.Lock())
+        return lock
+
+    def _rehold(self, hold: Hold, tokens: int) -> None:
+        """Hold `tokens` for `hold` instead of what it holds now (0 releases it); the
+        caller holds the key's lock."""
+        key_id = hold.principal.key_id
+        left = self._held.get(key_id, 0) - hold.held + tokens
+        if left > 0:
+            self._held[key_id] = left
+        else:
+            self._held.pop(key_id, None)
+        hold.held = tokens
 
     def check_caps(self, p: Principal, now: float | None = None) -> None:
+        if p.entry is None or p.entry.hard_cap is None:
+            return
+        with self._key_lock(p.key_id):
+            self._check(p, now)
+
+    def _check(self, p: Principal, now: float | None = None) -> None:
         entry = p.entry
         if entry is None or entry.hard_cap is None:
             return
@@ -141,11 +158,24 @@ class Hold:
     held: int = 0
     settled: bool = field(default=False)
 
+    def known(self, spent: int) -> None:
+        """The request's real spend is known (the neuron's usage): hold that instead of
+        the reservation until `settle` has stored it. The client may send its next request
+        before this one's bookkeeping runs (it runs after the reply is on the wire); that
+        request is then checked against what was spent, not against the reservation."""
+        if self.held and not self.settled:
+            with self.auth._key_lock(self.principal.key_id):
+                self.auth._rehold(self, max(0, spent))
+
     def settle(self, spent: int) -> None:
         if self.settled:
             return
         self.settled = True
-        try:
+        if not self.held:  # nothing held: no cap to keep in step with
             self.auth.record(self.principal, spent)
-        finally:
-            self.auth._release(self)
+            return
+        with self.auth._key_lock(self.principal.key_id):
+            try:
+                self.auth.record(self.principal, spent)
+            finally:
+                self.auth._rehold(self, 0)

@@ -95,6 +95,13 @@ class Exchange:
     response: UpstreamResponse
     outcome: Outcome
     finish: Callable[[], None]
+    hold: Hold | None = None
+
+    def usage_known(self) -> None:
+        """The neuron said what the request used: the key's hold shrinks to it now, before
+        the client can send its next request (the spend is stored after the reply)."""
+        if self.hold is not None:
+            self.hold.known(self.outcome.prompt_tokens + self.outcome.completion_tokens)
 
 
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
@@ -109,15 +116,15 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
         # Of a stream, what the gateway adds is the work before the neuron gets the request.
         gw.metrics.overhead_of(path).observe(ex.outcome.extra["sent_s"])
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
-                     _relay(ex.response, ex.outcome, ex.finish))
+                     _relay(ex))
     data = fetch_body(ex)
-    parsed = _json_reply(ex, data)
+    _account_parsed(_json_reply(ex, data), ex.outcome)
+    ex.usage_known()
     # The gateway's own time: before the request went out, and since the reply came in.
     overhead = ex.outcome.extra["sent_s"] + time.monotonic() - ex.outcome.first_chunk_at
 
     def account() -> None:  # once the reply is on the wire: off the client's clock
         gw.metrics.overhead_of(path).observe(overhead)
-        _account_parsed(parsed, ex.outcome)
         ex.finish()
 
     return Reply(ex.response.status, {**_pass_back(ex.response), **node,
@@ -180,7 +187,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
     gw.metrics.target(target.public_id, target.node.name).requests.inc()
     outcome = Outcome(status=upstream.status, extra={"sent_s": sent_at - started})
     return Exchange(target, upstream, outcome,
-                    _finisher(gw, target, principal, outcome, started, hold, on_done))
+                    _finisher(gw, target, principal, outcome, started, hold, on_done), hold)
 
 
 def read_body(ex: Exchange) -> bytes:
@@ -272,12 +279,12 @@ def _account_parsed(body: Any, outcome: Outcome) -> None:
         outcome.code = err.get("code") or err.get("kind") or "upstream_error"
 
 
-def _relay(upstream: UpstreamResponse, outcome: Outcome,
-           finish: Callable[[], None]) -> Iterator[bytes]:
+def _relay(ex: Exchange) -> Iterator[bytes]:
     """Yield the neuron's SSE bytes as they come; note usage; end with an error if cut."""
+    upstream, outcome = ex.response, ex.outcome
     recent: deque[bytes] = deque(maxlen=3)  # the usage chunk comes just before [DONE]
     edge = b""  # the last bytes seen, for a marker split across reads
-    done = False
+    done = accounted = False
     first = b""
     events = 0  # relayed: a floor on the tokens generated, if the usage never comes
     pieces = _raw(upstream, outcome)
@@ -296,10 +303,14 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
             first = first or chunk
             recent.append(chunk)
             events += chunk.count(b"data: ")
-            yield chunk
             window = edge + chunk  # only new bytes are searched, not the whole stream
-            done = done or b"data: [DONE]" in window
             edge = window[-11:]
+            if not done and b"data: [DONE]" in window:
+                done = True  # the usage is in: account for it before the client has the end
+                _account_stream_tail(b"".join(recent)[-8192:], outcome)
+                ex.usage_known()
+                accounted = True
+            yield chunk
         if not done:
             raise HttpError("the stream ended without [DONE]")
     except (HttpError, OSError) as exc:
@@ -316,8 +327,9 @@ def _relay(upstream: UpstreamResponse, outcome: Outcome,
         raise
     finally:
         upstream.release() if done else upstream.close()
-        _account_stream_tail(b"".join(recent)[-8192:], outcome)
-        _finish_quietly(finish)
+        if not accounted:  # cut off, or drained after the client left
+            _account_stream_tail(b"".join(recent)[-8192:], outcome)
+        _finish_quietly(ex.finish)
 
 
 def _drain(pieces: Iterator[bytes], recent: deque[bytes], edge: bytes) -> bool:
@@ -378,6 +390,8 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
                 elif line.startswith(b"data: "):
                     chunk = json.loads(line[6:])
                     _account_chunk(chunk, ex.outcome)
+                    if isinstance(chunk, dict) and chunk.get("usage"):
+                        ex.usage_known()
                     if isinstance(chunk, dict):
                         events += 1
                         if events == 1 and isinstance(chunk.get("helexa_prompt_tokens"), int):
