@@ -12,7 +12,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
 
 .PHONY: help test demo demo-local lab-up lab-down lab-test venv collection sysdeps lint pytest \
 	collection-test playbook-test molecule-test \
-	constraints clean fuzz
+	constraints clean fuzz audit
 
 help:
 	@echo "make demo   # a local fleet answering a real question"
@@ -50,6 +50,19 @@ lint: $(STAMP) collection
 	$(BIN)/bandit -q -r $(AGENTS)/src -x $(AGENTS)/src/cortex/testing
 	$(BIN)/python scripts/check_role_specs.py
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ansible-lint
+
+# pip-audit of the pinned dependencies, from its own venv (its pins: requirements/audit.txt).
+# Fails on a known vulnerability (accepted ones: requirements/audit-ignore.txt, with a
+# reason); says loudly when its vulnerability service cannot be reached and nothing was audited.
+AUDIT_VENV := .cache/audit-venv
+$(AUDIT_VENV)/.installed: requirements/audit.txt
+	@test -x $(AUDIT_VENV)/bin/python || $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install -q -r requirements/audit.txt
+	@touch $@
+
+audit: $(AUDIT_VENV)/.installed
+	$(AUDIT_VENV)/bin/python scripts/audit_deps.py $(AUDIT_VENV)/bin/pip-audit \
+	  $(CONSTRAINTS) requirements/audit-ignore.txt
 
 pytest: $(STAMP) sysdeps
 	cd $(AGENTS) && ../../$(BIN)/python -m pytest -q
@@ -91,7 +104,7 @@ molecule-test: $(STAMP) collection
 	  PATH=$(CURDIR)/$(BIN):$$PATH MOLECULE_PROJECT_DIRECTORY=$(CURDIR) \
 	    $(BIN)/molecule -c molecule/shared/config.yml test -s $$s || exit 1; done
 
-test: lint pytest collection-test sanity-test integration-test playbook-test lab-test \
+test: lint audit pytest collection-test sanity-test integration-test playbook-test lab-test \
 	molecule-test
 
 # The main job: the lab's three systemd hosts, deployed by site.yml, answering a question.
