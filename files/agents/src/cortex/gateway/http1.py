@@ -35,7 +35,13 @@ RESOLVE_TTL_S = 30.0
 
 
 class HttpError(Exception):
-    """The request failed in transport: connect, timeout, reset, or a malformed reply."""
+    """The request failed in transport: connect, timeout, reset, or a malformed reply.
+    `timed_out`: the request went out and no reply came within the read timeout (the
+    server may still be working on it)."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @lru_cache(maxsize=1024)
@@ -294,7 +300,8 @@ class Client:
                 if conn.reused and (idempotent or not sent) and _nothing_came(conn, exc):
                     continue
                 if isinstance(exc, TimeoutError | socket.timeout):
-                    raise HttpError(f"{url}: no reply within {timeout:g} s") from None
+                    raise HttpError(f"{url}: no reply within {timeout:g} s",
+                                    timed_out=sent) from None
                 raise HttpError(f"{url}: {exc or type(exc).__name__}") from None
 
     def put(self, key: tuple, conn: Connection) -> None:

@@ -2,8 +2,9 @@
 
 Bodies go through unchanged but for `model` (rewritten to the id the neuron knows). A
 transport failure before the first byte, or a drained or stopping neuron, is retried once
-on another replica (a neuron's 500 is the request's own doing: it goes back); one that dies
-mid-stream ends the client's stream with an explicit error event, never a clean end.
+on another replica (a neuron's 500 is the request's own doing: it goes back; a neuron that
+had the request and timed out may still be running it: a 504); one that dies mid-stream
+ends the client's stream with an explicit error event, never a clean end.
 """
 
 from __future__ import annotations
@@ -159,6 +160,15 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
             upstream = gw.upstream.open("POST", f"{target.node.endpoint}{path}", payload,
                                         headers)
         except UpstreamError as exc:
+            if exc.timed_out:
+                # The neuron has the request and may still be working on it: sending it
+                # to another replica would run it twice and, on a slow fleet, pile load
+                # onto the nodes that are keeping up.
+                gw.metrics.errors.labels(target.public_id, target.node.name,
+                                         "upstream_timeout").inc()
+                raise ApiError(f"{target.node.name} gave no reply to the request within "
+                               f"{gw.cfg.gateway.read_timeout_secs:g} s", status=504,
+                               code="upstream_timeout", type="api_error") from None
             upstream = None
             failure = str(exc)
         else:

@@ -14,7 +14,12 @@ STREAM_DEADLINE_S = 3600.0
 
 
 class UpstreamError(Exception):
-    """A neuron could not be reached or answered with a transport failure."""
+    """A neuron could not be reached or answered with a transport failure; `timed_out`:
+    it had the request and gave no reply within the read timeout."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 class Upstream:
@@ -54,7 +59,7 @@ class Upstream:
             return self.http.request(method, url, body, {**headers, **self.headers},
                                      read_timeout=read, deadline=STREAM_DEADLINE_S)
         except HttpError as exc:
-            raise UpstreamError(str(exc)) from None
+            raise UpstreamError(str(exc), timed_out=exc.timed_out) from None
 
 
 def neuron_error(status: int, body: Any, node: str) -> ApiError:
