@@ -70,20 +70,21 @@ def route_waiting(gw: Gateway, name: str, exclude: frozenset[str] | set[str] = f
     box: dict[str, Any] = {}
     done = threading.Event()
 
-    def run() -> None:
+    def run() -> None:  # this thread outlives a caller that leaves: the caller is counted
         try:
-            box["target"] = gw.router.route(name, set(exclude))
+            box["target"] = gw.router.route(name, set(exclude), counted=False)
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
         finally:
             done.set()
 
-    threading.Thread(target=run, name=f"route:{public}", daemon=True).start()
-    started = time.monotonic()
-    while not done.wait(tick):
-        yield progress_of(gw, model_id, public, started)
-    if "error" in box:
-        raise box["error"]
+    with gw.router.waiting_for(model_id):  # until served, or until the caller leaves
+        threading.Thread(target=run, name=f"route:{public}", daemon=True).start()
+        started = time.monotonic()
+        while not done.wait(tick):
+            yield progress_of(gw, model_id, public, started)
+        if "error" in box:
+            raise box["error"]
     yield box["target"]
 
 

@@ -53,6 +53,9 @@ class GatewayMetrics:
                               registry=r)
         self.cold_starts = Counter("cortex_cold_starts", "Loads triggered by requests", mn,
                                    registry=r)
+        self.unwanted_loads = Counter(
+            "cortex_unwanted_loads", "Cold loads that finished after every request waiting "
+            "on them had gone (their clients gave up)", mn, registry=r)
         self.evictions = Counter("cortex_evictions", "Models unloaded to make room or when idle",
                                  [*mn, "reason"], registry=r)
         self.prompt_tokens = Counter("cortex_prompt_tokens", "Prompt tokens", mn, registry=r)

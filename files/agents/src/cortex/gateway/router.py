@@ -8,9 +8,11 @@ one load: the first plans and loads, the others wait for it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cortex.core.errors import ApiError, NotFound, Unavailable
@@ -41,13 +43,39 @@ class Router:
         self.strategy = strategy
         self.load_timeout = load_timeout
         self._loads: dict[str, threading.Event] = {}
+        self._waiting: dict[str, int] = {}  # load id -> requests waiting for it to be served
         self._routed: dict[tuple[str, str], float] = {}  # (node, model) → last routed at
         self._lock = threading.Lock()
 
     # -- choosing ------------------------------------------------------------------------
-    def route(self, name: str, exclude: set[str] = frozenset()) -> Target:
+    def route(self, name: str, exclude: set[str] = frozenset(), *, counted: bool = True
+              ) -> Target:
+        """Where to send a request for `name`, cold-loading it if need be. `counted`: the
+        caller is the request itself (not a helper thread that counts its caller with
+        `waiting_for`), and is waiting for the model until this returns."""
         entry = self.catalogue.resolve(name)
         model_id = entry.load_id if entry else name
+        if not counted:
+            return self._route(name, entry, model_id, exclude)
+        with self.waiting_for(model_id):
+            return self._route(name, entry, model_id, exclude)
+
+    @contextlib.contextmanager
+    def waiting_for(self, model_id: str) -> Iterator[None]:
+        """Count a request waiting for `model_id` while the block runs: a cold load that
+        ends with nobody waiting is counted as unwanted."""
+        with self._lock:
+            self._waiting[model_id] = self._waiting.get(model_id, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._waiting.pop(model_id) - 1
+                if left:
+                    self._waiting[model_id] = left
+
+    def _route(self, name: str, entry: ModelEntry | None, model_id: str,
+               exclude: set[str]) -> Target:
         public = entry.id if entry else name
         deadline = time.monotonic() + self.load_timeout
         while True:
@@ -164,6 +192,10 @@ class Router:
                 read=self.load_timeout)
             if status == 200:
                 self.metrics.cold_starts.labels(entry.id, node.name).inc()
+                if not self._waiting.get(entry.load_id):
+                    log.info("%s finished loading on %s after every request waiting for it "
+                             "had gone", entry.id, node.name)
+                    self.metrics.unwanted_loads.labels(entry.id, node.name).inc()
                 self.fleet.refresh(node)
                 return
             err = neuron_error(status, body, node.name)
