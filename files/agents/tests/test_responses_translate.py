@@ -144,7 +144,7 @@ def test_text_format_reasoning_and_stream():
 
 
 def test_accepted_and_ignored_fields():
-    out = chat({"input": "Hi", "store": True, "include": ["reasoning.encrypted_content"],
+    out = chat({"input": "Hi", "store": False, "include": ["reasoning.encrypted_content"],
                 "prompt_cache_key": "k", "client_metadata": {"a": "b"}, "metadata": {"x": "y"},
                 "user": "u", "safety_identifier": "s", "truncation": "auto",
                 "service_tier": "auto", "top_logprobs": 2, "max_tool_calls": 3,
@@ -158,6 +158,8 @@ def test_accepted_and_ignored_fields():
     ({"model": "m", "input": 5}, "input"),
     ({"model": "m", "input": []}, "input"),
     ({"model": "m", "input": "Hi", "previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"model": "m", "input": "Hi", "store": True}, "store"),
+    ({"model": "m", "input": "Hi", "store": "yes"}, "store"),
     ({"model": "m", "input": "Hi", "conversation": "conv_1"}, "conversation"),
     ({"model": "m", "input": "Hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
     ({"model": "m", "input": "Hi", "background": True}, "background"),

@@ -71,9 +71,16 @@ def to_chat(body: dict[str, Any]) -> Plan:
                                 "does not keep; send the request without it",
                   "unsupported_parameter")
     # `store`: OpenAI's default is true, and the SDK sends nothing unless told, so a request
-    # cannot be refused for it. Storing only matters to a later `previous_response_id` or
-    # GET /v1/responses/{id}, and those get the clear error instead; the response says
-    # `store: false` so the client can see that nothing was kept.
+    # that leaves it out is served (the response says `store: false`: nothing was kept).
+    # One that asks for it in so many words is refused: it means to fetch or continue the
+    # response later, which would fail then, far from the cause.
+    store = body.get("store")
+    if store not in (None, True, False):
+        raise bad("store", "expected a boolean")
+    if store is True:
+        raise bad("store", "this gateway is stateless and keeps no responses; send "
+                           "store: false or leave it out, and the whole conversation in "
+                           "'input' each turn", "unsupported_parameter")
     stream = body.get("stream")
     if stream not in (None, True, False):
         raise bad("stream", "expected a boolean")
