@@ -1,7 +1,7 @@
 """The data plane: one prologue and one error envelope per dialect on every inference route,
 embeddings, structured output, Claude Code's prompt cache, and spend that holds.
 
-Real gateways on loopback; a neuron-API stand-in (tests/neuron_standin.py) where a real
+Real gateways on loopback; a neuron-API stand-in (cortex.testing.standin) where a real
 neuron cannot be made to answer on cue, real neurons where the behaviour is the neuron's.
 """
 
@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from pathlib import Path
 
 import anthropic
+import numpy as np
 import openai
 import pytest
 import requests
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import WSGIRequestHandler
 
 from cortex.gateway.config import EntitlementsSection, KeyEntry, Limit, ModelEntry, Window
+from cortex.testing.served import Served
 from cortex.testing.waiting import wait_for
-from neuron_standin import StandIn
 
 DATA = Path(__file__).parent / "data"
 HI = [{"role": "user", "content": "Hi"}]
@@ -31,20 +31,6 @@ ROUTES = {  # path -> (dialect, a valid body)
     "/v1/messages": ("anthropic", {"model": "standin", "max_tokens": 8, "messages": HI}),
     "/v1/messages/count_tokens": ("anthropic", {"model": "standin", "messages": HI}),
 }
-
-
-@pytest.fixture
-def standin_factory():
-    made: list[StandIn] = []
-
-    def make(*args, **kwargs) -> StandIn:
-        s = StandIn(*args, **kwargs)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def keys(tmp_path: Path, **caps) -> EntitlementsSection:
@@ -182,14 +168,24 @@ def test_embeddings_are_routed_like_chat(standin_factory, gateway_factory, tmp_p
 
 
 def test_embeddings_on_a_real_neuron(neuron, gateway_factory):
+    """A cold load through the gateway, then the neuron's own embeddings, relayed whole;
+    the official client's default (base64) decodes to the same vectors."""
     gw = gateway_factory({"n1": neuron}, [ModelEntry(id="tiny-hello")])
-    r = gw.post("/v1/embeddings", {"model": "tiny-hello", "input": ["Hi there"]})
-    if r.status_code == 404 and r.json()["error"].get("code") != "model_not_found":
-        pytest.skip("this neuron has no /v1/embeddings yet")
+    r = gw.post("/v1/embeddings", {"model": "tiny-hello", "input": ["Hi there", "Hello"],
+                                   "encoding_format": "float"})
     assert r.status_code == 200, r.text
+    assert r.headers["X-Cortex-Node"] == "n1"
     body = r.json()
-    assert body["data"][0]["object"] == "embedding" and body["data"][0]["embedding"]
+    assert [d["index"] for d in body["data"]] == [0, 1] and body["model"] == "file:tiny-hello"
+    assert body["data"][0]["object"] == "embedding" and len(body["data"][0]["embedding"]) == 64
     assert body["usage"]["prompt_tokens"] > 0
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0)
+    out = client.embeddings.create(model="tiny-hello", input=["Hi there", "Hello"])
+    assert np.allclose([d.embedding for d in out.data], [d["embedding"] for d in body["data"]],
+                       atol=1e-6)
+    with pytest.raises(openai.BadRequestError) as exc:  # the neuron's 400, passed through
+        client.embeddings.create(model="tiny-hello", input="")
+    assert exc.value.body["code"] == "empty_input"
 
 
 # -- structured output across dialects -----------------------------------------------------
@@ -322,17 +318,15 @@ def test_a_store_error_after_done_still_ends_the_chunked_body(standin_factory,
         raise OSError("database is locked")
 
     monkeypatch.setattr(gw.gw.auth.store, "record", broken)
-    server = make_server("127.0.0.1", 0, gw.app, threaded=True, request_handler=_Http11)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    http11 = Served(gw.app, request_handler=_Http11)
     try:
-        r = requests.post(f"http://127.0.0.1:{server.server_port}/v1/chat/completions",
-                          json={"model": "standin", "messages": HI, "stream": True},
-                          headers={"Authorization": "Bearer sk-ok"}, timeout=30)
+        r = http11.post("/v1/chat/completions",
+                        {"model": "standin", "messages": HI, "stream": True},
+                        headers={"Authorization": "Bearer sk-ok"})
         assert r.status_code == 200 and r.headers["Transfer-Encoding"] == "chunked"
         assert r.text.endswith("data: [DONE]\n\n")  # the body ended (no ChunkedEncodingError)
     finally:
-        server.shutdown()
-        server.server_close()
+        http11.close()
 
 
 # -- count_tokens ----------------------------------------------------------------------------

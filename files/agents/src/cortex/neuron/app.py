@@ -27,7 +27,7 @@ from cortex.core.http import (
     require_token,
 )
 from cortex.core.validate import get_number, get_str, invalid
-from cortex.neuron import inference
+from cortex.neuron import embeddings, inference
 from cortex.neuron.config import MAX_PARALLEL, NeuronConfig
 from cortex.neuron.engines import harnesses
 from cortex.neuron.gpu import Devices
@@ -236,7 +236,8 @@ def load() -> Any:
                       harness=get_str(body, "harness", "") or "",
                       tensor_parallel=get_number(body, "tensor_parallel", 1, lo=1,
                                                  integer=True),
-                      devices=devices, parallel=_parallel(body))
+                      devices=devices, parallel=_parallel(body),
+                      embeddings_only=_embeddings_only(body))
     loaded, fresh = _neuron().registry.load(req)
     return json_response({"status": "loaded", "model_id": loaded.id, "already_loaded": not fresh,
                           "model": loaded.describe()})
@@ -247,6 +248,15 @@ def _parallel(body: dict) -> int | None:
     if body.get("parallel") is None:
         return None
     return int(get_number(body, "parallel", 0, lo=0, hi=MAX_PARALLEL, integer=True))
+
+
+def _embeddings_only(body: dict) -> bool | None:
+    """Load for embeddings alone (no generation context); absent or null: so for a GGUF
+    that names a pooling and has no chat template."""
+    value = body.get("embeddings_only")
+    if value is not None and not isinstance(value, bool):
+        raise invalid("embeddings_only", "expected true, false or null")
+    return value
 
 
 @bp.post("/models/unload")
@@ -306,6 +316,11 @@ def chat_completions() -> Any:
 @bp.post("/v1/completions")
 def completions() -> Any:
     return inference.handle(_neuron(), json_body(), chat=False)
+
+
+@bp.post("/v1/embeddings")
+def create_embeddings() -> Any:
+    return embeddings.handle(_neuron(), json_body())
 
 
 @bp.post("/tokenize")

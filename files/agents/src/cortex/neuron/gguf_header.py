@@ -110,6 +110,18 @@ def estimate_mb(path: Path, meta: dict[str, Any], n_ctx: int) -> int:
     return (size + kv_bytes + overhead) // 2**20
 
 
+def embeddings_mb(meta: dict[str, Any], n_ctx: int) -> int:
+    """An embeddings context for inputs of `n_ctx` tokens: its f16 KV cache, an output row
+    per token (llama.cpp keeps every token's logits beside its embedding, even when it
+    pools) and compute buffers."""
+    facts = describe(meta)
+    n_vocab = len(meta.get("tokenizer.ggml.tokens") or ()) or meta.get(
+        f"{facts['architecture']}.vocab_size", 0)
+    kv_bytes = 2 * 2 * n_ctx * facts["n_layer"] * facts["kv_width"]
+    outputs = 4 * n_ctx * (n_vocab + facts["n_embd"])
+    return (kv_bytes + outputs + 64 * 2**20) // 2**20
+
+
 def split_parts(path: Path) -> list[Path]:
     """All shards of a split GGUF (`name-00001-of-00003.gguf`), or just the file."""
     m = re.match(r"(.*)-(\d{5})-of-(\d{5})\.gguf$", path.name)

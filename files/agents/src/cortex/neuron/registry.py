@@ -41,6 +41,9 @@ class LoadRequest:
     tensor_parallel: int = 1
     devices: list[int] = field(default_factory=list)
     parallel: int | None = None  # slots; None: the neuron's `parallel` setting
+    # No generation context, only embeddings; None: so when the GGUF names a pooling and
+    # has no chat template (an embedding model).
+    embeddings_only: bool | None = None
 
 
 CPU_AUTO_SLOTS = 4  # parallel = 0 on a host without GPUs (issue 10: 1.77x at 4 on 2 cores)
@@ -59,6 +62,11 @@ class Loaded:
     vram_mb: int
     load_seconds: float
     loaded_at: float = field(default_factory=time.time)
+    embeddings_only: bool = False
+    # The embeddings context's share of vram_mb: counted (by Registry.reserve_embeddings)
+    # before the model's scheduler thread makes it on first use; at load when embeddings only.
+    embeddings_mb: int = 0
+    embeddings_need_mb: int = 0  # its estimate
     _leases: int = 0
     _closing: bool = False
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -95,26 +103,39 @@ class Loaded:
         return self.model.chat_template or ""
 
     def describe(self) -> dict[str, Any]:
-        return {
+        chat = not self.embeddings_only
+        out = {
             "id": self.id, "harness": self.harness, "status": "loaded", "devices": self.devices,
             "vram_used_mb": self.vram_mb, "quant": self.quant, "file": self.path.name,
             "architecture": self.model.metadata.get("general.architecture"),
-            "capabilities": capabilities(self.template),
-            "tool_call": "tools" in self.template,
-            "reasoning": "<think>" in self.template or "enable_thinking" in self.template,
-            "limit": {"context": self.model.n_ctx, "output": self.model.n_ctx},
+            "capabilities": capabilities(self.template if chat else None,
+                                         embeddings=bool(self.model.embedding_ctx)),
+            "tool_call": chat and "tools" in self.template,
+            "reasoning": chat and ("<think>" in self.template
+                                   or "enable_thinking" in self.template),
+            "limit": {"context": self.model.n_ctx, "output": self.model.n_ctx if chat else 0},
             "slots": self.scheduler.slots,
             "servable": {"ok": True},
             "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
+            "embeddings_only": self.embeddings_only,
         }
+        if self.model.embedding_ctx:
+            out["embeddings"] = {"dimensions": self.model.embedding_dim,
+                                 "pooling": self.model.pooling}
+        return out
 
 
-def capabilities(template: str) -> list[str]:
-    caps = ["chat", "completion"]
-    if "tools" in template:
-        caps.append("tool_call")
-    if "<think>" in template or "enable_thinking" in template:
-        caps.append("reasoning")
+def capabilities(template: str | None, *, embeddings: bool = False) -> list[str]:
+    """What a model serves; `template` None: embeddings only, no chat."""
+    caps = []
+    if template is not None:
+        caps += ["chat", "completion"]
+        if "tools" in template:
+            caps.append("tool_call")
+        if "<think>" in template or "enable_thinking" in template:
+            caps.append("reasoning")
+    if embeddings:
+        caps.append("embeddings")
     return caps
 
 
@@ -235,13 +256,22 @@ class Registry:
             raise PreflightError("invalid_gguf", key, f"{path.name}: {exc}") from None
         facts = gguf_header.describe(meta)
         n_ctx = min(self.cfg.n_ctx, facts["context_length"] or self.cfg.n_ctx)
+        embeddings_only = req.embeddings_only
+        if embeddings_only is None:
+            arch = facts["architecture"]
+            embeddings_only = bool(meta.get(f"{arch}.pooling_type")) and not facts[
+                "chat_template"]
+        embed_mb = gguf_header.embeddings_mb(meta, n_ctx)
         devices = self._check_devices(req.devices, key)
         progress.begin("queued")  # behind another model's engine load, if any
         with self._engine_lock:
             free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
                        if not devices or d.index in devices)
-            slots = self._slots(req, path, meta, n_ctx, free)
-            need = gguf_header.estimate_mb(path, meta, n_ctx * slots)
+            if embeddings_only:
+                slots, need = 0, gguf_header.estimate_mb(path, meta, 0) + embed_mb
+            else:
+                slots = self._slots(req, path, meta, n_ctx, free)
+                need = gguf_header.estimate_mb(path, meta, n_ctx * slots)
             if need > free:
                 raise Unavailable(
                     f"{key} needs about {need} MB and the device has {free} MB free; unload "
@@ -255,6 +285,7 @@ class Registry:
                 model = engine.load(path, n_ctx=n_ctx, n_threads=self.cfg.n_threads,
                                     n_gpu_layers=self.cfg.n_gpu_layers, devices=devices,
                                     has_gpu=self.devices.has_gpu, n_slots=slots,
+                                    embeddings_only=embeddings_only,
                                     progress=lambda f: progress.update(fraction=f))
             except (ValueError, RuntimeError, OSError) as exc:
                 raise PreflightError("engine_load_failed", key,
@@ -263,13 +294,36 @@ class Registry:
             scheduler = ModelScheduler(key, model, self.cfg.admission, self.metrics)
             loaded = Loaded(id=key, harness=harness, path=path, quant=plan.quant,
                             devices=devices or [0], model=model, scheduler=scheduler,
-                            vram_mb=max(model.size_mb, need), load_seconds=seconds)
+                            vram_mb=max(model.size_mb, need), load_seconds=seconds,
+                            embeddings_only=embeddings_only,
+                            embeddings_mb=embed_mb if embeddings_only else 0,
+                            embeddings_need_mb=embed_mb)
             with self._lock:
                 self.models[key] = loaded
         self.metrics.loaded.labels(key).set(1)
         log.info("loaded %s (%s, %s) in %.2f s, ~%d MB, %d slot(s) of %d tokens", key,
                  path.name, plan.quant, seconds, loaded.vram_mb, model.n_slots, model.n_ctx)
         return loaded
+
+    def reserve_embeddings(self, loaded: Loaded) -> None:
+        """Count a chat model's embeddings context before its scheduler thread makes it (on
+        first use): a 503 when it does not fit, as a load that does not fit."""
+        if loaded.embeddings_mb:
+            return
+        with self._engine_lock:  # against loads, which count what is free the same way
+            if loaded.embeddings_mb:
+                return
+            need = loaded.embeddings_need_mb
+            free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
+                       if d.index in loaded.devices)
+            if need > free:
+                raise Unavailable(
+                    f"embeddings on {loaded.id} need a context of about {need} MB and the "
+                    f"device has {free} MB free; unload a model, or load one for embeddings "
+                    "alone", code="insufficient_vram", retry_after=5, need_mb=need,
+                    free_mb=free)
+            loaded.embeddings_mb = need
+            loaded.vram_mb += need
 
     def _slots(self, req: LoadRequest, path: Path, meta: dict, n_ctx: int, free: int) -> int:
         """The load's `parallel`, or the neuron's; 0 = what the device's memory holds."""

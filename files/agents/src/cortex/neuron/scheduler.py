@@ -7,6 +7,8 @@ prompt chunks of the new ones, and routes the sampled tokens. A sequence that en
 stop string, max_tokens, client gone, error) frees its slot at once; the others go on.
 Admission: in flight up to max_in_flight (default: the slot count), then a bounded queue
 (max_queue_depth), a few places per principal (max_per_principal), max_wait_secs (503).
+Embedding jobs share those limits and need no slot: one decode of the head job runs between
+two steps, so an embedding batch holds the chat sequences up no longer than a prompt chunk.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.core.errors import ApiError, TooManyRequests, Unavailable
+from cortex.core.errors import ApiError, BadRequest, TooManyRequests, Unavailable
 from cortex.neuron.config import AdmissionConfig
 from cortex.neuron.engines import GenerationRequest, LoadedModel
 from cortex.neuron.engines.base import Sequence, TokenEvent
@@ -49,6 +51,32 @@ class Job:
     @property
     def cancelled(self) -> bool:
         return self.request.cancel.is_set()
+
+
+@dataclass(eq=False)
+class EmbedJob:
+    """Embeddings of `inputs` (token lists); events: ("done", vectors) or ("error", ApiError).
+
+    The same shape as a Job where admission and waiting need it (principal, enqueued_at,
+    events, started, cancel), so both go through one queue discipline and one waiter.
+    """
+
+    inputs: list[list[int]]
+    principal: str = ""
+    enqueued_at: float = field(default_factory=time.monotonic)
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    started: threading.Event = field(default_factory=threading.Event)
+    vectors: list[Any] = field(default_factory=list)  # of inputs[:len(vectors)], so far
+    abort: ApiError | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self, abort: ApiError | None = None) -> None:
+        self.abort = self.abort or abort
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
 
 class Stats:
@@ -98,6 +126,8 @@ class ModelScheduler:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._active: dict[int, _Run] = {}  # by slot
+        self._embeds: deque[EmbedJob] = deque()
+        self._embedding: EmbedJob | None = None  # the one being embedded, between steps
         self._slot_used = [0.0] * self.slots  # when each slot last ended (LRU among ties)
         self._rate: deque[tuple[float, float, int]] = deque()  # (step start, end, tokens)
         self._closed = False
@@ -109,11 +139,11 @@ class ModelScheduler:
     # -- admission (HTTP threads) ------------------------------------------------------
     @property
     def in_flight(self) -> int:
-        return len(self._active)
+        return len(self._active) + (self._embedding is not None)
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._embeds)
 
     def decode_rate(self) -> float:
         """Tokens sampled per second over the last RATE_WINDOW_SECS, all sequences together."""
@@ -126,17 +156,27 @@ class ModelScheduler:
             tokens = sum(n for _, _, n in self._rate)
             return tokens / max(now - self._rate[0][0], 1e-3)
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job | EmbedJob) -> None:
         with self._cond:
             if self._closed:
                 raise Unavailable(f"model {self.model_id} is being unloaded",
                                   code="model_unloading", retry_after=2)
-            free = max(0, self.max_in_flight - len(self._active))
-            if len(self._queue) >= self.limits.max_queue_depth + free:
+            if isinstance(job, EmbedJob):  # needs no slot: one may run as soon as none does
+                waiting, full = self._embeds, len(self._embeds) >= (
+                    self.limits.max_queue_depth + (self._embedding is None))
+            else:
+                if not self.slots:
+                    raise BadRequest(f"model {self.model_id} is loaded for embeddings only; "
+                                     "load it without embeddings_only to chat with it",
+                                     code="model_embeddings_only", param="model")
+                free = max(0, self.max_in_flight - len(self._active))
+                waiting, full = self._queue, len(self._queue) >= (
+                    self.limits.max_queue_depth + free)
+            if full:
                 self.reject("queue_full")
                 raise Unavailable(
-                    f"model {self.model_id} is busy: {len(self._active)} generating, "
-                    f"{len(self._queue)} queued (max_queue_depth="
+                    f"model {self.model_id} is busy: {self.in_flight} running, "
+                    f"{self.queue_depth} queued (max_queue_depth="
                     f"{self.limits.max_queue_depth}); retry shortly",
                     code="rate_limit_exceeded", retry_after=self._retry_after())
             if job.principal:
@@ -147,12 +187,14 @@ class ModelScheduler:
                         f"account {job.principal!r} already has {held} requests on "
                         f"{self.model_id} (max_per_principal={self.limits.max_per_principal})",
                         code="rate_limit_exceeded", retry_after=1)
-            self._queue.append(job)
-            self.metrics.queue_depth.labels(self.model_id).set(len(self._queue))
+            waiting.append(job)
+            self.metrics.queue_depth.labels(self.model_id).set(self.queue_depth)
             self._cond.notify()
 
-    def _jobs(self) -> list[Job]:
-        return [r.job for r in self._active.values()] + list(self._queue)
+    def _jobs(self) -> list[Job | EmbedJob]:
+        running = [self._embedding] if self._embedding is not None else []
+        return [r.job for r in self._active.values()] + list(self._queue) + list(
+            self._embeds) + running
 
     def reject(self, reason: str) -> None:
         self.metrics.rejections.labels(self.model_id, reason).inc()
@@ -162,7 +204,7 @@ class ModelScheduler:
         per_job = 2.0
         return max(1, round(per_job * (1 + len(self._queue)) / max(1, self.max_in_flight)))
 
-    def withdraw(self, job: Job) -> bool:
+    def withdraw(self, job: Job | EmbedJob) -> bool:
         """Take a job that has not started out of the queue (client left, or waited too long).
 
         A job already on a slot is cancelled: the scheduler frees its slot at the next step.
@@ -171,10 +213,13 @@ class ModelScheduler:
         with self._cond:
             self._cond.notify()
             try:
-                self._queue.remove(job)
+                if isinstance(job, EmbedJob):
+                    self._embeds.remove(job)
+                else:
+                    self._queue.remove(job)
             except ValueError:
                 return False
-            self.metrics.queue_depth.labels(self.model_id).set(len(self._queue))
+            self.metrics.queue_depth.labels(self.model_id).set(self.queue_depth)
             return True
 
     def close(self, reason: ApiError) -> None:
@@ -182,10 +227,13 @@ class ModelScheduler:
         scheduler thread to exit: only then may the model's context be freed."""
         with self._cond:
             self._closed = True
-            pending = list(self._queue)
+            pending: list[Job | EmbedJob] = [*self._queue, *self._embeds]
             self._queue.clear()
+            self._embeds.clear()
             for run in self._active.values():
                 run.job.cancel(reason)
+            if self._embedding is not None:
+                self._embedding.cancel(reason)
             self._cond.notify_all()
         for job in pending:
             job.cancel()
@@ -205,14 +253,20 @@ class ModelScheduler:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._active and not self._closed:
+                    while not (self._queue or self._active or self._embeds or self._embedding
+                               or self._closed):
                         self._cond.wait()
                     if self._closed:
                         return
                     admitted = self._admit()
+                    if self._embedding is None and self._embeds:
+                        self._embedding = self._embeds.popleft()
+                        self.metrics.queue_depth.labels(self.model_id).set(self.queue_depth)
                 try:
                     for run in admitted:
                         self._begin(run)
+                    if self._embedding is not None:
+                        self._embed_step(self._embedding)
                     for run in list(self._active.values()):
                         if run.job.cancelled:
                             self._finish(run, "cancelled")
@@ -225,6 +279,8 @@ class ModelScheduler:
         finally:
             for run in list(self._active.values()):
                 self._finish(run, "cancelled")
+            if self._embedding is not None:
+                self._end_embedding(self._embedding)
 
     def _admit(self) -> list[_Run]:
         """Place queued jobs on free slots (under the lock)."""
@@ -259,8 +315,39 @@ class ModelScheduler:
         return min(free, key=lambda s: self._slot_used[s])
 
     def _busy_changed(self) -> None:
-        n = len(self._active)
-        self.metrics.in_flight.labels(self.model_id).set(n)
+        self.metrics.in_flight.labels(self.model_id).set(self.in_flight)
+
+    # -- embeddings (the scheduler thread) -------------------------------------------------
+    def _embed_step(self, job: EmbedJob) -> None:
+        """One decode of the running embedding job; it ends once every input has a vector."""
+        if not job.started.is_set():
+            job.started.set()
+            self.metrics.queue_wait.labels(self.model_id).observe(
+                time.monotonic() - job.enqueued_at)
+            self._busy_changed()
+        if job.cancelled:
+            self._end_embedding(job)
+            return
+        try:
+            job.vectors += self.model.embed(job.inputs[len(job.vectors):])
+        except Exception as exc:  # the engine failed: this request fails, the model stays
+            log.exception("embedding failed on %s", self.model_id)
+            self._end_embedding(job, ApiError(f"embedding failed: {exc}",
+                                              code="embedding_failed"))
+            return
+        if len(job.vectors) >= len(job.inputs):
+            self._end_embedding(job)
+
+    def _end_embedding(self, job: EmbedJob, error: ApiError | None = None) -> None:
+        with self._cond:
+            self._embedding = None
+            self._busy_changed()
+        self.stats.last_used = time.time()
+        if job.abort is not None or error is not None:
+            job.events.put(("error", job.abort or error))
+        elif not job.cancelled:  # (a cancelled job's caller has gone: nobody reads)
+            self.metrics.prompt_tokens.labels(self.model_id).inc(sum(map(len, job.inputs)))
+            job.events.put(("done", job.vectors))
 
     def _begin(self, run: _Run) -> None:
         job = run.job

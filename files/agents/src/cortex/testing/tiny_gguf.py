@@ -118,6 +118,7 @@ def build_tiny_gguf(
     seed: int = 0,
     n_head_kv: int = N_HEAD,
     context_length: int = N_CTX,
+    pooling: str | None = None,
 ) -> Path:
     """Write a tiny GGUF model to ``path`` and return the path.
 
@@ -128,6 +129,9 @@ def build_tiny_gguf(
         output is not scripted (it tends to repeat the last input token).
     arch: "llama" or "qwen2" (q/k/v biases, NEOX rope; same SentencePiece vocab).
     ftype: "F16", "Q8_0" or "F32" for the 2-D weights (norms and biases stay F32).
+    pooling: "none", "mean", "cls", "last" or "rank" writes ``<arch>.pooling_type``, as
+        embedding models carry it; None (default) leaves it out, as chat models do. The
+        hidden state at a position is rmsnorm(embd[token]), so pooled vectors are known.
     """
     import gguf
     import numpy as np
@@ -138,6 +142,8 @@ def build_tiny_gguf(
              "Q8_0": gguf.GGMLQuantizationType.Q8_0}.get(ftype)
     if qtype is None:
         raise ValueError(f"unsupported ftype {ftype!r}")
+    if pooling is not None and pooling.upper() not in gguf.PoolingType.__members__:
+        raise ValueError(f"unknown pooling {pooling!r}")
     if N_HEAD % n_head_kv:
         raise ValueError(f"n_head_kv must divide {N_HEAD}")
     script = _norm(script if script is not None else (SCRIPT_LOOP if loop else SCRIPT_HELLO))
@@ -208,6 +214,8 @@ def build_tiny_gguf(
     w.add_rope_dimension_count(n_head_dim)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
+    if pooling is not None:
+        w.add_pooling_type(gguf.PoolingType[pooling.upper()])
     w.add_vocab_size(n_vocab)
     ftypes = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
               "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
@@ -245,11 +253,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--tied", action="store_true")
     p.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
     p.add_argument("--ftype", choices=["F16", "Q8_0", "F32"], default="F16")
+    p.add_argument("--pooling", choices=["none", "mean", "cls", "last", "rank"])
     p.add_argument("--name", default="tiny")
     args = p.parse_args(argv)
     script, loop = SCRIPTS[args.script]
     out = build_tiny_gguf(args.out, script=script, loop=loop, tied=args.tied, arch=args.arch,
-                          ftype=args.ftype, name=args.name)
+                          ftype=args.ftype, name=args.name, pooling=args.pooling)
     print(f"{out} ({out.stat().st_size} bytes): {script_text(script)!r}")
 
 

@@ -4,6 +4,8 @@ A loaded model offers `n_slots` sequences. The model's scheduler thread (the onl
 decodes) calls `begin` to place a request on a free slot, `step` to advance every active
 sequence by one token in one batch, and `end` to free the slot. Engines that cannot batch
 implement `generate` alone and get one slot, stepped through their generator.
+Embeddings (`embed`) run on the same scheduler thread, between steps, in a context of their
+own; engines that cannot embed leave `embedding_ctx` at 0.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ class LoadedModel(ABC):
     n_ctx_train: int
     metadata: dict[str, Any]
     size_mb: int  # weights + context buffers, what placement should count
-    n_slots: int = 1
+    n_slots: int = 1  # 0: loaded for embeddings alone
+    n_vocab: int = 0
+    embedding_ctx: int = 0  # the longest input `embed` takes; 0: this model cannot embed
+    embedding_dim: int = 0
+    pooling: str = ""  # how token states become one vector: mean, cls, last (or rank)
 
     @abstractmethod
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]: ...
@@ -105,6 +111,11 @@ class LoadedModel(ABC):
                 close()
             seq._gen = None
 
+    def embed(self, inputs: list[list[int]]) -> list[Any]:
+        """Embed as many of `inputs` (from the first) as one decode holds, at least one;
+        return their pooled vectors (float32 arrays, not normalized)."""
+        raise NotImplementedError
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -135,6 +146,8 @@ class Engine(ABC):
     @abstractmethod
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
              devices: list[int], has_gpu: bool, n_slots: int = 1,
+             embeddings_only: bool = False,
              progress: Callable[[float], None] | None = None) -> LoadedModel:
-        """Load `path` with `n_slots` sequences; `progress`, where the backend can, hears
-        the share done (0..1)."""
+        """Load `path` with `n_slots` sequences (none, and an embeddings context made at
+        once, when `embeddings_only`); `progress`, where the backend can, hears the share
+        done (0..1)."""

@@ -29,9 +29,12 @@ class CTransformersEngine(Engine):
 
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
              devices: list[int], has_gpu: bool, n_slots: int = 1,
-             progress=None) -> LoadedModel:
-        # ctransformers cannot batch (one slot, whatever `parallel` asks) and reports no
+             embeddings_only: bool = False, progress=None) -> LoadedModel:
+        # ctransformers cannot batch (one slot, whatever `parallel` asks), embed, or report
         # load progress (the load shows only its phase).
+        if embeddings_only:
+            raise ValueError("ctransformers cannot compute embeddings; load the model for "
+                             "embeddings with harness 'llama_cpp'")
         meta = gguf_header.read_metadata(path)
         arch = meta.get("general.architecture", "unknown")
         if arch not in _MODEL_TYPES:

@@ -5,6 +5,8 @@ a time (measured on 2 cores, SmolLM2: 4 streams through it = 1.02x serial; one l
 holding 4 sequences = 1.77x). The KV cache is split per sequence (kv_unified=False, faster on
 CPU when sequences share no prefix), so the context is n_ctx x n_slots and every slot keeps
 the configured n_ctx. Sampling is llama.cpp's sampler chain, one chain per sequence.
+Embeddings use a second context (engines/llama_embed.py), made on first use, or at load for
+a model loaded for embeddings alone (which then has no generation context).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cortex.neuron.engines.base import (
     Sequence,
     TokenEvent,
 )
+from cortex.neuron.engines.llama_embed import POOLING, Embedder, pooling_of
 
 N_BATCH = 512  # tokens per llama_decode: prompts are prefilled in chunks of this size
 PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size)
@@ -53,6 +56,7 @@ class LlamaCppEngine(Engine):
 
     def load(self, path: Path, *, n_ctx: int, n_threads: int, n_gpu_layers: int,
              devices: list[int], has_gpu: bool, n_slots: int = 1,
+             embeddings_only: bool = False,
              progress: Callable[[float], None] | None = None) -> LoadedModel:
         _init_backend()
         if not path.is_file():
@@ -78,8 +82,14 @@ class LlamaCppEngine(Engine):
             mp.progress_callback = reporter
         model = internals.LlamaModel(path_model=str(path), params=mp, verbose=False)
         del reporter  # the load is over: llama.cpp calls it no more
-        n_slots = max(1, min(n_slots, int(llama_cpp.llama_max_parallel_sequences())))
         threads = n_threads or len(os.sched_getaffinity(0))
+        if embeddings_only:
+            try:
+                return LlamaCppModel(model, None, 0, split, threads=threads, n_ctx=n_ctx)
+            except Exception:
+                model.close()
+                raise
+        n_slots = max(1, min(n_slots, int(llama_cpp.llama_max_parallel_sequences())))
         cp = llama_cpp.llama_context_default_params()
         cp.n_ctx = n_ctx * n_slots
         cp.n_batch = cp.n_ubatch = max(N_BATCH, n_slots)
@@ -91,7 +101,7 @@ class LlamaCppEngine(Engine):
         except Exception:
             model.close()
             raise
-        return LlamaCppModel(model, ctx, n_slots, split)
+        return LlamaCppModel(model, ctx, n_slots, split, threads=threads)
 
 
 class _Seq(Sequence):
@@ -104,21 +114,32 @@ class _Seq(Sequence):
 
 
 class LlamaCppModel(LoadedModel):
-    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext,
-                 n_slots: int, keep: object = None) -> None:
+    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext | None,
+                 n_slots: int, keep: object = None, *, threads: int, n_ctx: int = 0) -> None:
+        """`ctx` None: embeddings alone, `n_ctx` tokens an input (the context made now)."""
         self._model = model
         self._ctx = ctx
         self._keep = keep  # the tensor_split array must outlive the model
+        self._threads = threads
         self.metadata = model.metadata()
         self.n_slots = n_slots
-        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(ctx.ctx))
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(ctx.ctx)) if ctx is not None else n_ctx
         self.n_ctx_train = model.n_ctx_train()
         self._vocab = model.vocab
-        self._n_vocab = model.n_vocab()
-        self._mem = llama_cpp.llama_get_memory(ctx.ctx)
-        self._n_batch = int(llama_cpp.llama_n_batch(ctx.ctx))
-        self._batch: llama_cpp.llama_batch | None = llama_cpp.llama_batch_init(
-            self._n_batch, 0, 1)
+        self.n_vocab = self._n_vocab = model.n_vocab()
+        self._pooling = pooling_of(self.metadata)
+        self.pooling = POOLING[self._pooling]
+        # A reranker's pooled output is a score, not a vector: it cannot serve embeddings.
+        self.embedding_ctx = 0 if self.pooling == "rank" else self.n_ctx
+        self.embedding_dim = int(llama_cpp.llama_model_n_embd_out(model.model))
+        self._embedder: Embedder | None = None
+        self._mem = None
+        self._batch: llama_cpp.llama_batch | None = None
+        self._n_batch = 0
+        if ctx is not None:
+            self._mem = llama_cpp.llama_get_memory(ctx.ctx)
+            self._n_batch = int(llama_cpp.llama_n_batch(ctx.ctx))
+            self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._cache: list[list[int]] = [[] for _ in range(n_slots)]  # tokens in each slot's KV
         # Candidate buffers for grammar-constrained sampling (the scheduler thread's alone).
         self._cur = internals.LlamaTokenDataArray(n_vocab=self._n_vocab)
@@ -127,8 +148,13 @@ class LlamaCppModel(LoadedModel):
                                                      selected=-1, sorted=False)
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        state = llama_cpp.llama_state_get_size(ctx.ctx)
+        state = llama_cpp.llama_state_get_size(ctx.ctx) if ctx is not None else 0
         self.size_mb = (model.size() + state) // 2**20
+        if ctx is None:
+            if not self.embedding_ctx:
+                raise ValueError(f"this model's pooling is {self.pooling!r} (a reranker): it "
+                                 "scores, it does not embed")
+            self._embeddings()
 
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]:
         return self._model.tokenize(text.encode("utf-8"), add_bos, special)
@@ -315,6 +341,16 @@ class LlamaCppModel(LoadedModel):
         llama_cpp.llama_sampler_accept(s.sampler, tok)
         return tok
 
+    # -- embeddings ----------------------------------------------------------------------
+    def _embeddings(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = Embedder(self._model, n_ctx=self.embedding_ctx,
+                                      pooling=self._pooling, threads=self._threads)
+        return self._embedder
+
+    def embed(self, inputs: list[list[int]]) -> list[np.ndarray]:
+        return self._embeddings().embed(inputs)
+
     def end(self, seq: Sequence) -> None:
         for name in ("sampler", "grammar"):
             sampler = getattr(seq, name)
@@ -326,7 +362,11 @@ class LlamaCppModel(LoadedModel):
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
-        self._ctx.close()
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
+        if self._ctx is not None:
+            self._ctx.close()
         self._model.close()
 
 

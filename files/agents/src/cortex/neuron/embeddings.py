@@ -1,0 +1,149 @@
+"""POST /v1/embeddings in OpenAI's shape, computed by the model's scheduler thread.
+
+The HTTP thread checks and tokenizes the inputs (under a lease), counts the embeddings
+context's memory before its first use, and waits on an EmbedJob. The scheduler thread runs
+it between chat steps: it already owns the model's lifetime (an unload waits for it),
+admission (the same queue limits, max_wait and 503s) and the one decode at a time the cores
+can take. Vectors are pooled as the GGUF says (mean where it says nothing) and L2-normalized.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flask import Response, request
+
+from cortex.core.errors import ApiError, BadRequest, Unavailable
+from cortex.core.http import json_response
+from cortex.neuron.inference import PRINCIPAL_HEADER, ROUTED_HEADER, Waiter
+from cortex.neuron.scheduler import EmbedJob
+
+if TYPE_CHECKING:
+    from cortex.neuron.app import Neuron
+    from cortex.neuron.engines import LoadedModel
+
+MAX_INPUTS = 2048  # per request, as OpenAI's API
+ENCODINGS = ("float", "base64")
+
+
+def handle(neuron: Neuron, body: dict) -> Response:
+    reg = neuron.registry
+    if reg.shutting_down:
+        raise Unavailable("the neuron is shutting down", code="shutting_down", retry_after=15)
+    if neuron.drained and request.headers.get(ROUTED_HEADER):
+        raise Unavailable("this neuron is drained", code="node_drained", retry_after=1)
+    loaded = reg.find(body.get("model"))
+    encoding = body.get("encoding_format")
+    if encoding is None:
+        encoding = "float"
+    if encoding not in ENCODINGS:
+        raise BadRequest(f"encoding_format must be 'float' or 'base64', got {encoding!r}",
+                         code="invalid_encoding_format", param="encoding_format")
+    items = _items(body.get("input"))
+    with loaded.lease() as model:
+        if not model.embedding_ctx:
+            raise BadRequest(_cannot_embed(loaded.id, model), code="embeddings_unsupported",
+                             param="model")
+        inputs = [_tokens(model, name, item) for name, item in items]
+        dim, limit = model.embedding_dim, model.embedding_ctx
+    _check_dimensions(body, dim)
+    for (name, _), tokens in zip(items, inputs, strict=True):
+        if len(tokens) > limit:
+            raise BadRequest(
+                f"{name} is {len(tokens)} tokens and this model embeds at most {limit}; "
+                "shorten or split it", code="context_length_exceeded", param=name, max=limit,
+                estimated_prompt_tokens=len(tokens))
+    try:
+        reg.reserve_embeddings(loaded)
+        job = EmbedJob(inputs=inputs, principal=request.headers.get(PRINCIPAL_HEADER, ""))
+        loaded.scheduler.submit(job)
+        waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
+        try:
+            vectors = next(v for kind, v in waiter.events() if kind == "done")
+        finally:
+            waiter.release()
+        data = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)}
+                for i, v in enumerate(vectors)]
+    except ApiError as exc:
+        neuron.metrics.requests.labels(loaded.id, "embeddings", str(exc.status)).inc()
+        raise
+    neuron.metrics.requests.labels(loaded.id, "embeddings", "200").inc()
+    n = sum(map(len, inputs))
+    return json_response({"object": "list", "model": loaded.id, "data": data,
+                          "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+def _items(raw: Any) -> list[tuple[str, str | list]]:
+    """The inputs with their names for errors: a string, strings, a token list, token lists."""
+    if raw is None:
+        raise BadRequest("'input' is required: a string, a list of strings, or token lists",
+                         code="missing_input", param="input")
+    if isinstance(raw, str) or (isinstance(raw, list) and raw
+                                and not isinstance(raw[0], str | list)):
+        items = [("input", raw)]  # one text, or one token list
+    elif isinstance(raw, list):
+        items = [(f"input[{i}]", item) for i, item in enumerate(raw)]
+    else:
+        raise _bad("input", f"expected a string, a list of strings or token lists, got "
+                            f"{type(raw).__name__}")
+    if not items:
+        raise _bad("input", "is an empty list; send at least one text", code="empty_input")
+    if len(items) > MAX_INPUTS:
+        raise _bad("input", f"{len(items)} inputs; at most {MAX_INPUTS} a request")
+    return items
+
+
+def _tokens(model: LoadedModel, name: str, item: Any) -> list[int]:
+    if isinstance(item, str):
+        if not item:
+            raise _bad(name, "is an empty string; send some text", code="empty_input")
+        # Special tokens as the model's tokenizer adds them (BOS, or BERT's CLS/SEP); text
+        # that looks like a control token stays text.
+        return model.tokenize(item, add_bos=True, special=False)
+    if not isinstance(item, list):
+        raise _bad(name, f"expected a string or a list of token ids, got {type(item).__name__}")
+    if not item:
+        raise _bad(name, "is an empty token list; send at least one token", code="empty_input")
+    for i, tok in enumerate(item):
+        if isinstance(tok, float) and not math.isfinite(tok):
+            raise _bad(f"{name}[{i}]", "is not a finite number; token ids are integers")
+        if isinstance(tok, bool) or not isinstance(tok, int):
+            got = repr(tok) if isinstance(tok, float) else type(tok).__name__
+            raise _bad(f"{name}[{i}]", f"expected an integer token id, got {got}")
+        if not 0 <= tok < model.n_vocab:
+            raise _bad(f"{name}[{i}]", f"token {tok} is not in this model's vocabulary "
+                                       f"(0 to {model.n_vocab - 1})")
+    return item
+
+
+def _check_dimensions(body: dict, dim: int) -> None:
+    """OpenAI's `dimensions` shortens vectors of models trained for it; here it must match."""
+    want = body.get("dimensions")
+    if want is not None and (isinstance(want, bool) or want != dim):
+        raise BadRequest(f"dimensions: this model's vectors have {dim}; omit the field or "
+                         f"send {dim}", code="invalid_dimensions", param="dimensions")
+
+
+def _cannot_embed(model_id: str, model: LoadedModel) -> str:
+    if model.pooling == "rank":
+        return f"{model_id} is a reranker (pooling 'rank'): it scores, it does not embed"
+    return f"{model_id}'s engine cannot compute embeddings; load it with harness 'llama_cpp'"
+
+
+def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
+    v = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    if not math.isfinite(norm):
+        raise ApiError("the model gave a non-finite embedding", code="embedding_failed")
+    if norm > 0:
+        v = v / norm
+    if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
+        return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+    return v.tolist()
+
+
+def _bad(param: str, message: str, code: str = "invalid_input") -> BadRequest:
+    return BadRequest(f"{param}: {message}", code=code, param=param)
