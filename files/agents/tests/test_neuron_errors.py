@@ -114,6 +114,7 @@ def test_non_finite_numbers_never_reach_a_sampler(hello, constant):
     e = err(hello.http.post(hello.url + "/v1/chat/completions", data=raw,
                             headers={"Content-Type": "application/json"}), 400, "malformed_json")
     assert constant in e["message"] and "finite" in e["message"]
+    assert e["param"] == "temperature" and e["message"].startswith("temperature: ")
 
 
 def test_overflowing_numbers_are_refused_by_field(hello):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from array import array
+from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
 
@@ -42,6 +43,10 @@ def _non_finite(name: str) -> Any:
     raise _NonFinite(name)
 
 
+class _Constant(str):
+    """NaN, Infinity or -Infinity where a body held one: parsed only to name its field."""
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A JSON object as RFC 8259 has it: no NaN or Infinity (Python's json takes them and
     a sampler would get garbage), no lone surrogates (they cannot be encoded back), and
@@ -52,8 +57,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         body = (json.loads(raw, parse_constant=_non_finite)
                 if b"NaN" in raw or b"Infinity" in raw else json.loads(raw))
     except _NonFinite as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc} is not a JSON number; send a "
-                         "finite number", code="malformed_json") from None
+        raise _non_finite_at(raw, str(exc)) from None
     except RecursionError:
         raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -84,19 +88,44 @@ def _too_deep() -> BadRequest:
                       code="invalid_request_body")
 
 
-def _check_tree(body: Any) -> None:
-    """Find the string that holds a lone surrogate, to name it."""
+def _walk(body: Any) -> Iterator[tuple[Any, str]]:
+    """Every value in a parsed body with where it is (`messages[0].content`); each object
+    key too, as a string at its object's place."""
     stack: list[tuple[Any, str]] = [(body, "")]
     while stack:
         node, where = stack.pop()
+        yield node, where
         if isinstance(node, dict):
             for k, v in node.items():
-                _check_text(k, where or "the body's keys")
+                yield k, where or "the body's keys"
                 stack.append((v, f"{where}.{k}" if where else str(k)))
         elif isinstance(node, list):
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(node))
-        elif isinstance(node, str):
+
+
+def _check_tree(body: Any) -> None:
+    """Find the string that holds a lone surrogate, to name it."""
+    for node, where in _walk(body):
+        if isinstance(node, str):
             _check_text(node, where)
+
+
+def _non_finite_at(raw: bytes, name: str) -> BadRequest:
+    """The 400 for a NaN or Infinity, naming the field that holds it where it can."""
+    where = ""
+    try:
+        for node, at in _walk(json.loads(raw, parse_constant=_Constant)):
+            if isinstance(node, _Constant):
+                name, where = str(node), at
+                break
+    except (ValueError, RecursionError):
+        pass
+    if not where:
+        return BadRequest(f"the body is not valid JSON: {name} is not a JSON number; send a "
+                          "finite number", code="malformed_json")
+    where = where.encode(errors="backslashreplace").decode()
+    return BadRequest(f"{where}: {name} is not a JSON number (JSON has no NaN or Infinity); "
+                      "send a finite number", code="malformed_json", param=where)
 
 
 def _check_text(text: str, where: str) -> None:
