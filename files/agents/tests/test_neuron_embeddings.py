@@ -10,12 +10,15 @@ h = e("Hello") and f = e(" from"), e("Hello from") is h under cls, f under last 
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 import numpy as np
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cortex.testing.tiny_gguf import SCRIPTS, build_tiny_gguf
 from cortex.testing.waiting import wait_for
@@ -277,3 +280,29 @@ def test_non_finite_token_and_too_long_details(hello):
     assert hello.chat("tiny-hello").status_code == 200
     h = hello.get("/health").json()["models"][0]
     assert h["in_flight"] == 0 and h["queue_depth"] == 0
+
+
+scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70)
+           | st.floats(allow_nan=False) | st.text(max_size=12))
+anything = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=4), inner, max_size=2), max_leaves=10)
+inputs = (anything | st.lists(st.text(max_size=30), max_size=6)
+          | st.lists(st.lists(st.integers(-3, 500), max_size=6), max_size=4))
+fields = st.dictionaries(st.sampled_from(["model", "encoding_format", "dimensions", "user"]),
+                         anything | st.sampled_from(["float", "base64", "tiny-hello", 64]),
+                         max_size=3)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(inp=inputs, extra=fields)
+def test_any_body_is_an_answer_or_a_4xx_never_a_500(hello, inp, extra):
+    body = {"model": "tiny-hello", "input": inp, **extra}
+    r = hello.http.post(hello.url + "/v1/embeddings", data=json.dumps(body),
+                        headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code < 500, (body, r.text)
+    if r.status_code == 200:
+        data = r.json()["data"]
+        assert [d["index"] for d in data] == list(range(len(data))) and data
+    else:
+        assert r.json()["error"]["message"]

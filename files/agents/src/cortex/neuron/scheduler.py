@@ -276,6 +276,9 @@ class ModelScheduler:
                     log.exception("scheduler step failed on %s", self.model_id)
                     for run in list(self._active.values()):
                         self._fail(run, exc)
+                    if self._embedding is not None:
+                        self._end_embedding(self._embedding, ApiError(
+                            f"embedding failed: {exc}", code="embedding_failed"))
         finally:
             for run in list(self._active.values()):
                 self._finish(run, "cancelled")
