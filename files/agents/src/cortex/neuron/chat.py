@@ -11,7 +11,7 @@ from cortex.core.validate import get_bool, get_number, get_stop, invalid
 from cortex.neuron import chat_template
 from cortex.neuron.config import SamplingDefaults
 from cortex.neuron.engines import GenerationRequest, LoadedModel
-from cortex.neuron.outputs import THINK_OPEN
+from cortex.neuron.outputs import THINK_OPEN, TOOL_OPEN
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 
@@ -72,17 +72,22 @@ def stops(body: dict) -> list[str]:
 
 def chat_prompt(body: dict, model: LoadedModel) -> Prompt:
     messages = _messages(body.get("messages"))
-    tools = _tools(body)
-    template = model.chat_template
-    if tools and "tools" not in (template or ""):
+    offered, forced = _offered(body)
+    tools = [t for _, t in offered] or None
+    template = model.chat_template or ""
+    if tools and ("tools" not in template or (forced and TOOL_OPEN not in template)):
+        # The template knows no tools, or writes calls its own way where a forced call
+        # must be written the parser's way: describe them the Hermes way, and only so.
         messages = _tools_in_system(messages, tools)
+        tools = None if forced else tools
     kwargs: dict[str, Any] = {}
-    reasoning = body.get("reasoning_effort") or body.get("enable_thinking")
+    reasoning = thinking(body)
     if reasoning is not None:
-        kwargs["enable_thinking"] = reasoning not in (False, "none", "off")
+        kwargs["enable_thinking"] = reasoning
     try:
         text = chat_template.render(
-            template, messages, tools=tools, bos_token=model.token_text(model.bos_token_id),
+            model.chat_template, messages, tools=tools,
+            bos_token=model.token_text(model.bos_token_id),
             eos_token=model.token_text(model.eos_token_id), add_generation_prompt=True,
             **kwargs)
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
@@ -95,7 +100,13 @@ def chat_prompt(body: dict, model: LoadedModel) -> Prompt:
     add_bos = model.add_bos and not (bos and text.startswith(bos))
     tokens = model.tokenize(text, add_bos=add_bos, special=True)
     return Prompt(text, tokens, in_reasoning=text.rstrip().endswith(THINK_OPEN),
-                  tools=bool(tools))
+                  tools=bool(offered))
+
+
+def thinking(body: dict) -> bool | None:
+    """Whether the request asks the model to think (None: it does not say)."""
+    reasoning = body.get("reasoning_effort") or body.get("enable_thinking")
+    return None if reasoning is None else reasoning not in (False, "none", "off")
 
 
 def completion_prompt(body: dict, model: LoadedModel) -> Prompt:
@@ -186,34 +197,49 @@ def _tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
     return calls
 
 
-def _tools(body: dict) -> list[dict[str, Any]] | None:
+def forced_tools(body: dict) -> list[tuple[int, dict[str, Any]]] | None:
+    """The tools (with their index in `tools`) one of which the reply must call, or None
+    when `tool_choice` leaves the model free to answer in words."""
+    offered, forced = _offered(body)
+    return offered if forced else None
+
+
+def _offered(body: dict) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """The tools offered to the model, with their index in `tools`; whether one must be
+    called ("required" or a named function)."""
     tools = body.get("tools")
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
+    if tools is not None and not isinstance(tools, list):
         raise invalid("tools", "expected a list of {type: function, function: {...}}")
-    for i, t in enumerate(tools):
+    for i, t in enumerate(tools or []):
         fn = t.get("function") if isinstance(t, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise invalid(f"tools[{i}]", "expected {type: function, function: {name, "
                                         "description?, parameters?}}")
+    get_bool(body, "parallel_tool_calls", True)
     choice = body.get("tool_choice", "auto")
+    if choice is None:
+        choice = "auto"
     if not isinstance(choice, dict) and choice not in ("none", "auto", "required"):
         raise invalid("tool_choice", "expected 'none', 'auto', 'required' or "
                                      "{type: function, function: {name}}")
-    if choice == "none" or not tools:
-        return None
+    if choice == "none":
+        return [], False
     if isinstance(choice, dict):
         fn = choice.get("function")
         if choice.get("type") != "function" or not isinstance(fn, dict) or not isinstance(
                 fn.get("name"), str):
             raise invalid("tool_choice", "expected {type: function, function: {name}}")
-        name = fn["name"]
-        picked = [t for t in tools if t["function"]["name"] == name]
-        if not picked:
+    if choice != "auto" and not tools:
+        raise invalid("tool_choice", "a required or named tool call needs 'tools' to "
+                                     "choose from; send tools or drop tool_choice")
+    indexed = list(enumerate(tools or []))
+    if isinstance(choice, dict):
+        name = choice["function"]["name"]
+        indexed = [(i, t) for i, t in indexed if t["function"]["name"] == name]
+        if not indexed:
             raise invalid("tool_choice", f"no tool named {name!r} in tools")
-        return picked
-    return tools
+        return indexed[:1], True
+    return indexed, choice == "required"
 
 
 def _opt_str(obj: dict, key: str, where: str) -> str:

@@ -18,7 +18,7 @@ from flask import Response, request
 from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.http import json_response, sse_event, sse_response
 from cortex.neuron import chat as chatmod
-from cortex.neuron import structured
+from cortex.neuron import forced_tools, structured
 from cortex.neuron.outputs import OutputParser, Part
 from cortex.neuron.scheduler import Job
 
@@ -42,10 +42,15 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
     loaded = reg.find(body.get("model"))
     stream = chatmod.stream_flag(body)
     grammar = structured.grammar_for(body)
+    forced = chatmod.forced_tools(body) if chat else None
+    if forced and grammar is not None:
+        raise forced_tools.conflict()
     with loaded.lease() as model:
         prompt = (chatmod.chat_prompt(body, model) if chat
                   else chatmod.completion_prompt(body, model))
-        if grammar is not None:
+        if forced:
+            grammar = forced_tools.grammar_for(body, forced, model, prompt)
+        elif grammar is not None:
             model.check_grammar(grammar)
     if not prompt.tokens:
         field = "messages" if chat else "prompt"
@@ -55,7 +60,10 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
                            max_prompt_tokens=neuron.cfg.max_prompt_tokens,
                            defaults=neuron.cfg.sampling)
     gen.grammar = grammar
-    job = Job(request=gen, stop=chatmod.stops(body),
+    stop = chatmod.stops(body)
+    # A forced call ends where its grammar does: a stop string met inside the arguments
+    # would cut the promised call in two.
+    job = Job(request=gen, stop=[] if forced else stop,
               principal=request.headers.get(PRINCIPAL_HEADER, ""))
     endpoint = "chat" if chat else "completions"
     try:

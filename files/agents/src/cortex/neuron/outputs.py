@@ -64,6 +64,7 @@ class OutputParser:
                     self._strip_newlines = True  # "</think>\n\nAnswer" → "Answer"
                 else:
                     parts.append(self._tool_part(body))
+                    self._strip_newlines = True  # the newline between two calls is no text
                 self._state = "content"
 
     def finish(self) -> list[Part]:
@@ -78,7 +79,8 @@ class OutputParser:
 
     def _tool_part(self, body: str, closed: bool = True) -> Part:
         try:
-            call = json.loads(body)
+            # strict=False: a raw newline in a string is the model's text, not a broken call
+            call = json.loads(body, strict=False)
             name = call["name"]
             args = call.get("arguments", call.get("parameters", {}))
             if not isinstance(name, str):

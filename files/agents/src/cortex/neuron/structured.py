@@ -13,11 +13,36 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, PRIMITIVE_RULES, json_schema_to_gbnf
 
 from cortex.core.errors import ApiError, BadRequest
 
 FIELD = "response_format"
+# llama-cpp-python's port of the converter lets raw control characters into strings, which
+# is not JSON; llama.cpp's own converter (and JSON_GBNF) have since excluded them.
+_CHAR = f"char ::= {PRIMITIVE_RULES['char'].content}"
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+# Its exponents run to 16 digits: 1e999 parses as infinity, which JSON cannot carry back.
+# Two digits keep every number inside a double.
+_NUMBER = f"number ::= {PRIMITIVE_RULES['number'].content}"
+_FINITE_NUMBER = _NUMBER.replace("([eE] [-+]? integral-part)", "([eE] [-+]? [0-9]{1,2})")
+
+
+class SchemaError(ValueError):
+    """A JSON Schema that cannot be turned into a grammar; the message says why."""
+
+
+def schema_gbnf(schema: Any) -> str:
+    """The GBNF grammar (rule `root`) of the JSON values that `schema` admits."""
+    if not isinstance(schema, dict | bool):
+        raise SchemaError("the schema must be a JSON Schema object")
+    try:
+        gbnf = json_schema_to_gbnf(json.dumps(schema))
+    except RecursionError:
+        raise SchemaError("the schema nests too deeply") from None
+    except Exception as exc:  # the converter reports errors as assertions and KeyErrors
+        raise SchemaError(f"the schema cannot be enforced: {exc}"[:500]) from None
+    return gbnf.replace(_CHAR, _STRICT_CHAR).replace(_NUMBER, _FINITE_NUMBER)
 
 
 def _bad(message: str) -> ApiError:
@@ -55,11 +80,7 @@ def grammar_for(body: dict) -> str | None:
 
 
 def _from_schema(schema: Any) -> str:
-    if not isinstance(schema, dict | bool):
-        raise _bad("the schema must be a JSON Schema object")
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
-    except RecursionError:
-        raise _bad("the schema nests too deeply") from None
-    except Exception as exc:  # the converter reports errors as assertions and KeyErrors
-        raise _bad(f"the schema cannot be enforced: {exc}"[:500]) from None
+        return schema_gbnf(schema)
+    except SchemaError as exc:
+        raise _bad(str(exc)) from None
