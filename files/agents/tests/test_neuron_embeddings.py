@@ -202,6 +202,7 @@ def test_a_chat_model_chats_while_serving_embeddings(neuron_factory, pooled_dir)
     after = next(m for m in n.get("/models").json() if m["id"] == LONG)["vram_used_mb"]
     assert after > before
     assert n.post("/models/unload", {"model_id": LONG}).status_code == 200
+    assert not sched.alive  # its thread gone before both contexts were freed
     t.join()
     err(res["long"], 503, "model_unloaded")
 

@@ -40,7 +40,7 @@ def handle(neuron: Neuron, body: dict) -> Response:
     if encoding is None:
         encoding = "float"
     if encoding not in ENCODINGS:
-        raise BadRequest(f"encoding_format must be 'float' or 'base64', got {encoding!r}",
+        raise BadRequest(f"encoding_format must be 'float' or 'base64', got {encoding!r:.40}",
                          code="invalid_encoding_format", param="encoding_format")
     items = _items(body.get("input"))
     with loaded.lease() as model:
