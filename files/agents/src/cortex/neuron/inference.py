@@ -96,16 +96,21 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
     status = "200"
     coalesce = neuron.cfg.stream_interval_ms / 1000
     try:
-        if reply.chat:
-            # The prompt's size goes out at once (an extension field): the gateway needs it
-            # for Anthropic's message_start, which must precede every other event.
-            first = reply.chunk({"role": "assistant", "content": ""})
-            first["helexa_prompt_tokens"] = reply.prompt_tokens
-            yield sse_event(first)
+        opened = not reply.chat  # a chat stream opens with its role chunk
         for kind, value in waiter.events(keepalive=True, coalesce=coalesce):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
-            elif kind == "text":
+                continue
+            if not opened:
+                # Once the request has a slot (keep-alives while it queues): the prompt's
+                # size and how much of it the slot's cache held (extension fields), which
+                # the gateway needs for Anthropic's message_start, the first event of all.
+                opened = True
+                first = reply.chunk({"role": "assistant", "content": ""})
+                first["helexa_prompt_tokens"] = reply.prompt_tokens
+                first["helexa_cached_tokens"] = value if kind == "start" else 0
+                yield sse_event(first)
+            if kind == "text":
                 for chunk in reply.stream_parts(reply.parse(value)):
                     yield sse_event(chunk)
             elif kind == "done":
@@ -171,8 +176,6 @@ class Waiter:
             if kind == "error":
                 self.finished = True
                 raise value
-            if kind == "start":
-                continue
             yield kind, value
             if kind == "done":
                 self.finished = True
