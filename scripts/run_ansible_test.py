@@ -29,13 +29,9 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -128,126 +124,61 @@ def units(extra: list[str]) -> int:
                         "--color", "no", *extra)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def start_fleet(work: Path) -> tuple[list, dict]:
+    """One neuron (`neuron serve`) and one gateway (`cortex serve`) over it, real processes
+    on 127.0.0.1 (cortex.testing: the test kit), offline; and what the targets are told."""
+    from cortex.testing.hub import offline_env
+    from cortex.testing.model_sets import ModelSet, build_models
+    from cortex.testing.processes import GatewayServer, NeuronServer
+
+    # tiny-long: a generation that runs for seconds (65k tokens), to hold a request in flight.
+    models = build_models(work / "models", ModelSet(tiny=("hello",), quants=True, long=True))
+    env = offline_env(HF_HUB_OFFLINE="1")
+    neuron = NeuronServer(work, models, "neuron", token=NEURON_TOKEN, env=env, n_ctx=65536,
+                          n_threads=2, hf={"offline": True})
+    gateway = GatewayServer(work, {"n1": neuron.url}, name="gateway", workers=2,
+                            gateway={"poll_interval_secs": 0.2}, token=NEURON_TOKEN,
+                            admin_keys=[ADMIN_KEY], env=env)
+    services = [neuron, gateway]
+    neuron.start()
+    neuron.wait_ready(120)
+    log("neuron is up")
+    gateway.start()
+    gateway.wait_ready(timeout=120)
+    log("gateway is up")
+    return services, {
+        "cortex_neuron_url": neuron.url,
+        "cortex_neuron_token": NEURON_TOKEN,
+        "cortex_gateway_url": gateway.url,
+        "cortex_gateway_admin_key": ADMIN_KEY,
+        "cortex_gateway_node": "n1",
+    }
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return json.load(resp)
-
-
-class Fleet:
-    """One neuron and one gateway over it, real processes on 127.0.0.1."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.neuron_url = self.gateway_url = ""
-
-    def start(self) -> dict:
-        from cortex.testing.tiny_gguf import SCRIPTS, build_tiny_gguf
-
-        models = self.work / "models"
-        models.mkdir()
-        build_tiny_gguf(models / "tiny-hello.gguf", script=SCRIPTS["hello"][0], name="tiny-hello")
-        quants = models / "tiny-quants"
-        quants.mkdir()
-        for ftype in ("F16", "Q8_0"):
-            build_tiny_gguf(quants / f"tiny-quants.{ftype}.gguf", script=SCRIPTS["hello"][0],
-                            ftype=ftype, name="tiny-quants")
-        # A generation that runs for seconds (65k tokens), to hold a request in flight.
-        build_tiny_gguf(models / "tiny-long.gguf", script=SCRIPTS["loop"][0], loop=True,
-                        context_length=65536, name="tiny-long")
-
-        port = free_port()
-        self.neuron_url = f"http://127.0.0.1:{port}"
-        (self.work / "neuron.toml").write_text(
-            f'listen = "127.0.0.1:{port}"\nmodels_dir = "{models}"\n'
-            f'cache_dir = "{self.work / "cache"}"\nauth_token = "{NEURON_TOKEN}"\n'
-            f"n_ctx = 65536\nn_threads = 2\n[hf]\noffline = true\n")
-        self.spawn("neuron", "serve", "--config", str(self.work / "neuron.toml"))
-        self.wait("neuron", lambda: get_json(self.neuron_url + "/health")["activation"]["state"]
-                  == "ready")
-
-        port, metrics_port = free_port(), free_port()
-        self.gateway_url = f"http://127.0.0.1:{port}"
-        (self.work / "models.toml").write_text("")
-        (self.work / "cortex.toml").write_text(
-            f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
-            f'metrics_listen = "127.0.0.1:{metrics_port}"\nworkers = 2\n'
-            f'poll_interval_secs = 0.2\nstate_dir = "{self.work / "gw-state"}"\n'
-            f'neuron_token = "{NEURON_TOKEN}"\nadmin_keys = ["{ADMIN_KEY}"]\n'
-            f'[[neurons]]\nname = "n1"\nendpoint = "{self.neuron_url}"\n')
-        self.spawn("cortex", "serve", "--config", str(self.work / "cortex.toml"))
-        self.wait("gateway", lambda: get_json(self.gateway_url + "/health")["nodes"]["healthy"]
-                  == 1)
-        return {
-            "cortex_neuron_url": self.neuron_url,
-            "cortex_neuron_token": NEURON_TOKEN,
-            "cortex_gateway_url": self.gateway_url,
-            "cortex_gateway_admin_key": ADMIN_KEY,
-            "cortex_gateway_node": "n1",
-        }
-
-    def spawn(self, exe: str, *args: str) -> None:
-        logfile = (self.work / f"{exe}.log").open("wb")
-        env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="1",
-                   HF_HUB_DISABLE_TELEMETRY="1")
-        proc = subprocess.Popen([str(BIN / exe), *args], stdout=logfile,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.procs.append((exe, proc))
-
-    def wait(self, what: str, ready, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if ready():
-                    log(f"{what} is up")
-                    return
-            except (OSError, urllib.error.URLError, KeyError, ValueError):
-                pass
-            for exe, proc in self.procs:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{exe} exited ({proc.returncode}):\n{self.logs()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not ready in {timeout}s:\n{self.logs()}")
-            time.sleep(0.1)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                         for p in sorted(self.work.glob("*.log")))
-
-    def stop(self) -> None:
-        for _exe, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for _exe, proc in reversed(self.procs):
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+def logs(services: list) -> str:
+    return "\n".join(f"--- {s.name}\n{s.log_tail()}" for s in services)
 
 
 def integration(extra: list[str]) -> int:
     # The fleet runs in its own sessions: a TERM to this script ends it through `finally`.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="cortex-integration-") as work:
-        fleet = Fleet(Path(work))
+        services: list = []
         try:
-            config = fleet.start()
+            services, config = start_fleet(Path(work))
             (STAGE / "tests" / "integration" / "integration_config.yml").write_text(
                 json.dumps(config, indent=2) + "\n")
             rc = ansible_test("integration", "--local", "--python-interpreter", sys.executable,
                               "--color", "no", *extra)
             if rc:
-                log("the fleet's logs:\n" + fleet.logs())
+                log("the fleet's logs:\n" + logs(services))
             return rc
+        except AssertionError as exc:  # a service that did not start: its log is in it
+            log(str(exc))
+            return 1
         finally:
-            fleet.stop()
+            for s in reversed(services):
+                s.stop()
 
 
 def main(argv: list[str]) -> int:

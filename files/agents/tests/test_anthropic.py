@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,9 +10,12 @@ import anthropic
 import pytest
 import requests
 
-from conftest import free_port
 from cortex.gateway.anthropic import translate
 from cortex.gateway.config import EntitlementsSection, KeyEntry, Limit, ModelEntry, Window
+from cortex.testing.agent_model import build_agent_model
+from cortex.testing.model_sets import ModelSet, build_models
+from cortex.testing.ports import free_port
+from cortex.testing.sse import named_events
 from cortex.testing.tiny_gguf import EOS, SCRIPT_HELLO, build_tiny_gguf, script_text
 
 HELLO = script_text(SCRIPT_HELLO)
@@ -60,16 +62,9 @@ MODELS = ["tiny-hello", "tiny-think", "tiny-tool", "tiny-loop", "tiny-agent"]
 
 @pytest.fixture(scope="module")
 def agent_dir(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("agent-models")
-    for p in models_dir.iterdir():
-        (d / p.name).symlink_to(p)
-    # The recorded Claude Code request's words become tokens, so that its prompt is as many
-    # tokens as a real tokenizer makes of it (about 4 characters a token), not one a byte.
-    recorded = (DATA / "claude_code_request.json").read_text()
-    words = sorted(set(re.findall(r"[A-Za-z_]{3,}", recorded)))
-    build_tiny_gguf(d / "tiny-agent.gguf", script=AGENT_SCRIPT, chat_template=AGENT_TEMPLATE,
-                    name="tiny-agent", context_length=16384,
-                    extra_tokens=[*words, *(" " + w for w in words)])
+    d = build_models(tmp_path_factory.mktemp("agent-models"), ModelSet(base=models_dir))
+    build_agent_model(d, (DATA / "claude_code_request.json").read_text(), script=AGENT_SCRIPT,
+                      chat_template=AGENT_TEMPLATE)
     return d
 
 
@@ -95,16 +90,6 @@ def neuron_count(neuron, body: dict) -> int:
     r = neuron.post("/tokenize", dict(req, model=f"file:{req['model']}"))
     assert r.status_code == 200, r.text
     return r.json()["tokens"]
-
-
-def sse_events(resp: requests.Response) -> list[tuple[str, dict]]:
-    events, name = [], None
-    for line in resp.iter_lines(decode_unicode=True):
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[6:])))
-    return events
 
 
 # -- replies -----------------------------------------------------------------------------
@@ -137,7 +122,7 @@ def test_stream_event_sequence(gw, neuron):
     body = {"model": "tiny-hello", "max_tokens": 64, "messages": HI, "stream": True}
     r = gw.post("/v1/messages", body, stream=True, headers={"anthropic-version": "2023-06-01"})
     assert r.headers["Content-Type"].startswith("text/event-stream")
-    events = sse_events(r)
+    events = named_events(r)
     names = [n for n, _ in events]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
@@ -303,7 +288,7 @@ def test_claude_code_request_replayed(gw, client):
     r = requests.post(gw.url + "/v1/messages?beta=true", json=body, stream=True, timeout=120,
                       headers=dict(headers, **{"x-api-key": "sk-anything"}))
     assert r.status_code == 200, r.text
-    events = sse_events(r)
+    events = named_events(r)
     assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
     usage = events[0][1]["message"]["usage"]
     assert usage["input_tokens"] + usage["cache_read_input_tokens"] == counted > 2000

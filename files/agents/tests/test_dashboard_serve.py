@@ -5,52 +5,21 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
-import time
 
 import pytest
 import requests
 
-from cortex.gateway import config as gw_config
-from test_gateway_serve import BIN, write_config
+from cortex.testing.waiting import wait_for
 
 STREAMS = 24
 
 
 @pytest.fixture
-def served(served_proc):
-    return served_proc[0]
-
-
-def wait_until(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def served_proc(neuron_process, tmp_path):
-    n1 = neuron_process()
-    cfg = write_config(tmp_path, {"n1": n1.url}, '[[models]]\nid = "tiny-hello"\n')
-    c = gw_config.load(cfg)[0]
-    proc = subprocess.Popen([str(BIN / "cortex"), "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = "http://" + c.gateway.listen
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(base + "/health", timeout=2).json()["nodes"]["healthy"] == 1:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    yield base, proc
-    proc.terminate()
-    proc.wait(30)
+def served(neuron_process, gateway_process):
+    """`cortex serve` with two gevent workers over a `neuron serve` (node n1)."""
+    return gateway_process({"n1": neuron_process()}, {"models": [{"id": "tiny-hello"}]},
+                           admin_keys=["adm"], gateway={"poll_interval_secs": 0.5})
 
 
 def read_events(r: requests.Response, want: set[str]) -> dict[str, dict]:
@@ -69,7 +38,7 @@ def read_events(r: requests.Response, want: set[str]) -> dict[str, dict]:
 
 
 def test_many_event_streams_under_gevent_workers(served):
-    base = served
+    base = served.url
     assert requests.get(base + "/ui/", timeout=10).headers["Content-Security-Policy"]
     js = requests.get(base + "/ui/static/app.js", timeout=10)  # shipped as package data
     assert js.status_code == 200 and "javascript" in js.headers["Content-Type"]
@@ -109,8 +78,8 @@ def test_many_event_streams_under_gevent_workers(served):
     assert all([n["name"] for n in got["state"]["nodes"]] == ["n1"] for got in results)
 
 
-def test_a_reload_ends_open_streams_so_pages_reconnect(served_proc):
-    base, proc = served_proc
+def test_a_reload_ends_open_streams_so_pages_reconnect(served):
+    base = served.url
     ended = threading.Event()
     got: dict = {}
 
@@ -130,9 +99,9 @@ def test_a_reload_ends_open_streams_so_pages_reconnect(served_proc):
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()
-    wait_until(lambda: got, "the first stream's hello")
+    wait_for(lambda: got, "the first stream's hello", 30)
     old = got["hello"]["worker"]["pid"]
-    proc.send_signal(signal.SIGHUP)  # `systemctl reload`: new workers, old ones stop
+    served.proc.send_signal(signal.SIGHUP)  # `systemctl reload`: new workers, old ones stop
     # The old worker ends the stream itself, well before gunicorn's 30 s graceful timeout.
     assert ended.wait(20), "the stream held the old worker"
 
@@ -140,4 +109,4 @@ def test_a_reload_ends_open_streams_so_pages_reconnect(served_proc):
         with requests.get(base + "/ui/events", stream=True, timeout=30) as r:
             return read_events(r, {"hello"})["hello"]["worker"]["pid"] != old
 
-    wait_until(new_worker, "a stream from a new worker")
+    wait_for(new_worker, "a stream from a new worker", 30)

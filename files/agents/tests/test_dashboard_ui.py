@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry
 from cortex.neuron.config import HubConfig
 from cortex.testing.fake_hub import FakeHub
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, build_tiny_gguf
+from cortex.testing.waiting import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -79,16 +79,6 @@ def fleet(neuron_factory, gateway_factory):
     return gw, n1, n2
 
 
-def wait_for(what, check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def cortex_status(gw_url: str) -> dict:
     exe = Path(sys.executable).parent / "cortex"
     out = subprocess.run([str(exe), "status", "--url", gw_url, "--json"], check=True,
@@ -122,9 +112,8 @@ def test_the_dashboard_shows_the_fleet_and_acts_on_it(fleet, page, tmp_path):
     # A load started from the page happens on the neuron.
     page.select_option('[data-node="n2"] select', "tiny-tool")
     page.click('[data-node="n2"] [data-action="load"]')
-    wait_for("tiny-tool loaded on n2", lambda: any(
-        m["id"] == "file:tiny-tool" and m["status"] == "loaded"
-        for m in n2.get("/models").json()))
+    wait_for(lambda: any(m["id"] == "file:tiny-tool" and m["status"] == "loaded"
+                         for m in n2.get("/models").json()), "tiny-tool loaded on n2", 30)
     page.locator('[data-node="n2"] tr[data-model="tiny-tool"][data-status="loaded"]').wait_for()
 
     # The chart moves while a client sends requests (the fleet's rate, from the neurons).
@@ -143,15 +132,16 @@ def test_the_dashboard_shows_the_fleet_and_acts_on_it(fleet, page, tmp_path):
     try:
         legend = page.locator('#legend li[data-model="tiny-hello"]')
         legend.wait_for()
-        wait_for("a non-zero request rate on the chart",
-                 lambda: float(legend.get_attribute("data-rps") or 0) > 0)
+        wait_for(lambda: float(legend.get_attribute("data-rps") or 0) > 0,
+                 "a non-zero request rate on the chart", 30)
         assert float(legend.get_attribute("data-tps")) > 0
         assert "req/s" in legend.inner_text()
         # Finished requests show in this worker's list, by key id, never a key.
         page.locator('#requests tbody tr[data-seq] >> text="tiny-hello"').first.wait_for()
         assert "this gateway worker only" in page.locator("#worker").inner_text()
         # A picture for a reader while the traffic flows: a few seconds of the chart.
-        wait_for("six chart points", lambda: page.evaluate("window.cortexUi.series.length") >= 6)
+        wait_for(lambda: page.evaluate("window.cortexUi.series.length") >= 6,
+                 "six chart points", 30)
         shot = tmp_path / "dashboard.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
@@ -207,7 +197,7 @@ def test_a_load_shows_its_progress_bar(neuron_factory, gateway_factory, page, tm
                         shutil.copy(shot, SCREENSHOT_COPY.replace(".png", "-loading.png"))
             return False
 
-        wait_for("the load to finish on the page", progressed, timeout=60)
+        wait_for(progressed, "the load to finish on the page", 60)
         page.screenshot(path=str(tmp_path / "loaded.png"), full_page=True)
     fractions = sorted(set(seen))
     assert len(fractions) >= 2 and seen == sorted(seen), seen  # the bar grew, never shrank
@@ -221,9 +211,8 @@ def test_an_unload_from_the_page_frees_the_model(fleet, page):
     page.reload()
     button = page.locator('[data-node="n1"] tr[data-model="tiny-hello"] [data-action="unload"]')
     button.click()
-    wait_for("tiny-hello gone from n1", lambda: not any(
-        m["id"] == "file:tiny-hello" and m["status"] == "loaded"
-        for m in n1.get("/models").json()))
+    wait_for(lambda: not any(m["id"] == "file:tiny-hello" and m["status"] == "loaded"
+                             for m in n1.get("/models").json()), "tiny-hello gone from n1", 30)
     page.locator('[data-node="n1"] >> text="no models loaded"').wait_for()
     assert page.errors == []
 

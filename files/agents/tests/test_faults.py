@@ -21,27 +21,22 @@ import pytest
 import requests
 from openai import APIError, OpenAI
 
-from cortex.testing.faults import (
-    Cut,
-    Delay,
-    FaultProxy,
+from cortex.testing.faults import Cut, Delay, FaultProxy, Reply, Stall, http_reply
+from cortex.testing.processes import (
+    FLEET_NEURON,
+    SERVICE_ERRORS,
     GatewayServer,
     NeuronServer,
-    Reply,
-    Stall,
-    http_reply,
     metric,
-    wait_until,
 )
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+from cortex.testing.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
 HELLO = script_text(SCRIPT_HELLO)
 MSG = [{"role": "user", "content": "Hi"}]
 KEY = "sk-faults"
-ENTITLEMENTS = ('[entitlements]\nrequire_auth = true\n[[entitlements.keys]]\n'
-                f'key = "{KEY}"\naccount_id = "faults"\n')
 # Short timeouts keep every case quick; each case names the one it is about.
 GATEWAY = {"poll_interval_secs": 0.2, "connect_timeout_secs": 1, "read_timeout_secs": 10,
            "load_timeout_secs": 30}
@@ -60,7 +55,7 @@ class Fleet:
                 **extras: str) -> list[NeuronServer]:
         """Neurons `names`, ready; neuron.toml gets `extra` (or `extras[name]`)."""
         made = [NeuronServer(self.workdir, models_dir or self.models_dir, n,
-                             extras.get(n, extra)) for n in names]
+                             extras.get(n, extra), **FLEET_NEURON) for n in names]
         self.services += made
         for n in made:  # start-ups overlap
             n.start()
@@ -72,13 +67,15 @@ class Fleet:
         return p
 
     def gateway(self, neurons: dict, models: str, *, name: str = "gw", workers: int = 1,
-                keys: str = "", **gateway: float) -> GatewayServer:
+                keys: tuple[dict, ...] = (), **gateway: float) -> GatewayServer:
         """`cortex serve` over `neurons` (name: a NeuronServer or FaultProxy); `gateway`
-        overrides [gateway] keys of GATEWAY; `keys` adds [[entitlements.keys]]."""
+        overrides [gateway] keys of GATEWAY; `keys` are more [[entitlements.keys]] than KEY."""
         urls = {k: v.url for k, v in neurons.items()}
-        section = "".join(f"{k} = {v}\n" for k, v in {**GATEWAY, **gateway}.items())
+        keys = ({"key": KEY, "account_id": "faults"}, *keys)
         gw = GatewayServer(self.workdir, urls, models, name=name, workers=workers,
-                           gateway=section, entitlements=ENTITLEMENTS + keys)
+                           gateway={**GATEWAY, **gateway},
+                           entitlements={"entitlements": {"require_auth": True,
+                                                          "keys": list(keys)}})
         self.services.append(gw)
         gw.start()
         return gw
@@ -150,7 +147,7 @@ def answered(gw: GatewayServer, model: str = "tiny-hello", node: str | None = No
 def idle(*neurons: NeuronServer, timeout: float = 15) -> None:
     """Nothing running or queued on any of `neurons` (their own /health says so)."""
     for n in neurons:
-        wait_until(lambda n=n: n.busy() == 0, timeout, f"{n.name} idle")
+        wait_for(lambda n=n: n.busy() == 0, f"{n.name} idle", timeout, ignore=SERVICE_ERRORS)
 
 
 def locations(gw: GatewayServer, model: str) -> dict[str, str]:
@@ -159,7 +156,8 @@ def locations(gw: GatewayServer, model: str) -> dict[str, str]:
 
 def wait_locations(gw: GatewayServer, model: str, want: dict[str, str],
                    timeout: float = 20) -> None:
-    wait_until(lambda: locations(gw, model) == want, timeout, f"{model} at {want}")
+    wait_for(lambda: locations(gw, model) == want, f"{model} at {want}", timeout,
+             ignore=SERVICE_ERRORS)
 
 
 HELLO_MODEL = '[[models]]\nid = "tiny-hello"\n'
@@ -179,13 +177,15 @@ def test_neuron_killed_before_a_request(fleet):
         answered(gw, node="n2")
     r = client(gw).chat.completions.create(model="tiny-hello", messages=MSG)
     assert r.choices[0].message.content == HELLO
-    wait_until(lambda: gw.health()["nodes"]["healthy"] == 1, 15, "n1 marked unhealthy")
+    wait_for(lambda: gw.health()["nodes"]["healthy"] == 1, "n1 marked unhealthy", 15,
+             ignore=SERVICE_ERRORS)
     assert gw.health()["status"] == "degraded"
     assert locations(gw, "tiny-hello") == {"n1": "recovering", "n2": "loaded"}
 
     n2.kill()  # the last replica: a clear 5xx in the envelope, at once
     envelope(chat(gw, "tiny-hello", timeout=15), 502, 503)
-    wait_until(lambda: gw.health()["status"] == "impaired", 15, "no healthy node")
+    wait_for(lambda: gw.health()["status"] == "impaired", "no healthy node", 15,
+             ignore=SERVICE_ERRORS)
     r = chat(gw, "tiny-hello", timeout=15)
     assert envelope(r, 503)["code"] == "service_unavailable"
     assert int(r.headers["Retry-After"]) >= 1
@@ -269,7 +269,7 @@ def test_slow_neuron_times_out_and_the_replica_is_unaffected(fleet):
     slow.set(Delay(120))
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(chat, gw, "tiny-think", timeout=20)
-        wait_until(lambda: slow.holding == 1, 10, "the request held by n1")
+        wait_for(lambda: slow.holding == 1, "the request held by n1", 10)
         for _ in range(3):  # meanwhile the other node serves as usual
             answered(gw, node="n2")
         err = envelope(held.result(30), 502, 504)
@@ -423,8 +423,9 @@ def test_load_failing_half_way_registers_nothing(fleet, models_dir, tmp_path):
     h = n1.health()
     assert [f["model_id"] for f in h["activation"]["failed"]] == ["file:tiny-broken"]
     assert {m["id"] for m in h["models"]} == {"file:tiny-hello"}
-    wait_until(lambda: any(u["model"] == "file:tiny-broken" and u["reason"] == "prewarm_failed"
-                           for u in gw.health()["unservable"]), 15, "prewarm failure shown")
+    wait_for(lambda: any(u["model"] == "file:tiny-broken" and u["reason"] == "prewarm_failed"
+                         for u in gw.health()["unservable"]), "prewarm failure shown", 15,
+             ignore=SERVICE_ERRORS)
     answered(gw, node="n1")
     idle(n1)
 
@@ -504,9 +505,8 @@ def test_full_queue_is_503_with_retry_after_never_a_hang(fleet):
 # -- the client hangs up -------------------------------------------------------------------
 def test_client_disconnect_mid_stream_frees_the_slot(fleet):
     (n1,) = fleet.neurons("n1", extra='default_models = ["file:tiny-long"]\n')
-    capped = ('[[entitlements.keys]]\nkey = "sk-capped"\naccount_id = "capped"\n'
-              "hard_cap = 1\n")
-    gw = fleet.gateway({"n1": n1}, '[[models]]\nid = "tiny-long"\n', keys=capped)
+    capped = {"key": "sk-capped", "account_id": "capped", "hard_cap": 1}
+    gw = fleet.gateway({"n1": n1}, '[[models]]\nid = "tiny-long"\n', keys=(capped,))
     gw.wait_ready()
     wait_locations(gw, "tiny-long", {"n1": "loaded"})
 
@@ -524,6 +524,6 @@ def test_client_disconnect_mid_stream_frees_the_slot(fleet):
     def billed() -> float:
         return metric(gw.metrics(), "cortex_spend_tokens_total", account="capped")
 
-    wait_until(billed, 5, "tokens billed to the key that hung up")
+    wait_for(billed, "tokens billed to the key that hung up", 5, ignore=SERVICE_ERRORS)
     r = chat(gw, "tiny-long", key="sk-capped", max_tokens=8)
     assert envelope(r, 429)["code"] == "insufficient_quota"

@@ -30,18 +30,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import Served, ServedGateway
 from cortex.core import openapi
-from cortex.gateway.config import (
-    EntitlementsSection,
-    GatewayConfig,
-    GatewaySection,
-    KeyEntry,
-    ModelEntry,
-    ModelsConfig,
-    NeuronEntry,
-)
-from cortex.neuron.config import NeuronConfig
+from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry
+from cortex.testing.served import serve_gateway, serve_neuron
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 COVERAGE = os.environ.get("FUZZ_COVERAGE", "") not in ("", "0")
@@ -71,25 +62,17 @@ def fuzz_document(package: str, models: list[str]) -> dict:
 def servers(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A neuron to fuzz, and a gateway over a second neuron (so that the neuron's own fuzz,
     which may drain it, leaves the gateway's fleet alone)."""
-    from cortex.gateway.app import create_app as gateway_app
-    from cortex.neuron.app import create_app as neuron_app
-
     tmp = tmp_path_factory.mktemp("fuzz")
     neurons = []
     for name in ("fuzzed", "behind-gateway"):
-        cfg = NeuronConfig(models_dir=str(models_dir), cache_dir=str(tmp / name), n_ctx=256,
-                           n_threads=1, auth_token=TOKEN)
-        n = Served(neuron_app(cfg))
+        n = serve_neuron(models_dir, tmp / name, n_ctx=256, n_threads=1, auth_token=TOKEN)
         n.http.headers["Authorization"] = f"Bearer {TOKEN}"
         n.load("file:tiny-hello")
         neurons.append(n)
-    cfg = GatewayConfig(
-        gateway=GatewaySection(state_dir=str(tmp / "gw"), poll_interval_secs=0.5,
-                               neuron_token=TOKEN, admin_keys=[ADMIN]),
-        neurons=[NeuronEntry("n1", neurons[1].url)],
-        entitlements=EntitlementsSection(require_auth=True, keys=[
-            KeyEntry(key=KEY, account_id="fuzz")]))
-    gw = ServedGateway(gateway_app(cfg, ModelsConfig(models=[ModelEntry(id="tiny-hello")])))
+    gw = serve_gateway({"n1": neurons[1]}, tmp / "gw", [ModelEntry(id="tiny-hello")],
+                       poll_interval_secs=0.5, neuron_token=TOKEN, admin_keys=[ADMIN],
+                       entitlements=EntitlementsSection(require_auth=True, keys=[
+                           KeyEntry(key=KEY, account_id="fuzz")]))
     yield {"neuron": neurons[0], "gateway": gw}
     gw.close()
     for n in neurons:

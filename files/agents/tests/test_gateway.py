@@ -10,17 +10,12 @@ import pytest
 from openai import APIError, OpenAI
 
 from cortex.gateway.config import ModelEntry
+from cortex.testing.served import Served
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+from cortex.testing.waiting import wait_for
 
 HELLO = script_text(SCRIPT_HELLO)
 MSG = [{"role": "user", "content": "Hi"}]
-
-
-def wait_until(cond, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def loads_on(neuron) -> int:
@@ -77,7 +72,7 @@ def test_least_busy_replica_wins(two, gateway_factory):
     for n in two.values():
         n.load("file:tiny-hello")
     gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
-    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    wait_for(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2, "two replicas", 20)
     gw.gw.fleet.nodes["n1"].models["file:tiny-hello"].in_flight = 3  # as a poll would say
     r = gw.chat("tiny-hello")
     assert r.headers["X-Cortex-Node"] == "n2"
@@ -146,7 +141,7 @@ def test_idle_ttl_unloads(two, gateway_factory):
         samples = gw.gw.metrics.evictions.collect()[0].samples
         return [s.labels["reason"] for s in samples if s.name.endswith("_total")]
 
-    wait_until(lambda: reasons() == ["idle"], timeout=15)
+    wait_for(lambda: reasons() == ["idle"], "an idle unload", 15)
     assert not loaded("tiny-hello")
     assert len(loaded("tiny-think")) == 1  # no keep_alive: it stays
 
@@ -203,13 +198,13 @@ def test_neuron_killed_becomes_unhealthy_and_requests_move(two, gateway_factory)
     for n in two.values():
         n.load("file:tiny-hello")
     gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
-    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    wait_for(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2, "two replicas", 20)
     two["n1"].server.shutdown()
     two["n1"].server.server_close()
     # Before three polls have failed, a request still finds a way (retry on n2).
     r = gw.chat("tiny-hello")
     assert r.status_code == 200 and r.headers["X-Cortex-Node"] == "n2"
-    wait_until(lambda: not gw.gw.fleet.nodes["n1"].healthy)
+    wait_for(lambda: not gw.gw.fleet.nodes["n1"].healthy, "n1 unhealthy", 20)
     assert gw.gw.fleet.nodes["n1"].failures >= 3
     h = gw.get("/health").json()
     assert h["status"] == "degraded" and h["nodes"] == {"healthy": 1, "total": 2,
@@ -237,7 +232,7 @@ def test_drain_and_undrain(two, gateway_factory):
     for n in two.values():
         n.load("file:tiny-hello")
     gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], admin_keys=["adm"])
-    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    wait_for(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2, "two replicas", 20)
     assert gw.post("/admin/nodes/n1/drain").status_code == 401
     h = {"Authorization": "Bearer adm"}
     r = gw.post("/admin/nodes/n1/drain", headers=h)
@@ -309,7 +304,7 @@ def test_a_stale_view_of_a_drained_node_is_retried_elsewhere(two, gateway_factor
     for n in two.values():
         n.load("file:tiny-hello")
     gw = gateway_factory(two, [ModelEntry(id="tiny-hello")], poll_interval_secs=60)
-    wait_until(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2)
+    wait_for(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2, "two replicas", 20)
     two["n1"].post("/drain", {"drained": True})  # behind the gateway's back
     for _ in range(3):
         r = gw.chat("tiny-hello")
@@ -339,7 +334,7 @@ def test_reaper_never_unloads_a_model_in_use(neuron_factory, gateway_factory):
                       timeout=60) as stream:
         assert stream.status_code == 200
         scheduler = n.neuron.registry.models["file:tiny-long"].scheduler
-        wait_until(lambda: scheduler.in_flight == 1)
+        wait_for(lambda: scheduler.in_flight == 1, "scheduler.in_flight == 1", 20)
         _stale_idle_view(gw, "n1", "file:tiny-long")
         assert gw.gw.router.reap_idle() == []
         assert "file:tiny-long" in n.neuron.registry.models
@@ -380,45 +375,34 @@ class _Switch:
     {"/health": b'{"status": "ok", "devices": 3}'},
 ])
 def test_a_200_with_garbage_is_a_failed_poll(neuron, gateway_factory, garbage):
-    from types import SimpleNamespace
-
-    from werkzeug.serving import make_server
-
     switch = _Switch(neuron.app)
-    server = make_server("127.0.0.1", 0, switch, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = Served(switch)
     try:
-        gw = gateway_factory({"n1": SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}")},
-                             [ModelEntry(id="tiny-hello")], poll_interval_secs=0.05)
+        gw = gateway_factory({"n1": server}, [ModelEntry(id="tiny-hello")],
+                             poll_interval_secs=0.05)
         node = gw.gw.fleet.nodes["n1"]
         assert node.healthy
         switch.garbage = garbage
-        wait_until(lambda: not node.healthy)
+        wait_for(lambda: not node.healthy, "the node unhealthy", 20)
         assert node.last_error and gw.get("/health").json()["nodes"]["healthy"] == 0
         switch.garbage = None  # the poller lives on: the node comes back
-        wait_until(lambda: node.healthy)
+        wait_for(lambda: node.healthy, "the node healthy", 20)
         assert gw.chat("tiny-hello").status_code == 200
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_ipv6_endpoints_work(neuron_factory, gateway_factory):
     import socket
-    from types import SimpleNamespace
-
-    from werkzeug.serving import make_server
 
     from cortex.gateway.config import NeuronEntry
 
     if not socket.has_ipv6:
         pytest.skip("no IPv6 on this host")
     n = neuron_factory()
-    server = make_server("::1", 0, n.app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = Served(n.app, host="::1")
     try:
-        url = f"http://[::1]:{server.server_port}"
-        gw = gateway_factory({"v6": SimpleNamespace(url=url)}, [ModelEntry(id="tiny-hello")])
+        gw = gateway_factory({"v6": server}, [ModelEntry(id="tiny-hello")])
         assert gw.gw.fleet.nodes["v6"].healthy
         r = gw.chat("tiny-hello")
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == HELLO
@@ -426,7 +410,6 @@ def test_ipv6_endpoints_work(neuron_factory, gateway_factory):
         assert nodes["healthy"] == 1
         # Without brackets it cannot be parsed; the error says how to write it.
         with pytest.raises(ValueError, match=r"brackets: http://\[::1\]:13131"):
-            NeuronEntry("v6", f"http://::1:{server.server_port}")
+            NeuronEntry("v6", f"http://::1:{server.port}")
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()

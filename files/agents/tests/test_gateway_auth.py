@@ -119,7 +119,6 @@ def test_headers_stamped_and_spoofs_stripped(neuron_factory, gateway_factory, tm
     gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-long")],
                          entitlements=keys(f"sqlite://{tmp_path}/s.db"))
     import threading
-    import time
 
     def long_call():
         gw.post("/v1/chat/completions", {"model": "tiny-long", "messages": MSG,
@@ -129,10 +128,7 @@ def test_headers_stamped_and_spoofs_stripped(neuron_factory, gateway_factory, tm
     t = threading.Thread(target=long_call)
     t.start()
     worker = n.neuron.registry.models["file:tiny-long"].scheduler
-    deadline = time.monotonic() + 20
-    while worker.in_flight == 0:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_for(lambda: worker.in_flight, "the long call running", 20)
     r = gw.post("/v1/chat/completions", {"model": "tiny-long", "messages": MSG, "max_tokens": 1},
                 headers={"Authorization": "Bearer sk-free", "X-Helexa-Account-Id": "someone"})
     assert r.status_code == 429  # still account "acme": the spoofed header was dropped

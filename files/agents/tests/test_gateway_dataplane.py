@@ -1,7 +1,7 @@
 """The data plane: one prologue and one error envelope per dialect on every inference route,
 embeddings, structured output, Claude Code's prompt cache, and spend that holds.
 
-Real gateways on loopback; a neuron-API stand-in (tests/neuron_standin.py) where a real
+Real gateways on loopback; a neuron-API stand-in (cortex.testing.standin) where a real
 neuron cannot be made to answer on cue, real neurons where the behaviour is the neuron's.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 from pathlib import Path
 
 import anthropic
@@ -17,11 +16,11 @@ import numpy as np
 import openai
 import pytest
 import requests
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import WSGIRequestHandler
 
 from cortex.gateway.config import EntitlementsSection, KeyEntry, Limit, ModelEntry, Window
+from cortex.testing.served import Served
 from cortex.testing.waiting import wait_for
-from neuron_standin import StandIn
 
 DATA = Path(__file__).parent / "data"
 HI = [{"role": "user", "content": "Hi"}]
@@ -32,20 +31,6 @@ ROUTES = {  # path -> (dialect, a valid body)
     "/v1/messages": ("anthropic", {"model": "standin", "max_tokens": 8, "messages": HI}),
     "/v1/messages/count_tokens": ("anthropic", {"model": "standin", "messages": HI}),
 }
-
-
-@pytest.fixture
-def standin_factory():
-    made: list[StandIn] = []
-
-    def make(*args, **kwargs) -> StandIn:
-        s = StandIn(*args, **kwargs)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def keys(tmp_path: Path, **caps) -> EntitlementsSection:
@@ -333,17 +318,15 @@ def test_a_store_error_after_done_still_ends_the_chunked_body(standin_factory,
         raise OSError("database is locked")
 
     monkeypatch.setattr(gw.gw.auth.store, "record", broken)
-    server = make_server("127.0.0.1", 0, gw.app, threaded=True, request_handler=_Http11)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    http11 = Served(gw.app, request_handler=_Http11)
     try:
-        r = requests.post(f"http://127.0.0.1:{server.server_port}/v1/chat/completions",
-                          json={"model": "standin", "messages": HI, "stream": True},
-                          headers={"Authorization": "Bearer sk-ok"}, timeout=30)
+        r = http11.post("/v1/chat/completions",
+                        {"model": "standin", "messages": HI, "stream": True},
+                        headers={"Authorization": "Bearer sk-ok"})
         assert r.status_code == 200 and r.headers["Transfer-Encoding"] == "chunked"
         assert r.text.endswith("data: [DONE]\n\n")  # the body ended (no ChunkedEncodingError)
     finally:
-        server.shutdown()
-        server.server_close()
+        http11.close()
 
 
 # -- count_tokens ----------------------------------------------------------------------------

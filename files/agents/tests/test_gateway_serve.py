@@ -5,65 +5,40 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
+import tomllib
 from pathlib import Path
 
 import pytest
 import requests
 from openai import OpenAI
 
-from conftest import free_port
 from cortex.core.config import ConfigError
 from cortex.gateway import config as gw_config
+from cortex.testing import tomlfile
+from cortex.testing.served import Served
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+from cortex.testing.waiting import wait_for
 
 BIN = Path(sys.executable).parent
 
 
-def write_config(d: Path, neurons: dict[str, str], models: str, extra: str = "") -> Path:
-    port, mport = free_port(), free_port()
-    (d / "models.toml").write_text(models)
-    text = (f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
-            f'metrics_listen = "127.0.0.1:{mport}"\nworkers = 2\npoll_interval_secs = 0.5\n'
-            f'state_dir = "{d / "state"}"\nadmin_keys = ["adm"]\n{extra}\n')
-    for name, url in neurons.items():
-        text += f'[[neurons]]\nname = "{name}"\nendpoint = "{url}"\n'
-    (d / "cortex.toml").write_text(text)
-    return d / "cortex.toml"
+MODELS = {"models": [{"id": "tiny-hello"}], "aliases": {"gpt-4o-mini": "tiny-hello"}}
 
 
 @pytest.fixture
-def served_gateway(neuron_process, tmp_path):
-    n1 = neuron_process()
-    cfg = write_config(tmp_path, {"n1": n1.url},
-                       '[[models]]\nid = "tiny-hello"\n[aliases]\n"gpt-4o-mini" = "tiny-hello"\n')
-    c = gw_config.load(cfg)[0]
-    proc = subprocess.Popen([str(BIN / "cortex"), "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = "http://" + c.gateway.listen
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(base + "/health", timeout=2).json()["nodes"]["healthy"] == 1:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    yield base, "http://" + c.gateway.metrics_listen, proc
-    proc.terminate()
-    proc.wait(30)
+def served_gateway(neuron_process, gateway_process):
+    """`cortex serve` with two gevent workers over a `neuron serve` (node n1)."""
+    return gateway_process({"n1": neuron_process()}, MODELS, admin_keys=["adm"],
+                           gateway={"poll_interval_secs": 0.5})
 
 
 def test_gunicorn_gevent_gateway_end_to_end(served_gateway):
-    base, metrics, _ = served_gateway
-    client = OpenAI(base_url=base + "/v1", api_key="x")
+    client = OpenAI(base_url=served_gateway.url + "/v1", api_key="x")
     for _ in range(4):  # spread over both workers
         r = client.chat.completions.create(model="gpt-4o-mini", temperature=0,
                                            messages=[{"role": "user", "content": "Hi"}])
         assert r.choices[0].message.content == script_text(SCRIPT_HELLO)
-    text = requests.get(metrics + "/metrics", timeout=10).text
+    text = served_gateway.metrics()
     assert 'cortex_requests_total{model="tiny-hello",node="n1"} 4.0' in text
     assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
     assert 'cortex_node_up{node="n1"} 1.0' in text
@@ -72,7 +47,7 @@ def test_gunicorn_gevent_gateway_end_to_end(served_gateway):
 def test_replies_with_and_without_a_body_on_one_keep_alive_connection(served_gateway):
     # The gateway's worker sends a reply's head with its body; bodiless replies (HEAD, a
     # 404 error, a stream's chunked end) must still be whole and keep the connection usable.
-    base, _, _ = served_gateway
+    base = served_gateway.url
     s = requests.Session()
     head = s.head(base + "/health", timeout=10)
     assert head.status_code == 200 and head.headers["Connection"] == "keep-alive"
@@ -90,7 +65,7 @@ def test_replies_with_and_without_a_body_on_one_keep_alive_connection(served_gat
 
 
 def test_cortex_cli_status_models_drain(served_gateway):
-    base, _, _ = served_gateway
+    base = served_gateway.url
     requests.post(base + "/v1/chat/completions", timeout=30, json={
         "model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}]})
 
@@ -99,9 +74,11 @@ def test_cortex_cli_status_models_drain(served_gateway):
                               capture_output=True, text=True, timeout=60)
 
     # Each gunicorn worker polls on its own: wait until the one we reach has seen the load.
-    deadline = time.monotonic() + 10
-    while "file:tiny-hello (loaded)" not in (out := cli("status").stdout):
-        assert time.monotonic() < deadline, out
+    def seen_the_load() -> str:
+        out = cli("status").stdout
+        return out if "file:tiny-hello (loaded)" in out else ""
+
+    out = wait_for(seen_the_load, "a worker that has seen the load", 10)
     assert "1/1 nodes healthy" in out and "n1" in out and "file:tiny-hello (loaded)" in out
     data = json.loads(cli("status", "--json").stdout)
     assert data["nodes"][0]["name"] == "n1"
@@ -245,10 +222,6 @@ def test_cli_environment_is_not_config(tmp_path, monkeypatch):
 def test_metrics_scrapes_never_poll_the_neurons(neuron, tmp_path, monkeypatch):
     # The metrics port is unauthenticated: a scrape that polled every neuron let anyone
     # turn scrapes into neuron load until the nodes were marked unhealthy.
-    import threading
-
-    from werkzeug.serving import make_server
-
     from cortex.gateway.config import GatewayConfig, GatewaySection, ModelsConfig, NeuronEntry
     from cortex.gateway.serve import MetricsServer
 
@@ -261,11 +234,10 @@ def test_metrics_scrapes_never_poll_the_neurons(neuron, tmp_path, monkeypatch):
             polls.append(1)
         return neuron.app(environ, start_response)
 
-    server = make_server("127.0.0.1", 0, counting, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = Served(counting)
     cfg = GatewayConfig(gateway=GatewaySection(poll_interval_secs=3600,
                                                state_dir=str(tmp_path / "state")),
-                        neurons=[NeuronEntry("n1", f"http://127.0.0.1:{server.server_port}")])
+                        neurons=[NeuronEntry("n1", server.url)])
     metrics = MetricsServer(cfg, ModelsConfig(), "127.0.0.1", 0)
     try:
         metrics.fleet.wait_first_poll(10)
@@ -275,68 +247,46 @@ def test_metrics_scrapes_never_poll_the_neurons(neuron, tmp_path, monkeypatch):
         assert len(polls) == 1  # the poller's first poll; the next is an hour away
     finally:
         metrics.stop()
-        server.shutdown()
+        server.close()
 
 
-def test_a_failed_reload_keeps_the_last_good_config(tmp_path):
+def test_a_failed_reload_keeps_the_last_good_config(gateway_process):
     # HUP with a broken cortex.toml once brought the start-up config back, and with it
     # every key revoked since.
     import re
     import signal
-    import threading
 
-    port, mport = free_port(), free_port()
-    (tmp_path / "models.toml").write_text("")
+    def keys(*names: str) -> dict:
+        return {"entitlements": {"require_auth": True,
+                                 "keys": [{"key": k, "account_id": k} for k in names]}}
 
-    def write(keys: list[str]) -> None:
-        text = (f'models_config = "models.toml"\n[gateway]\nlisten = "127.0.0.1:{port}"\n'
-                f'metrics_listen = "127.0.0.1:{mport}"\nworkers = 1\n'
-                f'state_dir = "{tmp_path / "state"}"\n[entitlements]\nrequire_auth = true\n')
-        for k in keys:
-            text += f'[[entitlements.keys]]\nkey = "{k}"\naccount_id = "{k}"\n'
-        (tmp_path / "cortex.toml").write_text(text)
-
-    write(["sk-a", "sk-b"])
-    proc = subprocess.Popen([str(BIN / "cortex"), "serve", "--config",
-                             str(tmp_path / "cortex.toml")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
-                     daemon=True).start()
+    gw = gateway_process({}, workers=1, entitlements=keys("sk-a", "sk-b"))
 
     def status(key: str) -> int | None:
         try:  # auth comes before routing: 404 for a good key, 401 for a revoked one
-            return requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=5,
+            return requests.post(gw.url + "/v1/chat/completions", timeout=5,
                                  json={"model": "nope", "messages": [{"role": "user",
                                                                       "content": "x"}]},
                                  headers={"Authorization": f"Bearer {key}"}).status_code
         except requests.RequestException:
             return None
 
-    def wait(cond) -> None:
-        deadline = time.monotonic() + 60
-        while not cond():
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
-
     def workers() -> list[str]:
-        return re.findall(r"Booting worker with pid: (\d+)", "".join(lines))
+        return re.findall(r"Booting worker with pid: (\d+)", gw.log.read_text())
 
-    try:
-        wait(lambda: status("sk-b") == 404)
-        write(["sk-a"])  # revoke sk-b
-        proc.send_signal(signal.SIGHUP)
-        wait(lambda: status("sk-b") == 401)
-        (tmp_path / "cortex.toml").write_text("[gateway\n")  # broken
-        booted = len(workers())
-        proc.send_signal(signal.SIGHUP)
-        wait(lambda: len(workers()) > booted)
-        old = workers()[booted - 1]
-        wait(lambda: f"Worker exiting (pid: {old})" in "".join(lines))  # only the new one left
-        for _ in range(5):
-            assert status("sk-b") == 401 and status("sk-a") == 404
-        assert "reload failed, keeping the last good configuration" in "".join(lines)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    assert status("sk-b") == 404
+    config = tomllib.loads(gw.config.read_text())
+    tomlfile.write(gw.config, tomlfile.merge(config, keys("sk-a")))  # revoke sk-b
+    gw.proc.send_signal(signal.SIGHUP)
+    gw.wait(lambda: status("sk-b") == 401, "sk-b revoked", 60)
+    gw.config.write_text("[gateway\n")  # broken
+    booted = len(workers())
+    gw.proc.send_signal(signal.SIGHUP)
+    gw.wait(lambda: len(workers()) > booted, "a new worker", 60)
+    old = workers()[booted - 1]
+    # Only the new one left.
+    gw.wait(lambda: f"Worker exiting (pid: {old})" in gw.log.read_text(), "the old worker's exit",
+            60)
+    for _ in range(5):
+        assert status("sk-b") == 401 and status("sk-a") == 404
+    assert "reload failed, keeping the last good configuration" in gw.log.read_text()

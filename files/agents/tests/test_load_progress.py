@@ -16,6 +16,7 @@ from cortex.neuron.config import HubConfig
 from cortex.neuron.engines.llama_cpp import LlamaCppEngine
 from cortex.testing.fake_hub import FakeHub
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, build_tiny_gguf, script_text
+from cortex.testing.waiting import wait_for
 
 
 def test_engine_load_reports_progress_up_to_one(models_dir):
@@ -90,16 +91,15 @@ def test_prewarm_progress_shows_in_activation(neuron_factory, tmp_path, small_hu
         neuron = neuron_factory(hf=HubConfig(endpoint=hub.url),
                                 default_models=["hf:acme/warm-GGUF"])
         seen = []
-        deadline = time.monotonic() + 60
-        while True:
+
+        def activated() -> dict | None:
             act = neuron.get("/health").json()["activation"]
-            if act["state"] == "ready":
-                break
-            assert time.monotonic() < deadline, act
             if act.get("progress"):
                 assert act["in_progress"] == act["progress"]["model_id"] == "hf:acme/warm-GGUF"
                 seen.append(act["progress"]["fraction"])
-            time.sleep(0.1)
+            return act if act["state"] == "ready" else None
+
+        act = wait_for(activated, "the pre-warm", 60, 0.1)
     assert act["completed"] == ["hf:acme/warm-GGUF"] and "progress" not in act
     assert len(set(seen)) >= 2 and max(seen) > 0, seen
 
@@ -140,11 +140,9 @@ def test_a_waiter_that_gives_up_does_not_cancel_the_load(neuron_factory, gateway
         waiting = route_waiting(gw, "acme/left-GGUF", tick=0.2)
         assert isinstance(next(waiting), Waiting)
         waiting.close()  # the client went away
-        deadline = time.monotonic() + 60
-        while not any(m["id"] == "hf:acme/left-GGUF" and m["status"] == "loaded"
-                      for m in n1.get("/models").json()):
-            assert time.monotonic() < deadline, "the load was abandoned"
-            time.sleep(0.1)
+        wait_for(lambda: any(m["id"] == "hf:acme/left-GGUF" and m["status"] == "loaded"
+                             for m in n1.get("/models").json()),
+                 "the load to finish (not abandoned)", 60, 0.1)
     # And an unknown model fails before any wait: the caller can still answer 404.
     with pytest.raises(ApiError) as err:
         next(route_waiting(gw, "no-such-model"))

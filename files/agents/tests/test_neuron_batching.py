@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import re
-import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
 from cortex.core.errors import Unavailable
+from cortex.testing.waiting import wait_for
 
 LONG = "file:tiny-long"
 MSG = [{"role": "user", "content": "Hi"}]
 QUESTIONS = ["What is the capital of France?", "Name a colour of the sky.",
              "What is 2 + 2?", "Say hello in Spanish."]
-
-
-def wait_until(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 def err(r, status: int, code: str) -> None:
@@ -32,10 +24,8 @@ def err(r, status: int, code: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def smol_dir(smollm2_file: Path, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("smol-models")
-    (d / "smollm2.gguf").symlink_to(smollm2_file)
-    return d
+def smol_dir(smollm2_file: Path, models_factory) -> Path:
+    return models_factory(smollm2=True)
 
 
 @pytest.fixture
@@ -107,7 +97,7 @@ def test_a_request_joins_a_busy_batch(neuron_factory):
     sched = n.neuron.registry.models[LONG].scheduler
     res: dict = {}
     t = _chat_in_thread(n, res, "long", max_tokens=60000)
-    wait_until(lambda: sched.in_flight == 1)
+    wait_for(lambda: sched.in_flight == 1, "sched.in_flight == 1", 30)
     r = n.chat(LONG, max_tokens=5)  # answered while the long one keeps generating
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
     assert sched.in_flight == 1 and t.is_alive()
@@ -122,17 +112,12 @@ def test_a_cancelled_stream_frees_its_slot_while_others_go_on(neuron_factory):
     sched = n.neuron.registry.models[LONG].scheduler
     res: dict = {}
     t = _chat_in_thread(n, res, "other", max_tokens=60000)
-    wait_until(lambda: sched.in_flight == 1)
-    body = (b'{"model":"file:tiny-long","stream":true,"max_tokens":60000,'
-            b'"messages":[{"role":"user","content":"Hi"}]}')
-    s = socket.create_connection(("127.0.0.1", int(n.url.rsplit(":", 1)[1])))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-              b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-              + b"\r\n\r\n" + body)
-    assert b"200" in s.recv(4096)
-    wait_until(lambda: sched.in_flight == 2)
+    wait_for(lambda: sched.in_flight == 1, "sched.in_flight == 1", 30)
+    s = n.hold("/v1/chat/completions", {"model": LONG, "stream": True, "max_tokens": 60000,
+                                        "messages": MSG})
+    wait_for(lambda: sched.in_flight == 2, "sched.in_flight == 2", 30)
     s.close()
-    wait_until(lambda: sched.in_flight == 1)
+    wait_for(lambda: sched.in_flight == 1, "sched.in_flight == 1", 30)
     assert t.is_alive()  # the other stream goes on
     produced = n.neuron.metrics.completion_tokens.labels(LONG)._value.get()
     r = n.chat(LONG, max_tokens=3)  # the freed slot takes a new request
@@ -150,9 +135,9 @@ def test_unload_during_generation_is_clean(neuron_factory):
     sched = loaded.scheduler
     res: dict = {}
     threads = [_chat_in_thread(n, res, i, max_tokens=60000) for i in range(2)]
-    wait_until(lambda: sched.in_flight == 2)
+    wait_for(lambda: sched.in_flight == 2, "sched.in_flight == 2", 30)
     threads.append(_chat_in_thread(n, res, "queued", max_tokens=5))
-    wait_until(lambda: sched.queue_depth == 1)
+    wait_for(lambda: sched.queue_depth == 1, "sched.queue_depth == 1", 30)
     assert n.post("/models/unload", {"model_id": LONG}).status_code == 200
     assert not sched.alive  # the scheduler thread exited before the context was freed
     for t in threads:
@@ -175,7 +160,7 @@ def test_unload_waits_for_a_tokenize_lease(neuron_factory):
         t = threading.Thread(target=lambda: (n.neuron.registry.unload("file:tiny-hello"),
                                              done.set()))
         t.start()
-        wait_until(lambda: loaded._closing)
+        wait_for(lambda: loaded._closing, "loaded._closing", 30)
         assert not done.wait(0.5)  # still waiting for this lease
         assert model.tokenize("still usable", add_bos=False)  # not freed under us
         with pytest.raises(Unavailable), loaded.lease():

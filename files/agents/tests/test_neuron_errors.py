@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 
 import pytest
 
 from cortex.core.errors import ApiError
 from cortex.neuron.config import AdmissionConfig
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+from cortex.testing.waiting import wait_for
 
 HELLO = script_text(SCRIPT_HELLO)
 MSG = [{"role": "user", "content": "Hi"}]
@@ -22,13 +21,6 @@ def err(r, status: int, code: str) -> dict:
     assert e["code"] == code, e
     assert e["message"]
     return e
-
-
-def wait_until(cond, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -257,9 +249,9 @@ def _end(neuron, *threads):
 def test_queue_full_is_503_with_retry_after(busy_factory):
     n, worker = busy_factory(max_queue_depth=1, max_per_principal=10)
     t1, _ = _slow_job(n)
-    wait_until(lambda: worker.in_flight == 1)
+    wait_for(lambda: worker.in_flight == 1, "worker.in_flight == 1", 20)
     t2, _ = _slow_job(n, max_tokens=5)
-    wait_until(lambda: worker.queue_depth == 1)
+    wait_for(lambda: worker.queue_depth == 1, "worker.queue_depth == 1", 20)
     r = n.chat(LONG, max_tokens=1)
     err(r, 503, "rate_limit_exceeded")
     assert int(r.headers["Retry-After"]) >= 1
@@ -274,12 +266,13 @@ def test_queue_full_is_503_with_retry_after(busy_factory):
 def test_per_principal_cap_is_429(busy_factory):
     n, worker = busy_factory(max_per_principal=1)
     t1, _ = _slow_job(n, **{"X-Helexa-Account-Id": "acct-1"})
-    wait_until(lambda: worker.in_flight == 1)
+    wait_for(lambda: worker.in_flight == 1, "worker.in_flight == 1", 20)
     r = n.post("/v1/chat/completions", {"model": LONG, "messages": MSG, "max_tokens": 1},
                headers={"X-Helexa-Account-Id": "acct-1"})
     err(r, 429, "rate_limit_exceeded")
     t2, out2 = _slow_job(n, max_tokens=1, **{"X-Helexa-Account-Id": "acct-2"})
-    wait_until(lambda: worker.queue_depth == 1)  # another account is admitted
+    # another account is admitted
+    wait_for(lambda: worker.queue_depth == 1, "worker.queue_depth == 1", 20)
     _end(n, t1, t2)
     err(out2["r"], 503, "model_unloaded")
 
@@ -287,7 +280,7 @@ def test_per_principal_cap_is_429(busy_factory):
 def test_max_wait_gives_503_and_frees_the_queue(busy_factory):
     n, worker = busy_factory(max_wait_secs=0.3)
     t1, _ = _slow_job(n)
-    wait_until(lambda: worker.in_flight == 1)
+    wait_for(lambda: worker.in_flight == 1, "worker.in_flight == 1", 20)
     r = n.chat(LONG, max_tokens=1)
     err(r, 503, "rate_limit_exceeded")
     assert worker.queue_depth == 0
@@ -302,7 +295,7 @@ def test_keepalive_comments_while_queued(busy_factory, monkeypatch):
     monkeypatch.setattr(inference, "KEEPALIVE_SECS", 0.05)
     n, worker = busy_factory()
     t1, _ = _slow_job(n)
-    wait_until(lambda: worker.in_flight == 1)
+    wait_for(lambda: worker.in_flight == 1, "worker.in_flight == 1", 20)
     r = n.post("/v1/chat/completions", {"model": LONG, "messages": MSG, "max_tokens": 1,
                                         "stream": True}, stream=True)
     lines = r.iter_lines(decode_unicode=True)
@@ -315,26 +308,20 @@ def test_keepalive_comments_while_queued(busy_factory, monkeypatch):
 
 def test_client_disconnect_mid_stream_frees_the_slot(busy_factory):
     n, worker = busy_factory()
-    port = int(n.url.rsplit(":", 1)[1])
-    body = (b'{"model":"file:tiny-long","stream":true,"max_tokens":60000,'
-            b'"messages":[{"role":"user","content":"Hi"}]}')
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-              b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
-              + b"\r\n\r\n" + body)
-    assert b"200" in s.recv(4096)
-    wait_until(lambda: worker.in_flight == 1)
+    s = n.hold("/v1/chat/completions", {"model": LONG, "stream": True, "max_tokens": 60000,
+                                        "messages": MSG})
+    wait_for(lambda: worker.in_flight == 1, "worker.in_flight == 1", 20)
     s.close()
-    wait_until(lambda: worker.in_flight == 0, timeout=10)
+    wait_for(lambda: worker.in_flight == 0, "worker.in_flight == 0", 10)
     assert n.chat(LONG, max_tokens=2).status_code == 200
 
 
 def test_unload_fails_running_and_queued_requests_cleanly(busy_factory):
     n, worker = busy_factory()
     t1, out1 = _slow_job(n)
-    wait_until(lambda: worker.in_flight == 1)
+    wait_for(lambda: worker.in_flight == 1, "worker.in_flight == 1", 20)
     t2, out2 = _slow_job(n, max_tokens=5)
-    wait_until(lambda: worker.queue_depth == 1)
+    wait_for(lambda: worker.queue_depth == 1, "worker.queue_depth == 1", 20)
     _end(n, t1, t2)
     err(out1["r"], 503, "model_unloaded")  # the running one too: no clean-looking end
     err(out2["r"], 503, "model_unloaded")

@@ -41,13 +41,9 @@ extra = st.dictionaries(st.sampled_from(FIELDS), values, max_size=5)
 
 @pytest.fixture(scope="module")
 def fuzz_neuron(models_dir, tmp_path_factory):
-    from conftest import Served
-    from cortex.neuron.app import create_app
-    from cortex.neuron.config import NeuronConfig
+    from cortex.testing.served import serve_neuron
 
-    cfg = NeuronConfig(models_dir=str(models_dir), n_ctx=512, n_threads=2,
-                       cache_dir=str(tmp_path_factory.mktemp("fuzz-cache")))
-    s = Served(create_app(cfg))
+    s = serve_neuron(models_dir, tmp_path_factory.mktemp("fuzz-cache"))
     s.load("file:tiny-hello")
     yield s
     s.close()

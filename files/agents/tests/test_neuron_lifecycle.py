@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
+from cortex.testing.waiting import wait_for
 
 
 def test_discovery_reports_cpu_device_and_reason(neuron):
@@ -86,12 +87,8 @@ def test_prewarm_activation(neuron_factory):
 
     n = neuron_factory(default_models=["file:tiny-hello", DefaultModel("file:nope"),
                                        "file:tiny-think"])
-    import time
-
-    deadline = time.monotonic() + 30
-    while n.get("/health").json()["activation"]["state"] != "ready":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: n.get("/health").json()["activation"]["state"] == "ready", "the pre-warm",
+             30)
     act = n.get("/health").json()["activation"]
     assert act["completed"] == ["file:tiny-hello", "file:tiny-think"]
     assert act["failed"][0]["model_id"] == "file:nope"

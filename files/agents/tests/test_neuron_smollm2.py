@@ -3,66 +3,29 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from openai import OpenAI
 
+from cortex.testing.processes import NeuronServer, rss_kb
+
 QUESTION = [{"role": "system", "content": "Answer in English."},
             {"role": "user", "content": "What is the capital of France?"}]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 @pytest.fixture(scope="module")
-def served_neuron(smollm2_file: Path, tmp_path_factory):
-    d = tmp_path_factory.mktemp("neuron")
-    (d / "models").mkdir()
-    shutil.copy(smollm2_file, d / "models" / "smollm2.gguf")
-    port = _free_port()
-    cfg = d / "neuron.toml"
-    cfg.write_text(f'listen = "127.0.0.1:{port}"\nmodels_dir = "{d / "models"}"\n'
-                   f'cache_dir = "{d / "cache"}"\ndefault_models = ["file:smollm2"]\n'
-                   'auth_token = "tok"\nn_ctx = 2048\n')
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "neuron"), "serve", "--config",
-                             str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            act = requests.get(base + "/health", timeout=2).json()["activation"]
-            if act["state"] == "ready":
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, "neuron not ready in time"
-        time.sleep(0.1)
+def served_neuron(smollm2_file: Path, models_factory, tmp_path_factory):
+    n = NeuronServer(tmp_path_factory.mktemp("neuron"), models_factory(smollm2=True),
+                     token="tok", default_models=["file:smollm2"], n_ctx=2048)
+    n.start()
+    n.wait_ready(120)
+    act = n.health()["activation"]
     assert act["completed"] == ["file:smollm2"], act
-    yield base, proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+    yield n.url, n
+    n.stop()
 
 
 def _client(base: str) -> OpenAI:
@@ -106,24 +69,23 @@ def test_health_answers_during_generation(served_neuron):
 
 
 def test_unload_frees_memory(served_neuron):
-    base, proc = served_neuron
+    base, n = served_neuron
     h = {"Authorization": "Bearer tok"}
-    # The worker is gunicorn's child; it holds the model.
-    worker = int(subprocess.check_output(["pgrep", "-P", str(proc.pid)]).split()[0])
-    before = _rss_mb(worker)
+    worker = n.pids()[1]  # gunicorn's worker holds the model
+    before = rss_kb(worker) / 1024
     r = requests.post(base + "/models/unload", json={"model_id": "file:smollm2"}, headers=h)
     assert r.status_code == 200
-    after = _rss_mb(worker)
+    after = rss_kb(worker) / 1024
     assert after < before - 50, (before, after)  # the 98 MB file and its context are gone
     r = requests.post(base + "/models/load", json={"model_id": "file:smollm2"}, headers=h)
     assert r.status_code == 200 and r.json()["model"]["load_seconds"] < 30
 
 
 def test_sigterm_shuts_down_cleanly(served_neuron):
-    _, proc = served_neuron
+    _, n = served_neuron
     if os.environ.get("KEEP_NEURON"):
         pytest.skip("kept for debugging")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
-    out = proc.stdout.read().decode()
+    n.proc.send_signal(signal.SIGTERM)
+    assert n.proc.wait(30) == 0
+    out = n.log.read_text(errors="replace")
     assert "Traceback" not in out, out

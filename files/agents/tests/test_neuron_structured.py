@@ -26,10 +26,8 @@ ASK = {"person": "Describe a person as JSON.", "colours": "List some colours as 
 
 
 @pytest.fixture(scope="module")
-def smol_dir(smollm2_file: Path, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("smol-structured")
-    (d / "smollm2.gguf").symlink_to(smollm2_file)
-    return d
+def smol_dir(smollm2_file: Path, models_factory) -> Path:
+    return models_factory(smollm2=True)
 
 
 @pytest.fixture

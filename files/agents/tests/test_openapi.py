@@ -7,7 +7,6 @@ response (success and error) is validated against the shipped document.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import requests
@@ -17,17 +16,11 @@ from cortex.core import openapi
 from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry
 from cortex.neuron.config import AdmissionConfig
 from cortex.testing.openapi_check import Contract
+from cortex.testing.waiting import wait_for
 
 TOKEN = "neuron-secret"
 KEY, ADMIN = "sk-test", "admin-test"
 MSG = [{"role": "user", "content": "Hi"}]
-
-
-def wait_until(cond, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("package", ["cortex.neuron", "cortex.gateway"])
@@ -136,7 +129,7 @@ def test_neuron_busy_answers_503_with_retry_after(served):
     long = n.http.post(n.url + "/v1/chat/completions", json=body, stream=True, timeout=60)
     try:
         scheduler = n.neuron.registry.models["file:tiny-long"].scheduler
-        wait_until(lambda: scheduler.in_flight == 1)
+        wait_for(lambda: scheduler.in_flight == 1, "the long generation running", 20)
         r = c.check(n.post("/v1/chat/completions", dict(body, stream=False)))
         assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["error"]["code"] == "rate_limit_exceeded"
@@ -226,7 +219,7 @@ def test_gateway_newer_routes_match_the_document(served, path, body):
 
 
 def test_gateway_without_healthy_neurons_is_503_with_retry_after(gateway_factory):
-    from conftest import free_port
+    from cortex.testing.ports import free_port
 
     class Gone:
         url = f"http://127.0.0.1:{free_port()}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,10 +11,15 @@ import openai
 import pytest
 import requests
 
-from conftest import free_port
 from cortex.gateway.config import EntitlementsSection, KeyEntry, Limit, ModelEntry, Window
 from cortex.gateway.responses import reply, translate
+from cortex.testing.agent_model import build_agent_model
+from cortex.testing.model_sets import ModelSet, build_models
+from cortex.testing.ports import free_port
+from cortex.testing.served import Served
+from cortex.testing.sse import named_events
 from cortex.testing.tiny_gguf import EOS, SCRIPT_HELLO, build_tiny_gguf, script_text
+from cortex.testing.waiting import wait_for
 
 HELLO = script_text(SCRIPT_HELLO)
 CODEX = json.loads((Path(__file__).parent / "data" / "codex_responses_request.json")
@@ -54,15 +58,8 @@ MODELS = ["tiny-hello", "tiny-think", "tiny-loop", "tiny-agent"]
 
 @pytest.fixture(scope="module")
 def agent_dir(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("responses-models")
-    for p in models_dir.iterdir():
-        (d / p.name).symlink_to(p)
-    # The recorded request's words become tokens, so that its prompt is about as many
-    # tokens as a real tokenizer makes of it, not one a byte: it fits the context.
-    words = sorted(set(re.findall(r"[A-Za-z_]{3,}", json.dumps(CODEX))))
-    build_tiny_gguf(d / "tiny-agent.gguf", script=AGENT_SCRIPT, chat_template=AGENT_TEMPLATE,
-                    name="tiny-agent", context_length=16384,
-                    extra_tokens=[*words, *(" " + w for w in words)])
+    d = build_models(tmp_path_factory.mktemp("responses-models"), ModelSet(base=models_dir))
+    build_agent_model(d, json.dumps(CODEX), script=AGENT_SCRIPT, chat_template=AGENT_TEMPLATE)
     return d
 
 
@@ -91,13 +88,8 @@ def neuron_count(neuron, body: dict) -> int:
 
 
 def sse_events(resp: requests.Response) -> list[tuple[str, dict]]:
-    events, name = [], None
-    for line in resp.iter_lines(decode_unicode=True):
-        assert line != "data: [DONE]"
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[6:])))
+    events = named_events(resp)
+    assert "[DONE]" not in [data for _, data in events]  # Responses streams end without it
     return events
 
 
@@ -239,7 +231,6 @@ class Tap:
 
 
 def test_structured_output_reaches_the_neuron(agent_dir, tmp_path, gateway_factory):
-    from conftest import Served
     from cortex.neuron.app import create_app
     from cortex.neuron.config import NeuronConfig
 
@@ -331,6 +322,10 @@ def test_invalid_requests_are_400(client):
     err = error_of(exc.value)
     assert err["param"] == "previous_response_id" and "stateless" in err["message"]
     assert err["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as exc:  # to be fetched later: never kept
+        client.responses.create(model="tiny-hello", input="Hi", store=True)
+    err = error_of(exc.value)
+    assert err["param"] == "store" and "store: false" in err["message"]
     with pytest.raises(openai.BadRequestError) as exc:  # the neuron's 422 is a 400 here
         client.responses.create(model="tiny-hello", input="Hi", temperature=7)
     assert error_of(exc.value)["param"] == "temperature"
@@ -456,53 +451,24 @@ def test_neuron_dying_mid_stream_is_response_failed(neuron_process, gateway_fact
     assert "response.output_text.delta" in [n for n, _ in events]
 
 
-def test_under_gunicorn_gevent_with_spend_metrics(neuron_process, tmp_path):
+def test_under_gunicorn_gevent_with_spend_metrics(neuron_process, gateway_process):
     """`cortex serve` as deployed: gevent workers stream the events; spend is counted."""
-    import subprocess
-    import sys
-    import time
-
-    from test_gateway_serve import write_config
-
     n = neuron_process()
-    cfg = write_config(tmp_path, {"n1": n.url}, '[[models]]\nid = "tiny-hello"\n')
-    text = cfg.read_text()
-    listen = re.search(r'^listen = "(.*)"', text, re.M)[1]
-    metrics = re.search(r'^metrics_listen = "(.*)"', text, re.M)[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "cortex"), "serve", "--config",
-                             str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # wait until the gateway sees the neuron
-            try:
-                health = requests.get(f"http://{listen}/health", timeout=2).json()
-                if health["nodes"]["healthy"] == 1:
-                    break
-            except requests.RequestException:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "cortex serve did not see the neuron"
-            time.sleep(0.1)
-        client = openai.OpenAI(base_url=f"http://{listen}/v1", api_key="x", max_retries=0)
-        with client.responses.stream(model="tiny-hello", input="Hi") as s:
-            final = s.get_final_response()
-        assert final.output_text == HELLO
-        r = client.responses.create(model="tiny-hello", input="Hi")
-        assert r.output_text == HELLO
-        labels = '{model="tiny-hello",node="n1"}'
-        want = [f"cortex_requests_total{labels} 2.0",
-                f"cortex_prompt_tokens_total{labels} {2 * r.usage.input_tokens}.0",
-                f"cortex_completion_tokens_total{labels} {2 * r.usage.output_tokens}.0"]
-        deadline = time.monotonic() + 10
-        while True:  # a stream is accounted for once its last event is out
-            scraped = requests.get(f"http://{metrics}/metrics", timeout=10).text
-            if all(line in scraped for line in want) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert [line for line in want if line not in scraped] == []
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    gw = gateway_process({"n1": n}, {"models": [{"id": "tiny-hello"}]},
+                         gateway={"poll_interval_secs": 0.5})
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+    with client.responses.stream(model="tiny-hello", input="Hi") as s:
+        final = s.get_final_response()
+    assert final.output_text == HELLO
+    r = client.responses.create(model="tiny-hello", input="Hi")
+    assert r.output_text == HELLO
+    labels = '{model="tiny-hello",node="n1"}'
+    want = [f"cortex_requests_total{labels} 2.0",
+            f"cortex_prompt_tokens_total{labels} {2 * r.usage.input_tokens}.0",
+            f"cortex_completion_tokens_total{labels} {2 * r.usage.output_tokens}.0"]
+    # A stream is accounted for once its last event is out.
+    wait_for(lambda: all(line in gw.metrics() for line in want), "the spend in the metrics",
+             10)
 
 
 # -- a real model ------------------------------------------------------------------------

@@ -6,37 +6,24 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from cortex_fleet import (
-    ADMIN_KEY,
-    TOKEN,
-    inventory_list,
-    make_collection,
-    models_dir_with_smollm2,
-    start_gateway,
-    start_neuron,
-    wait_for,
-)
+
+from cortex.testing.fleet import ADMIN_KEY, TOKEN
+from cortex.testing.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def fleet(fleet_factory):
     """n1 (CPU, tiny model loaded), n2 (a stand-in H100, drained), n3 (killed)."""
-    make_collection()
-    work = tmp_path_factory.mktemp("fleet")
-    models = models_dir_with_smollm2(work / "models")
-    n1 = start_neuron(models, work / "n1")
-    n2 = start_neuron(models, work / "n2", fake_gpu="NVIDIA H100 80GB HBM3")
-    n3 = start_neuron(models, work / "n3")
+    f = fleet_factory(n_ctx=2048)
+    n1, n3 = f.neuron("n1"), f.neuron("n3")
+    n2 = f.neuron("n2", fake_gpu="NVIDIA H100 80GB HBM3")
     n1.call("POST", "/models/load", {"model_id": "file:tiny-hello"})
     n2.call("POST", "/drain", {"drained": True})
-    gw, metrics = start_gateway({"alpha": n1, "beta": n2, "gamma": n3}, work)
+    gw = f.gateway({"alpha": n1, "beta": n2, "gamma": n3})
     n3.close()
-    gwstate = gw.app.extensions["gateway"]
-    wait_for(lambda: not gwstate.fleet.nodes["gamma"].healthy
-             and gwstate.fleet.nodes["beta"].drained, what="the gateway to see gamma down")
-    yield {"n1": n1, "n2": n2, "n3": n3, "gw": gw, "work": work}
-    for s in (gw, metrics, n1, n2, n3):
-        s.close()
+    wait_for(lambda: not gw.gw.fleet.nodes["gamma"].healthy
+             and gw.gw.fleet.nodes["beta"].drained, "the gateway to see gamma down", 30)
+    return {"n1": n1, "n2": n2, "n3": n3, "gw": gw}
 
 
 def write(path: Path, body: str) -> Path:
@@ -52,7 +39,7 @@ def members(inv: dict, group: str) -> set[str]:
     return set(inv.get(group, {}).get("hosts", []))
 
 
-def test_gateway_source_groups_and_vars(fleet, tmp_path):
+def test_gateway_source_groups_and_vars(fleet, tmp_path, ansible):
     cfg = write(tmp_path / "fleet.neurons.yml", f"""\
         plugin: helexa.cortex.neurons
         gateway_url: {fleet['gw'].url}
@@ -61,7 +48,7 @@ def test_gateway_source_groups_and_vars(fleet, tmp_path):
         neuron_token_hosts: [127.0.0.1]
         timeout: 2
         """)
-    inv = inventory_list(cfg)  # the admin key is a template, as a vault/env lookup would be
+    inv = ansible.inventory_list(cfg)  # the admin key is a template, as a vault/env lookup would be
     assert members(inv, "neurons") == {"alpha", "beta", "gamma"}
     assert members(inv, "neuron_healthy") == {"alpha", "beta"}
     assert members(inv, "neuron_unhealthy") == {"gamma"}
@@ -86,12 +73,12 @@ def test_gateway_source_groups_and_vars(fleet, tmp_path):
     # secrets never reach the inventory
     assert TOKEN not in str(inv) and ADMIN_KEY not in str(inv)
     # what the agents said is marked unsafe: never templated
-    raw = inventory_list(cfg, raw=True)["_meta"]["hostvars"]["alpha"]
+    raw = ansible.inventory_list(cfg, raw=True)["_meta"]["hostvars"]["alpha"]
     assert raw["cortex_model_ids"] == [{"__ansible_unsafe": "file:tiny-hello"}]
     assert raw["cortex_devices"][0]["name"] == {"__ansible_unsafe": "cpu"}
 
 
-def test_endpoint_list_compose_groups_keyed_groups(fleet, tmp_path):
+def test_endpoint_list_compose_groups_keyed_groups(fleet, tmp_path, ansible):
     cfg = write(tmp_path / "neurons.yml", f"""\
         plugin: helexa.cortex.neurons
         neurons:
@@ -112,7 +99,7 @@ def test_endpoint_list_compose_groups_keyed_groups(fleet, tmp_path):
           - key: cortex_gpu_count | string
             prefix: gpus
         """)
-    inv = inventory_list(cfg)
+    inv = ansible.inventory_list(cfg)
     hosts = members(inv, "neurons")
     assert "big" in hosts and len(hosts) == 3
     # unnamed neurons take the /discovery hostname (made unique with the port) ...
@@ -132,7 +119,7 @@ def test_endpoint_list_compose_groups_keyed_groups(fleet, tmp_path):
     assert members(inv, "neuron_drained") == {"big"}
 
 
-def test_strict_surfaces_compose_errors(fleet, tmp_path):
+def test_strict_surfaces_compose_errors(fleet, tmp_path, ansible):
     cfg = write(tmp_path / "x.neurons.yml", f"""\
         plugin: helexa.cortex.neurons
         neurons: [{fleet['n1'].url}]
@@ -141,12 +128,11 @@ def test_strict_surfaces_compose_errors(fleet, tmp_path):
         compose:
           broken: cortex_no_such_var + 1
         """)
-    from cortex_fleet import BIN, run
-    r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list"])
+    r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list"])
     assert "cortex_no_such_var" in r.stdout + r.stderr
 
 
-def test_cache_serves_the_last_view(fleet, tmp_path):
+def test_cache_serves_the_last_view(fleet, tmp_path, ansible):
     cache_dir = tmp_path / "cache"
     cfg = write(tmp_path / "cached.neurons.yml", f"""\
         plugin: helexa.cortex.neurons
@@ -157,15 +143,14 @@ def test_cache_serves_the_last_view(fleet, tmp_path):
         cache_connection: {cache_dir}
         cache_timeout: 3600
         """)
-    first = inventory_list(cfg)
+    first = ansible.inventory_list(cfg)
     assert members(first, "neuron_drained") == {"n2"}
     assert any(cache_dir.iterdir())
     fleet["n2"].call("POST", "/drain", {"drained": False})
     try:
-        cached = inventory_list(cfg)
+        cached = ansible.inventory_list(cfg)
         assert members(cached, "neuron_drained") == {"n2"}  # from the cache
-        from cortex_fleet import BIN, run
-        r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list", "--flush-cache"])
+        r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list", "--flush-cache"])
         assert r.returncode == 0, r.stderr
         import json
         assert members(json.loads(r.stdout), "neuron_drained") == set()
@@ -173,12 +158,11 @@ def test_cache_serves_the_last_view(fleet, tmp_path):
         fleet["n2"].call("POST", "/drain", {"drained": True})
 
 
-def test_wrong_file_name_is_not_ours(fleet, tmp_path):
+def test_wrong_file_name_is_not_ours(fleet, tmp_path, ansible):
     cfg = write(tmp_path / "fleet.yml", f"""\
         plugin: helexa.cortex.neurons
         neurons: [{fleet['n1'].url}]
         """)
-    from cortex_fleet import BIN, run
-    r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list"])
+    r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list"])
     assert "alpha" not in r.stdout
     assert '"neurons"' not in r.stdout

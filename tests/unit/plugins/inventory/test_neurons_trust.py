@@ -13,20 +13,11 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
-from cortex_fleet import (
-    ADMIN_KEY,
-    BIN,
-    TOKEN,
-    Served,
-    make_collection,
-    models_dir_with_smollm2,
-    plain,
-    run,
-    start_gateway,
-    start_neuron,
-    wait_for,
-)
 from flask import Flask, jsonify, request
+
+from cortex.testing.ansible_cli import plain
+from cortex.testing.fleet import ADMIN_KEY, TOKEN
+from cortex.testing.served import Served
 
 HOSTILE_HOST = "{{7*7}}.invalid"
 HOSTILE_NAME = "{{ 7*7 }}"
@@ -52,18 +43,15 @@ def recorder():
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    make_collection()
-    work = tmp_path_factory.mktemp("trust")
-    n1 = start_neuron(models_dir_with_smollm2(work / "models"), work / "n1")
+def fleet(fleet_factory):
+    f = fleet_factory(n_ctx=2048)
+    n1 = f.neuron("n1")
     rogue = Served(recorder())
     hostile = SimpleNamespace(url=f"http://{HOSTILE_HOST}:13131")
-    gw, metrics = start_gateway({"alpha": n1, "rogue": rogue, HOSTILE_NAME: hostile}, work)
-    gwstate = gw.app.extensions["gateway"]
-    wait_for(lambda: gwstate.fleet.nodes["alpha"].healthy, what="the gateway to poll alpha")
+    gw = f.gateway({"alpha": n1, "rogue": rogue, HOSTILE_NAME: hostile})
+    f.wait_healthy("alpha")
     yield {"n1": n1, "rogue": rogue, "gw": gw}
-    for s in (gw, metrics, n1, rogue):
-        s.close()
+    rogue.close()
 
 
 def source(tmp_path, fleet, extra=""):
@@ -82,11 +70,11 @@ def tokens_seen(rogue):
     return [auth for _path, auth in rogue.app.seen if auth]
 
 
-def test_token_goes_only_to_the_allowed_endpoints(fleet, tmp_path):
+def test_token_goes_only_to_the_allowed_endpoints(fleet, tmp_path, ansible):
     port = fleet["n1"].port
     cfg = source(tmp_path, fleet, f"neuron_token_hosts: ['127.0.0.1:{port}']\n")
     fleet["rogue"].app.seen.clear()
-    r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list"])
+    r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list"])
     assert r.returncode == 0, r.stderr[-3000:]
     # the rogue endpoint was read (its public /health) but never saw the token ...
     assert ("health", None) in fleet["rogue"].app.seen
@@ -98,29 +86,29 @@ def test_token_goes_only_to_the_allowed_endpoints(fleet, tmp_path):
     assert hv["rogue"]["cortex_hostname"] is None  # no /discovery without the token
 
 
-def test_by_default_no_gateway_listed_endpoint_gets_the_token(fleet, tmp_path):
+def test_by_default_no_gateway_listed_endpoint_gets_the_token(fleet, tmp_path, ansible):
     cfg = source(tmp_path, fleet)
     fleet["rogue"].app.seen.clear()
-    r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list"])
+    r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert tokens_seen(fleet["rogue"]) == []
     assert fleet["n1"].url in r.stderr  # alpha was read without the token too, and named
 
 
-def test_a_network_allows_every_neuron_on_it(fleet, tmp_path):
+def test_a_network_allows_every_neuron_on_it(fleet, tmp_path, ansible):
     cfg = source(tmp_path, fleet, "neuron_token_hosts: [127.0.0.0/8]\n")
     fleet["rogue"].app.seen.clear()
-    r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list"])
+    r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list"])
     assert r.returncode == 0, r.stderr[-3000:]
     seen = fleet["rogue"].app.seen
     assert {path for path, _auth in seen} == {"health", "discovery"}
     assert tokens_seen(fleet["rogue"]) == [f"Bearer {TOKEN}"] * len(seen)
 
 
-def test_gateway_data_is_never_templated(fleet, tmp_path):
+def test_gateway_data_is_never_templated(fleet, tmp_path, ansible):
     # (a pattern can never admit a host name that is not plain DNS, such as this one)
     cfg = source(tmp_path, fleet, "neuron_token_hosts: [127.0.0.1, '*']\n")
-    r = run([str(BIN / "ansible-inventory"), "-i", str(cfg), "--list"])
+    r = ansible.run(["ansible-inventory", "-i", str(cfg), "--list"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"not sent to http://{HOSTILE_HOST}:13131" in r.stderr
     hosts = json.loads(r.stdout)["_meta"]["hostvars"]
@@ -140,8 +128,8 @@ def test_gateway_data_is_never_templated(fleet, tmp_path):
             - ansible.builtin.debug:
                 msg: "host={{ ansible_host }} node={{ cortex_gateway_node | default('') }}"
         """))
-    r = run([str(BIN / "ansible-playbook"), "-i", str(cfg), str(play),
-             "-e", "ansible_python_interpreter={{ ansible_playbook_python }}"])
+    r = ansible.run(["ansible-playbook", "-i", str(cfg), str(play),
+                     "-e", "ansible_python_interpreter={{ ansible_playbook_python }}"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"host={HOSTILE_HOST} node={HOSTILE_NAME}" in r.stdout, r.stdout[-3000:]
     assert "49" not in r.stdout.replace("127.0.0.1", "")

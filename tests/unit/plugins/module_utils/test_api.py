@@ -6,9 +6,6 @@ the HTTP API (paths, bodies, status codes, error shapes) and the agents' in step
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 from ansible_collections.helexa.cortex.plugins.module_utils._api import (
     CortexApiError,
@@ -16,13 +13,13 @@ from ansible_collections.helexa.cortex.plugins.module_utils._api import (
     NeuronClient,
 )
 
-TOKEN = "neuron-secret"  # tests/unit/conftest.py serves the neuron with this token
-ADMIN = "admin-secret"  # and the gateway with this admin key
+from cortex.testing.served import Served
+from cortex.testing.waiting import wait_for
 
 
 @pytest.fixture
 def client(neuron):
-    return NeuronClient(neuron.url, token=TOKEN, timeout=60)
+    return NeuronClient(neuron.url, token=neuron.token, timeout=60)
 
 
 def test_health_and_version_need_no_token(neuron):
@@ -109,23 +106,14 @@ def test_unreachable_has_no_status():
     assert "127.0.0.1:9" in str(e.value)
 
 
-def _wait(pred, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_gateway_contract(neuron, gateway):
-    NeuronClient(neuron.url, token=TOKEN).load("file:tiny-hello")
-    gw = GatewayClient(gateway.url, token=ADMIN)
+    NeuronClient(neuron.url, token=neuron.token).load("file:tiny-hello")
+    gw = GatewayClient(gateway.url, token=gateway.token)
     health = gw.health()
     assert health["nodes"]["total"] == 1
     assert isinstance(gw.models(), list)
-    assert _wait(lambda: any(m["id"] == "file:tiny-hello"
-                             for m in (gw.node("n1") or {}).get("models", [])))
+    wait_for(lambda: any(m["id"] == "file:tiny-hello"
+                         for m in (gw.node("n1") or {}).get("models", [])), "the load seen", 10)
     node = gw.node("n1")
     assert node["healthy"] is True and node["drained"] is False
     assert {"in_flight", "queue_depth"} <= set(node["models"][0])
@@ -148,8 +136,7 @@ def test_gateway_contract(neuron, gateway):
 def test_a_token_never_follows_a_redirect(neuron):
     """A server that redirects (a proxy, or one that wants the token) gets no second request
     from the client; the error names where it was sent."""
-    from flask import Flask, redirect, request  # the agents' web stack (tests/unit/conftest)
-    from werkzeug.serving import make_server
+    from flask import Flask, redirect, request  # the agents' web stack (cortex.testing)
 
     seen = []
     app = Flask("redirector")
@@ -163,17 +150,15 @@ def test_a_token_never_follows_a_redirect(neuron):
         seen.append(request.headers.get("Authorization"))
         return redirect(neuron.url + "/health", code=302)
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}"
+    server = Served(app)
+    url = server.url
     try:
         with pytest.raises(CortexApiError) as e:
-            NeuronClient(url, token=TOKEN).models()
+            NeuronClient(url, token=neuron.token).models()
         assert e.value.status == 307
         assert "redirected (HTTP 307) to " + neuron.url + "/models" in e.value.message
         # without a token a redirect is followed as before (to the real neuron here)
         assert NeuronClient(url).health()["status"] == "ok"
         assert seen == [None]
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()

@@ -1,0 +1,115 @@
+"""A neuron-API stand-in on loopback: the neuron's HTTP contract with no model behind it.
+
+For what a real neuron cannot be made to do on cue (answer 500, speak an API it does not
+have yet, report cached tokens): it answers `/health`, `/models`, `/models/load`,
+`/tokenize`, `/v1/chat/completions` (OpenAI's shape, streaming or not) and
+`/v1/embeddings` (OpenAI's shape), and records every body it was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from flask import Flask, Response, request
+
+from cortex.testing.served import Served
+
+CHAT = {"id": "chatcmpl-standin", "object": "chat.completion", "created": 0,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello."},
+                     "finish_reason": "stop"}]}
+
+
+class StandIn:
+    def __init__(self, models: tuple[str, ...] = ("file:standin",), *, loaded: bool = True,
+                 chat_status: int = 200, cached_tokens: int = 0) -> None:
+        self.loaded = {m: loaded for m in models}
+        self.chat_status = chat_status
+        self.cached_tokens = cached_tokens
+        self.in_flight = 0
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.served = Served(self._app())
+        self.url = self.served.url
+
+    def hits(self, path: str) -> list[dict[str, Any]]:
+        return [body for p, body in self.received if p == path]
+
+    def close(self) -> None:
+        self.served.close()
+
+    def _app(self) -> Flask:
+        app = Flask("standin")
+
+        @app.get("/health")
+        def health() -> Any:
+            return {"status": "ok", "drained": False,
+                    "devices": [{"index": 0, "name": "cpu", "kind": "cpu",
+                                 "vram_total_mb": 16000, "vram_free_mb": 15000}],
+                    "activation": {"state": "ready", "failed": []},
+                    "models": [{"id": m, "in_flight": self.in_flight, "queue_depth": 0,
+                                "last_used": time.time()} for m, up in self.loaded.items()
+                               if up]}
+
+        @app.get("/models")
+        def models() -> Any:
+            return Response(json.dumps([
+                {"id": m, "status": "loaded" if up else "available", "vram_used_mb": 100}
+                for m, up in self.loaded.items()]), mimetype="application/json")
+
+        @app.post("/models/load")
+        def load() -> Any:
+            body = self._record()
+            self.loaded[body["model_id"]] = True
+            return {"model_id": body["model_id"], "status": "loaded"}
+
+        @app.post("/tokenize")
+        def tokenize() -> Any:
+            body = self._record()
+            return {"tokens": len(json.dumps(body["messages"])) // 4}
+
+        @app.post("/v1/chat/completions")
+        def chat() -> Any:
+            body = self._record()
+            if self.chat_status != 200:
+                return {"error": {"message": "the stand-in failed on this request",
+                                  "type": "server_error", "code": "internal_error"}
+                        }, self.chat_status
+            prompt = len(json.dumps(body["messages"])) // 4
+            usage = {"prompt_tokens": prompt, "completion_tokens": 2,
+                     "total_tokens": prompt + 2,
+                     "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+            if not body.get("stream"):
+                return dict(CHAT, model=body["model"], usage=usage)
+            chunk = {"id": "chatcmpl-standin", "object": "chat.completion.chunk",
+                     "created": 0, "model": body["model"]}
+            events = [dict(chunk, choices=[{"index": 0, "delta": {"role": "assistant",
+                                                                   "content": ""}}],
+                           helexa_prompt_tokens=prompt),
+                      dict(chunk, choices=[{"index": 0, "delta": {"content": "Hello."}}]),
+                      dict(chunk, choices=[{"index": 0, "delta": {},
+                                            "finish_reason": "stop"}]),
+                      dict(chunk, choices=[], usage=usage)]
+            data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+            return Response(data, mimetype="text/event-stream")
+
+        @app.post("/v1/embeddings")
+        def embeddings() -> Any:
+            body = self._record()
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            tokens = sum(len(str(i).split()) for i in inputs)
+            return {"object": "list", "model": body["model"],
+                    "data": [{"object": "embedding", "index": i,
+                              "embedding": [float(len(str(x))), 0.5, -0.5, 1.0]}
+                             for i, x in enumerate(inputs)],
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+        return app
+
+    def _record(self) -> dict[str, Any]:
+        body = request.get_json()
+        with self.lock:
+            self.received.append((request.path, body))
+        return body
