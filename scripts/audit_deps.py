@@ -25,7 +25,7 @@ def ignored(path: Path) -> dict[str, str]:
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
-            vuln, _, reason = line.partition(" ")
+            vuln, reason = [*line.split(None, 1), ""][:2]
             if not reason.strip():
                 sys.exit(f"{path}:{n}: {vuln} needs a reason beside it")
             out[vuln] = reason.strip()
