@@ -257,6 +257,19 @@ def test_second_turn_reads_its_prompt_from_the_neurons_cache(neuron, gateway_fac
                                     messages=turn)
     prompt = second.usage.input_tokens + second.usage.cache_read_input_tokens
     assert second.usage.cache_read_input_tokens > prompt / 2, second.usage
+    # Streamed, as Claude Code asks: message_start, the first event, says it already.
+    system[0]["text"] = billing.format("47d")
+    turn += [{"role": "assistant", "content": second.content[0].text},
+             {"role": "user", "content": "Once more."}]
+    events = list(client.messages.create(model="tiny-hello", max_tokens=8, system=system,
+                                         messages=turn, stream=True))
+    assert events[0].type == "message_start"
+    start = events[0].message.usage
+    final = next(e for e in events if e.type == "message_delta").usage
+    assert start.cache_read_input_tokens > (start.input_tokens
+                                            + start.cache_read_input_tokens) / 2, start
+    assert (start.input_tokens, start.cache_read_input_tokens) == (
+        final.input_tokens, final.cache_read_input_tokens)
 
 
 # -- spend that holds --------------------------------------------------------------------

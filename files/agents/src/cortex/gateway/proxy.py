@@ -310,7 +310,8 @@ def _relay(ex: Exchange) -> Iterator[bytes]:
                 chunk, held = chunk[:end], chunk[end:]
             else:
                 held = b""
-            first = first or chunk
+            if not first and b"data: " in chunk:  # (a queued neuron's comments come first)
+                first = chunk
             recent.append(chunk)
             events += chunk.count(b"data: ")
             window = edge + chunk  # only new bytes are searched, not the whole stream

@@ -97,6 +97,8 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
     coalesce = neuron.cfg.stream_interval_ms / 1000
     try:
         opened = not reply.chat  # a chat stream opens with its role chunk
+        if not waiter.job.started.is_set():
+            yield b": queued\n\n"  # the reply's head goes out now, not once a slot frees
         for kind, value in waiter.events(keepalive=True, coalesce=coalesce):
             if kind == "keepalive":
                 yield b": keep-alive\n\n"
