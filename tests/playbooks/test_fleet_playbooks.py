@@ -82,9 +82,11 @@ def test_models_reaches_the_desired_set_idempotently(fleet, tmp_path, ansible):
     assert loaded(fleet["n1"]) == {"file:tiny-hello"}
     assert loaded(fleet["n2"]) == n2_before  # no desired list: left alone
 
-    second = playbook(ansible, inv, "models.yml")
+    second = playbook(ansible, inv, "models.yml", "-vvv")
     assert recap(second.stdout)["neuron-a"]["changed"] == 0
     assert loaded(fleet["n1"]) == {"file:tiny-hello"}
+    # Every call carries the neuron token: at the most verbose, still never in the output.
+    assert TOKEN not in second.stdout + second.stderr
 
 
 def test_fleet_report_from_the_inventory_plugin(fleet, tmp_path, ansible):
