@@ -423,18 +423,22 @@ async def throughput(targets: list[Target], clients: int, secs: float, reps: int
 ROUTE_BODIES = {
     "/v1/chat/completions": {"model": "fake", "messages": MSG},
     "/v1/messages": {"model": "fake", "max_tokens": 16, "messages": MSG},
+    "/v1/responses": {"model": "fake", "max_output_tokens": 16, "input": "Hi"},
     "/v1/embeddings": {"model": "fake", "input": ["Hi there"]},
 }
 
 
+TRANSLATED = ("/v1/messages", "/v1/responses")  # served by translating to chat completions
+
+
 async def routes(targets: list[Target], calls: int) -> None:
-    """Non-streaming P50 per route; /v1/messages exists only on the gateway (its direct
-    baseline is the chat call it becomes)."""
+    """Non-streaming P50 per route; /v1/messages and /v1/responses exist only on the
+    gateway (their direct baseline is the chat call they become)."""
     by = {t.name: t for t in targets}
     plan = []
     for path, body in ROUTE_BODIES.items():
         for name in ("direct", "floor", "gateway"):
-            if path == "/v1/messages" and name != "gateway":
+            if path in TRANSLATED and name != "gateway":
                 continue
             t = by[name]
             plan.append((path, name, Target(t.name, t.host, t.port, t.model, t.headers, path),
@@ -461,7 +465,7 @@ async def routes(targets: list[Target], calls: int) -> None:
     print(f"{'route':<22} {'target':<8} {'P50 ms':>8} {'P99 ms':>8} {'added P50':>10} "
           f"{'errors':>7}")
     for path in ROUTE_BODIES:
-        base_path = "/v1/chat/completions" if path == "/v1/messages" else path
+        base_path = "/v1/chat/completions" if path in TRANSLATED else path
         base = med(got[(base_path, "direct")])
         for name in ("direct", "floor", "gateway"):
             if (path, name) not in got:
