@@ -55,10 +55,20 @@ class Router:
         `waiting_for`), and is waiting for the model until this returns."""
         entry = self.catalogue.resolve(name)
         model_id = entry.load_id if entry else name
-        if not counted:
-            return self._route(name, entry, model_id, exclude)
+        public = entry.id if entry else name
+        loaded = self._least_busy(model_id, public, entry, exclude)
+        if loaded is not None or not counted:  # (the common case: served at once)
+            return loaded or self._route(name, entry, model_id, exclude)
         with self.waiting_for(model_id):
             return self._route(name, entry, model_id, exclude)
+
+    def _least_busy(self, model_id: str, public: str, entry: ModelEntry | None,
+                    exclude: set[str]) -> Target | None:
+        replicas = [n for n in self.fleet.replicas(model_id) if n.name not in exclude]
+        if not replicas:
+            return None
+        node = min(replicas, key=lambda n: (n.loaded(model_id).busy, n.name))
+        return self._picked(Target(node, model_id, public, entry))
 
     @contextlib.contextmanager
     def waiting_for(self, model_id: str) -> Iterator[None]:
@@ -79,10 +89,9 @@ class Router:
         public = entry.id if entry else name
         deadline = time.monotonic() + self.load_timeout
         while True:
-            replicas = [n for n in self.fleet.replicas(model_id) if n.name not in exclude]
-            if replicas:
-                node = min(replicas, key=lambda n: (n.loaded(model_id).busy, n.name))
-                return self._picked(Target(node, model_id, public, entry))
+            target = self._least_busy(model_id, public, entry, exclude)
+            if target is not None:
+                return target
             if entry is None:
                 self._not_found(name)
             with self._lock:
