@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 
 import pytest
 from openai import APIError, OpenAI
 
-from cortex.gateway.config import ModelEntry
+from cortex.gateway.config import EvictionSection, ModelEntry
 from cortex.testing.served import Served
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
 from cortex.testing.waiting import wait_for
@@ -413,3 +414,23 @@ def test_ipv6_endpoints_work(neuron_factory, gateway_factory):
             NeuronEntry("v6", f"http://::1:{server.port}")
     finally:
         server.close()
+
+
+def test_a_node_that_unloaded_n_models_gets_a_defrag_warning(neuron, gateway_factory, caplog):
+    # [eviction] defrag_after_cycles = 2: a warning at the 2nd, 4th... unload on a node.
+    gw = gateway_factory({"n1": neuron}, [ModelEntry(id="tiny-hello")], defrag_after_cycles=2)
+    node = gw.gw.fleet.nodes["n1"]
+    with caplog.at_level(logging.WARNING, logger="cortex.gateway.router"):
+        for cycle in range(1, 5):
+            neuron.load("file:tiny-hello")
+            assert gw.gw.router.unload(node, "file:tiny-hello", reason="evicted")
+            warned = [r.getMessage() for r in caplog.records
+                      if "defrag_after_cycles" in r.getMessage()]
+            assert len(warned) == cycle // 2, warned
+    assert warned[-1].startswith("n1 has unloaded 4 models")
+
+
+@pytest.mark.parametrize("cycles", [-1, 1.5, "2"])
+def test_defrag_after_cycles_is_a_whole_number(cycles):
+    with pytest.raises(ValueError, match="defrag_after_cycles"):
+        EvictionSection(defrag_after_cycles=cycles)

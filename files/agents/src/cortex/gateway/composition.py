@@ -37,7 +37,8 @@ class Gateway:
         self.catalogue = Catalogue(models, g.default_keep_alive)
         self.metrics = metrics or GatewayMetrics()
         self.router = Router(self.fleet, self.catalogue, self.metrics,
-                             strategy=cfg.eviction.strategy, load_timeout=g.load_timeout_secs)
+                             strategy=cfg.eviction.strategy, load_timeout=g.load_timeout_secs,
+                             defrag_after=cfg.eviction.defrag_after_cycles)
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
         self.recent = RecentRequests()  # this worker's finished requests, for /ui
         self._stop = threading.Event()

@@ -61,6 +61,9 @@ class EvictionSection:
     defrag_after_cycles: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.defrag_after_cycles, int) or self.defrag_after_cycles < 0:
+            raise ValueError("[eviction] defrag_after_cycles must be a whole number >= 0 "
+                             "(0 = off)")
         if self.strategy not in ("lru", "priority"):
             raise ValueError(f"[eviction] strategy must be 'lru' or 'priority', "
                              f"got {self.strategy!r}")

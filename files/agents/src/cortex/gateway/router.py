@@ -36,12 +36,16 @@ class Target:
 
 class Router:
     def __init__(self, fleet: Fleet, catalogue: Catalogue, metrics: GatewayMetrics, *,
-                 strategy: str, load_timeout: float) -> None:
+                 strategy: str, load_timeout: float, defrag_after: int = 0) -> None:
         self.fleet = fleet
         self.catalogue = catalogue
         self.metrics = metrics
         self.strategy = strategy
         self.load_timeout = load_timeout
+        # [eviction] defrag_after_cycles: warn once a node has unloaded this many models
+        # (through this worker), as long-lived GPU contexts fragment their memory.
+        self.defrag_after = defrag_after
+        self._unloads: dict[str, int] = {}  # node -> models this worker unloaded there
         self._loads: dict[str, threading.Event] = {}
         self._waiting: dict[str, int] = {}  # load id -> requests waiting for it to be served
         self._routed: dict[tuple[str, str], float] = {}  # (node, model) → last routed at
@@ -239,8 +243,17 @@ class Router:
             entry = self.catalogue.by_load_id(model_id)
             self.metrics.evictions.labels(entry.id if entry else model_id, node.name,
                                           reason).inc()
+            self._count_unload(node.name)
         self.fleet.refresh(node)
         return status == 200
+
+    def _count_unload(self, node: str) -> None:
+        n = self._unloads[node] = self._unloads.get(node, 0) + 1
+        if self.defrag_after and n % self.defrag_after == 0:
+            log.warning("%s has unloaded %d models (seen by this gateway worker): its GPU "
+                        "memory may be fragmented, leaving free memory no model fits in; "
+                        "drain it and restart its neuron when convenient "
+                        "([eviction] defrag_after_cycles = %d)", node, n, self.defrag_after)
 
     # -- idle TTL ------------------------------------------------------------------------
     def reap_idle(self, now: float | None = None) -> list[tuple[str, str]]:
