@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from flask import Response, request
 
-from cortex.core.errors import ApiError, BadRequest, Unavailable
+from cortex.core.errors import ApiError, BadRequest
 from cortex.core.http import json_response
-from cortex.neuron.inference import PRINCIPAL_HEADER, ROUTED_HEADER, Waiter
+from cortex.neuron.inference import PRINCIPAL_HEADER, Waiter, serving
 from cortex.neuron.scheduler import EmbedJob
 
 if TYPE_CHECKING:
@@ -30,12 +30,7 @@ ENCODINGS = ("float", "base64")
 
 
 def handle(neuron: Neuron, body: dict) -> Response:
-    reg = neuron.registry
-    if reg.shutting_down:
-        raise Unavailable("the neuron is shutting down", code="shutting_down", retry_after=15)
-    if neuron.drained and request.headers.get(ROUTED_HEADER):
-        raise Unavailable("this neuron is drained", code="node_drained", retry_after=1)
-    loaded = reg.find(body.get("model"))
+    loaded = serving(neuron, body)
     encoding = body.get("encoding_format")
     if encoding is None:
         encoding = "float"
@@ -57,7 +52,7 @@ def handle(neuron: Neuron, body: dict) -> Response:
                 "shorten or split it", code="context_length_exceeded", param=name, max=limit,
                 estimated_prompt_tokens=len(tokens))
     try:
-        reg.reserve_embeddings(loaded)
+        neuron.registry.reserve_embeddings(loaded)
         job = EmbedJob(inputs=inputs, principal=request.headers.get(PRINCIPAL_HEADER, ""))
         loaded.scheduler.submit(job)
         waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)

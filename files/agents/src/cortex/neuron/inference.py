@@ -31,15 +31,19 @@ PRINCIPAL_HEADER = "X-Helexa-Account-Id"
 ROUTED_HEADER = "X-Helexa-Routed"  # set by gateways on every request they route
 
 
-def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
-    reg = neuron.registry
-    if reg.shutting_down:
+def serving(neuron: Neuron, body: dict) -> Loaded:
+    """The loaded model `body` names, if this neuron takes work now."""
+    if neuron.registry.shutting_down:
         raise Unavailable("the neuron is shutting down", code="shutting_down", retry_after=15)
     if neuron.drained and request.headers.get(ROUTED_HEADER):
         # A gateway whose view is a poll old still sent one: refuse before any work, so it
         # retries on another replica. Direct callers (an operator's check) are served.
         raise Unavailable("this neuron is drained", code="node_drained", retry_after=1)
-    loaded = reg.find(body.get("model"))
+    return neuron.registry.find(body.get("model"))
+
+
+def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
+    loaded = serving(neuron, body)
     stream = chatmod.stream_flag(body)
     grammar = structured.grammar_for(body)
     forced = chatmod.forced_tools(body) if chat else None
