@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 import requests
-from openai import OpenAI
-
 from conftest import CLIENT_KEY, GATEWAY, changed_tasks, lab, playbook, recap
+from openai import OpenAI
 
 
 def test_site_converges_and_second_run_changes_nothing(fleet):
