@@ -332,7 +332,8 @@ def _relay(ex: Exchange) -> Iterator[bytes]:
         yield sse_event(err.body())
     except GeneratorExit:  # the client went away: still bill what the neuron generated
         outcome.code = "client_closed"
-        done = _drain(pieces, recent, edge)
+        if not done:  # (gone just as the end went out: nothing more to read)
+            done = _drain(pieces, recent, edge)
         if not done:
             _estimate_usage(first, events - 1, outcome)  # the first event is the role
         raise

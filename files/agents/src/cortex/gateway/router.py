@@ -62,9 +62,9 @@ class Router:
         public = entry.id if entry else name
         loaded = self._least_busy(model_id, public, entry, exclude)
         if loaded is not None or not counted:  # (the common case: served at once)
-            return loaded or self._route(name, entry, model_id, exclude)
+            return loaded or self._route(name, entry, model_id, public, exclude)
         with self.waiting_for(model_id):
-            return self._route(name, entry, model_id, exclude)
+            return self._route(name, entry, model_id, public, exclude)
 
     def _least_busy(self, model_id: str, public: str, entry: ModelEntry | None,
                     exclude: set[str]) -> Target | None:
@@ -88,9 +88,8 @@ class Router:
                 if left:
                     self._waiting[model_id] = left
 
-    def _route(self, name: str, entry: ModelEntry | None, model_id: str,
+    def _route(self, name: str, entry: ModelEntry | None, model_id: str, public: str,
                exclude: set[str]) -> Target:
-        public = entry.id if entry else name
         deadline = time.monotonic() + self.load_timeout
         while True:
             target = self._least_busy(model_id, public, entry, exclude)
