@@ -42,14 +42,14 @@ def test_anthropic_any_and_tool_give_a_valid_tool_use(gw):
     assert block.type == "tool_use"
     jsonschema.validate(block.input, schemas[block.name])
     with client.messages.stream(model="tiny-hello", max_tokens=400, messages=HI, tools=tools,
-                                tool_choice={"type": "tool", "name": "get_time"}) as s:
+                                tool_choice={"type": "tool", "name": "get_time",
+                                             "disable_parallel_tool_use": True}) as s:
         final = s.get_final_message()
     assert final.stop_reason == "tool_use"
-    uses = [b for b in final.content if b.type == "tool_use"]
-    assert uses and all(b.name == "get_time" for b in uses)
-    assert not [b for b in final.content if b.type == "text" and b.text.strip()]
-    for b in uses:
-        jsonschema.validate(b.input, TIME)
+    # One call: with parallel calls allowed a random model may repeat them to max_tokens.
+    (block,) = final.content
+    assert block.type == "tool_use" and block.name == "get_time"
+    jsonschema.validate(block.input, TIME)
 
 
 def test_responses_tool_choice_required_gives_a_valid_function_call(gw):
