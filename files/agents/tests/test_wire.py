@@ -1,4 +1,5 @@
-"""Framework-free body checks (cortex.core.wire): JSON nesting depth."""
+"""Framework-free body checks (cortex.core.wire): JSON nesting depth; orjson's fast path
+(cortex.core.fastjson) reads and writes what json does."""
 
 from __future__ import annotations
 
@@ -42,3 +43,43 @@ def test_brackets_in_strings_are_not_nesting():
     text = "[" * (MAX_JSON_DEPTH * 3) + '"\\'
     body = parse_json_object(json.dumps({"messages": [{"content": text}]}).encode())
     assert body["messages"][0]["content"] == text
+
+
+def test_the_fast_path_reads_and_writes_what_json_does():
+    # Any JSON, integers past 64 bits included (orjson alone would turn them into floats
+    # when reading, and refuse to write them): parsed equal, written back equal.
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from cortex.core import fastjson
+    from cortex.core.wire import parse_json_object
+
+    text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+    scalars = (st.none() | st.booleans() | st.integers() | text
+               | st.floats(allow_nan=False, allow_infinity=False))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                          | st.dictionaries(text, inner, max_size=3), max_leaves=20)
+
+    @settings(max_examples=300, deadline=None)
+    @given(v=st.dictionaries(text, values, max_size=4), ensure_ascii=st.booleans())
+    def check(v, ensure_ascii):
+        raw = json.dumps(v, ensure_ascii=ensure_ascii).encode()
+        parsed = parse_json_object(raw)
+        assert parsed == json.loads(raw)
+        assert json.loads(fastjson.dumps(parsed)) == v
+        assert fastjson.loads(raw) == json.loads(raw)
+
+    check()
+
+
+def test_a_long_integer_stays_whole():
+    from cortex.core import fastjson
+    from cortex.core.wire import parse_json_object
+
+    big = 2**70 + 1
+    body = parse_json_object(b'{"seed": %d, "n": [1e3, -12345678901234567890]}' % big)
+    assert body["seed"] == big and isinstance(body["seed"], int)
+    assert body["n"][1] == -12345678901234567890
+    assert fastjson.dumps(body) == b'{"seed":%d,"n":[1000.0,-12345678901234567890]}' % big

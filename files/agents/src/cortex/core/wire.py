@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from itertools import accumulate
 from typing import Any
 
+from cortex.core import fastjson
 from cortex.core.errors import ApiError, BadRequest
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -51,17 +52,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     """A JSON object as RFC 8259 has it: no NaN or Infinity (Python's json takes them and
     a sampler would get garbage), no lone surrogates (they cannot be encoded back), and
     nested at most MAX_JSON_DEPTH deep. Each refusal is a 400 naming the problem."""
-    try:
-        # The common case keeps json's own cached decoder; only a body that may hold NaN or
-        # Infinity pays for the hook that refuses them.
-        body = (json.loads(raw, parse_constant=_non_finite)
-                if b"NaN" in raw or b"Infinity" in raw else json.loads(raw))
-    except _NonFinite as exc:
-        raise _non_finite_at(raw, str(exc)) from None
-    except RecursionError:
-        raise _too_deep() from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+    # orjson takes RFC 8259 alone (no NaN, Infinity or lone surrogate): what it refuses
+    # goes through json, to be refused with a 400 that names the problem.
+    body = fastjson.strict_loads(raw)
+    exact = body is not None
+    if not exact:
+        body = _json_loads(raw)
     if not isinstance(body, dict):
         raise ApiError("the body must be a JSON object", code="invalid_request_body",
                        status=422, type="invalid_request_error")
@@ -69,9 +65,23 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     # the walk over the parsed body (to name the field) runs only for a likely surrogate.
     if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth(raw) > MAX_JSON_DEPTH:
         raise _too_deep()
-    if (b"\\ud" in raw or b"\\uD" in raw) and _SURROGATE.search(_SURROGATE_PAIR.sub(b"", raw)):
+    if (not exact and (b"\\ud" in raw or b"\\uD" in raw)
+            and _SURROGATE.search(_SURROGATE_PAIR.sub(b"", raw))):
         _check_tree(body)
     return body
+
+
+def _json_loads(raw: bytes) -> Any:
+    try:
+        # Only a body that may hold NaN or Infinity pays for the hook that refuses them.
+        return (json.loads(raw, parse_constant=_non_finite)
+                if b"NaN" in raw or b"Infinity" in raw else json.loads(raw))
+    except _NonFinite as exc:
+        raise _non_finite_at(raw, str(exc)) from None
+    except RecursionError:
+        raise _too_deep() from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
 
 
 def _depth(raw: bytes) -> int:
@@ -149,6 +159,6 @@ def parse_bearer(authorization: str) -> str:
 
 
 def sse_event(data: Any, event: str | None = None) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {payload}\n\n".encode()
+    payload = data.encode() if isinstance(data, str) else fastjson.dumps(data)
+    head = f"event: {event}\n".encode() if event else b""
+    return b"%sdata: %s\n\n" % (head, payload)

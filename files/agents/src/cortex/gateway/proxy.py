@@ -9,7 +9,6 @@ ends the client's stream with an explicit error event, never a clean end.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cortex.core import fastjson
 from cortex.core.errors import ApiError, BadRequest
 from cortex.core.wire import SSE_HEADERS, sse_event
 from cortex.gateway.auth import Hold, Principal
@@ -154,7 +154,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
     headers["X-Helexa-Routed"] = "1"
     tried: set[str] = set()
     while True:
-        payload = json.dumps(dict(body, model=target.model_id)).encode()
+        payload = fastjson.dumps(dict(body, model=target.model_id))
         sent_at = time.monotonic()
         try:
             upstream = gw.upstream.open("POST", f"{target.node.endpoint}{path}", payload,
@@ -233,7 +233,7 @@ def fetch_body(ex: Exchange) -> bytes:
 def _error_code(upstream: UpstreamResponse) -> str:
     """The code of a small JSON error reply, read in full (it is kept for the client)."""
     try:
-        body = json.loads(upstream.read())
+        body = fastjson.loads(upstream.read())
         return body["error"]["code"]
     except (HttpError, ValueError, KeyError, TypeError):
         return ""
@@ -259,7 +259,7 @@ def _json_reply(ex: Exchange, data: bytes) -> dict[str, Any]:
     """The neuron's whole reply as a JSON object; anything else (an HTML error page, a
     truncated or foreign body) is a 502 in the client's envelope, never relayed as is."""
     try:
-        body = json.loads(data)
+        body = fastjson.loads(data)
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -273,7 +273,7 @@ def _json_reply(ex: Exchange, data: bytes) -> dict[str, Any]:
 
 def _account_body(data: bytes, outcome: Outcome) -> None:
     try:
-        body = json.loads(data)
+        body = fastjson.loads(data)
     except ValueError:
         return
     _account_parsed(body, outcome)
@@ -400,7 +400,7 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
                 elif line == b"data: [DONE]":
                     done = True
                 elif line.startswith(b"data: "):
-                    chunk = json.loads(line[6:])
+                    chunk = fastjson.loads(line[6:])
                     _account_chunk(chunk, ex.outcome)
                     if isinstance(chunk, dict) and chunk.get("usage"):
                         ex.usage_known()
@@ -457,7 +457,7 @@ def _account_stream_tail(tail: bytes, outcome: Outcome) -> None:
     start = tail.rfind(b"data: ", 0, at)
     end = tail.find(b"\n", at)
     try:
-        chunk = json.loads(tail[start + 6: end if end > 0 else None])
+        chunk = fastjson.loads(tail[start + 6: end if end > 0 else None])
     except ValueError:
         return
     usage = chunk.get("usage") or {}

@@ -23,29 +23,27 @@ class _Outcome(Protocol):
 
 class RecentRequests:
     def __init__(self, size: int = 200) -> None:
-        self._items: deque[dict[str, Any]] = deque(maxlen=size)
+        # The readings as taken; the record (a dict) is built when read. Every request
+        # passes here and few are ever shown: this keeps ~5 us off each one.
+        self._items: deque[tuple] = deque(maxlen=size)
         self._seq = 0
         self._lock = threading.Lock()
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def record(self, model: str, node: str, key_id: str, outcome: _Outcome, started: float,
-               ended: float | None = None) -> dict[str, Any]:
-        """One finished request: `started`/`ended` are time.monotonic() readings."""
+               ended: float | None = None) -> dict[str, Any] | None:
+        """One finished request: `started`/`ended` are time.monotonic() readings. Returns
+        its record when someone listens (None otherwise: nobody needs it now)."""
         ended = time.monotonic() if ended is None else ended
-        first = outcome.first_chunk_at
-        decode = ended - first if first is not None else 0.0
-        tokens = outcome.completion_tokens
         with self._lock:
             self._seq += 1
-            item = {
-                "seq": self._seq, "at": round(time.time(), 3), "model": model, "node": node,
-                "key_id": key_id, "status": outcome.status, "code": outcome.code or None,
-                "ttft_ms": None if first is None else round((first - started) * 1000, 1),
-                "duration_ms": round((ended - started) * 1000, 1),
-                "prompt_tokens": outcome.prompt_tokens, "completion_tokens": tokens,
-                "tok_s": round(tokens / decode, 1) if tokens > 1 and decode > 0 else None,
-            }
-            self._items.append(item)
+            readings = (self._seq, time.time(), model, node, key_id, outcome.status,
+                        outcome.code, outcome.first_chunk_at, started, ended,
+                        outcome.prompt_tokens, outcome.completion_tokens)
+            self._items.append(readings)
+        if not self.listeners:
+            return None
+        item = _record(readings)
         for listener in list(self.listeners):
             listener(item)
         return item
@@ -53,4 +51,19 @@ class RecentRequests:
     def items(self) -> list[dict[str, Any]]:
         """Newest first."""
         with self._lock:
-            return list(reversed(self._items))
+            readings = list(self._items)
+        return [_record(r) for r in reversed(readings)]
+
+
+def _record(readings: tuple) -> dict[str, Any]:
+    (seq, at, model, node, key_id, status, code, first, started, ended, prompt,
+     tokens) = readings
+    decode = ended - first if first is not None else 0.0
+    return {
+        "seq": seq, "at": round(at, 3), "model": model, "node": node, "key_id": key_id,
+        "status": status, "code": code or None,
+        "ttft_ms": None if first is None else round((first - started) * 1000, 1),
+        "duration_ms": round((ended - started) * 1000, 1),
+        "prompt_tokens": prompt, "completion_tokens": tokens,
+        "tok_s": round(tokens / decode, 1) if tokens > 1 and decode > 0 else None,
+    }

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+from cortex.core import fastjson
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Reply:
 
 
 def json_reply(status: int, body: Any, headers: dict[str, str] | None = None) -> Reply:
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = fastjson.dumps(body)
     return Reply(status, {"Content-Type": "application/json",
                           "Content-Length": str(len(data)), **(headers or {})}, data)
 

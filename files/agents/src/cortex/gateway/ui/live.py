@@ -46,13 +46,15 @@ class Live:
         self._last_watched = time.monotonic()
         self.worker = {"pid": os.getpid(), "host": socket.gethostname()}
         self.closing = False
-        gw.recent.listeners.append(self._on_request)
 
     # -- subscribers -------------------------------------------------------------------
     def subscribe(self, sees: Sees | None = None) -> queue.Queue:
         q: queue.Queue = queue.Queue(maxsize=256)
         with self._lock:
             self._subs[q] = sees
+            # Heard only while watched: a record is built per request just for listeners.
+            if self._on_request not in self.gw.recent.listeners:
+                self.gw.recent.listeners.append(self._on_request)
         self.ensure_sampling()
         return q
 
@@ -70,6 +72,8 @@ class Live:
         with self._lock:
             self._subs.pop(q, None)
             self._last_watched = time.monotonic()
+            if not self._subs and self._on_request in self.gw.recent.listeners:
+                self.gw.recent.listeners.remove(self._on_request)
 
     @property
     def watchers(self) -> int:
