@@ -10,6 +10,7 @@ import pytest
 from openai import OpenAI
 
 from cortex.core.errors import Unavailable
+from cortex.neuron.config import AdmissionConfig
 from cortex.testing.waiting import wait_for
 
 LONG = "file:tiny-long"
@@ -49,10 +50,11 @@ def _chat_in_thread(n, results: dict, key, **body):
     return t
 
 
-def _batch_counts(n, model: str) -> tuple[float, float]:
-    """(steps with one sequence, all steps) from the batch-size histogram."""
+def _batch_counts(n, model: str, le: int = 1) -> tuple[float, float]:
+    """(steps with `le` sequences or fewer, all steps) from the batch-size histogram."""
     text = n.get("/metrics").text
-    one = re.search(rf'neuron_batch_sequences_bucket{{le="1.0",model="{model}"}} (\S+)', text)
+    one = re.search(rf'neuron_batch_sequences_bucket{{le="{le}.0",model="{model}"}} (\S+)',
+                    text)
     total = re.search(rf'neuron_batch_sequences_count{{model="{model}"}} (\S+)', text)
     return float(one.group(1)), float(total.group(1))
 
@@ -89,6 +91,35 @@ def test_concurrent_streams_all_complete(smol):
     m = n.get("/health").json()["models"][0]
     assert m["slots"] == {"busy": 0, "total": 4} and m["max_in_flight"] == 4
     assert m["tok_s_decode_aggregate"] > 0
+
+
+@pytest.mark.parametrize("parallel", [4, 3])
+def test_a_burst_on_an_idle_model_starts_in_one_step(neuron_factory, parallel):
+    # Sent at once, the requests are prefilled together: no step runs fewer than all of
+    # them (they all end at max_tokens together). With a full set of slots nothing waits
+    # for the gather window's end; with more requests than slots, the extra one queues.
+    n = neuron_factory(n_ctx=2048, parallel=parallel,
+                       admission=AdmissionConfig(gather_ms=300))
+    n.load(LONG)
+    res: dict = {}
+    gate = threading.Barrier(4)
+
+    def run(i: int) -> None:
+        gate.wait()
+        res[i] = n.chat(LONG, max_tokens=6)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 6
+               for r in res.values()), res
+    fewer, total = _batch_counts(n, LONG, le=parallel - 1)
+    if parallel == 4:
+        assert total == 6 and fewer == 0, (fewer, total)
+    else:  # three together, then the fourth alone once a slot is free
+        assert total == 12 and fewer == 6, (fewer, total)
 
 
 def test_a_request_joins_a_busy_batch(neuron_factory):

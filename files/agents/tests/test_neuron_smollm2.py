@@ -55,7 +55,7 @@ def test_health_answers_during_generation(served_neuron):
     base, _ = served_neuron
     h = {"Authorization": "Bearer tok"}
     with requests.post(base + "/v1/chat/completions", headers=h, stream=True, timeout=60, json={
-            "model": "smollm2", "max_tokens": 200, "stream": True, "messages": [
+            "model": "smollm2", "max_tokens": 64, "stream": True, "messages": [
                 {"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
             ) as r:
         lines = r.iter_lines()

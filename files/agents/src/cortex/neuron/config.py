@@ -26,12 +26,17 @@ class AdmissionConfig:
     max_queue_depth: int = 8
     max_wait_secs: float = 30.0
     max_per_principal: int = 2
+    # An idle model that gets a request waits this long for more to arrive (until none has
+    # for this long, or its slots are full): a burst is prefilled in one step, not two.
+    gather_ms: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 0:
             raise ValueError("admission.max_in_flight must be 0 (the slot count) or more")
         if self.max_queue_depth < 0 or self.max_per_principal < 1 or self.max_wait_secs <= 0:
             raise ValueError("admission limits must be positive (max_queue_depth may be 0)")
+        if not 0 <= self.gather_ms <= 1000:
+            raise ValueError("admission.gather_ms must be between 0 and 1000 (0: no wait)")
 
 
 @dataclass

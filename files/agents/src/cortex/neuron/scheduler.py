@@ -7,6 +7,7 @@ prompt chunks of the new ones, and routes the sampled tokens. A sequence that en
 stop string, max_tokens, client gone, error) frees its slot at once; the others go on.
 Admission: in flight up to max_in_flight (default: the slot count), then a bounded queue
 (max_queue_depth), a few places per principal (max_per_principal), max_wait_secs (503).
+An idle model waits gather_ms for a burst's other requests, to prefill them in one step.
 Embedding jobs share those limits and need no slot: one decode of the head job runs between
 two steps, so an embedding batch holds the chat sequences up no longer than a prompt chunk.
 """
@@ -258,6 +259,8 @@ class ModelScheduler:
                         self._cond.wait()
                     if self._closed:
                         return
+                    if not self._active and self._queue:
+                        self._gather()
                     admitted = self._admit()
                     if self._embedding is None and self._embeds:
                         self._embedding = self._embeds.popleft()
@@ -284,6 +287,24 @@ class ModelScheduler:
                 self._finish(run, "cancelled")
             if self._embedding is not None:
                 self._end_embedding(self._embedding)
+
+    def _gather(self) -> None:
+        """An idle model's first request: wait (under the lock) while more keep arriving,
+        each within gather_ms of the last and the slots not yet full, so that a burst is
+        prefilled in one step. Split, the later arrivals would wait for the first ones'
+        whole prefill and then take a step of their own. Bounded at 4 x gather_ms."""
+        gap = self.limits.gather_ms / 1000
+        if gap <= 0:
+            return
+        end = time.monotonic() + 4 * gap
+        while len(self._queue) < self.max_in_flight and not self._closed:
+            seen = len(self._queue)
+            wait = min(gap, end - time.monotonic())
+            if wait <= 0:
+                return
+            self._cond.wait(wait)
+            if len(self._queue) == seen:  # quiet for gather_ms: go
+                return
 
     def _admit(self) -> list[_Run]:
         """Place queued jobs on free slots (under the lock)."""
