@@ -7,10 +7,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 from openai import OpenAI
 
 from cortex.core.errors import Unavailable
 from cortex.neuron.config import AdmissionConfig
+from cortex.neuron.engines.base import GenerationRequest
+from cortex.neuron.engines.llama_cpp import LlamaCppEngine
 from cortex.testing.waiting import wait_for
 
 LONG = "file:tiny-long"
@@ -120,6 +123,59 @@ def test_a_burst_on_an_idle_model_starts_in_one_step(neuron_factory, parallel):
         assert total == 6 and fewer == 0, (fewer, total)
     else:  # three together, then the fourth alone once a slot is free
         assert total == 12 and fewer == 6, (fewer, total)
+
+
+def test_a_step_feeds_the_sequences_in_slot_order(models_dir: Path):
+    # llama.cpp cuts a batch over the split (per-sequence) KV cache into ubatches of
+    # consecutive sequence ids: fed out of order, one decode step ran as several graphs.
+    model = LlamaCppEngine().load(models_dir / "tiny-long.gguf", n_ctx=128, n_threads=1,
+                                  n_gpu_layers=0, devices=[], has_gpu=False, n_slots=3)
+    try:
+        seqs = [model.begin(slot, GenerationRequest(prompt_tokens=[1, 2, 3], max_tokens=4,
+                                                    temperature=0))
+                for slot in (2, 0, 1)]
+        for _ in range(2):  # the prompts, then one token each
+            model.step(seqs)
+            b = model._batch
+            assert [b.seq_id[i][0] for i in range(b.n_tokens)] == sorted(
+                b.seq_id[i][0] for i in range(b.n_tokens))
+        assert b.n_tokens == 3
+    finally:
+        model.close()
+
+
+def test_a_new_request_fills_the_gap_between_running_ones(neuron_factory):
+    # llama.cpp decodes a split KV cache in ubatches of consecutive sequence ids: with the
+    # running slots 0 and 2, a request on slot 3 (unused, so least recently used) would
+    # cost every step two graphs; on slot 1 it costs one.
+    n = neuron_factory(n_ctx=65536, parallel=4, admission=AdmissionConfig(gather_ms=0))
+    n.load(LONG)
+    sched = n.neuron.registry.models[LONG].scheduler
+    res: dict = {}
+    threads = []
+
+    def start(key: str, running: int) -> None:
+        threads.append(_chat_in_thread(n, res, key, max_tokens=60000,
+                                       messages=[{"role": "user", "content": f"Hi {key}"}]))
+        wait_for(lambda: sched.in_flight == running or key in res, f"{running} running", 30)
+        assert key not in res, res[key].text
+
+    start("a", 1)
+    with requests.post(n.url + "/v1/chat/completions", stream=True, timeout=30, json={
+            "model": LONG, "max_tokens": 60000, "stream": True,
+            "messages": [{"role": "user", "content": "Hi b"}]}) as b:
+        lines = b.iter_lines()  # (held: a generator let go of closes the stream)
+        next(lines)
+        wait_for(lambda: sched.in_flight == 2, "2 running", 30)
+        start("c", 3)
+        assert sorted(sched._active) == [0, 1, 2]
+    wait_for(lambda: sched.in_flight == 2, "b cancelled once its client left", 30)
+    assert sorted(sched._active) == [0, 2]
+    start("d", 3)
+    assert sorted(sched._active) == [0, 1, 2]
+    n.post("/models/unload", {"model_id": LONG})
+    for t in threads:
+        t.join()
 
 
 def test_a_request_joins_a_busy_batch(neuron_factory):

@@ -324,7 +324,8 @@ class ModelScheduler:
     def _pick_slot(self, prompt: list[int]) -> int:
         """The free slot whose cache shares the longest prefix with the prompt, unless taking
         it would drop more cached tokens than half of those it reuses (a chat template's
-        shared header must not evict another conversation); else the least recently used."""
+        shared header must not evict another conversation); else one next to the running
+        sequences, the least recently used of those."""
         free = [s for s in range(self.slots) if s not in self._active]
 
         def reuse(s: int) -> int:
@@ -336,7 +337,16 @@ class ModelScheduler:
         best = max(free, key=lambda s: (value[s], -self._slot_used[s]))
         if value[best]:
             return best
-        return min(free, key=lambda s: self._slot_used[s])
+        # No cache worth keeping: beside the running sequences (a gap between two of them
+        # first), then the least recently used. llama.cpp decodes a split KV cache in
+        # ubatches of consecutive sequence ids: each gap in the running slots is one more
+        # graph a step (4 streams on slots 1, 3, 5, 7: 126 tok/s against 166 on 0-3).
+        active = self._active
+
+        def neighbours(s: int) -> int:
+            return (s - 1 in active) + (s + 1 in active)
+
+        return min(free, key=lambda s: (-neighbours(s), self._slot_used[s]))
 
     def _busy_changed(self) -> None:
         self.metrics.in_flight.labels(self.model_id).set(self.in_flight)
