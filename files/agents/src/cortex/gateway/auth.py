@@ -11,6 +11,7 @@ import hmac
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,15 +83,16 @@ class Auth:
             raise Unauthorized("this route needs an admin key ([gateway] admin_keys)",
                                code="invalid_api_key")
 
-    def admit(self, p: Principal, reserve: int) -> Hold:
-        """Check `p`'s caps, counting what requests in flight hold, then hold `reserve`
-        tokens for this one until it settles with what it really spent."""
+    def admit(self, p: Principal, reserve: Callable[[], int]) -> Hold:
+        """Check `p`'s caps, counting what requests in flight hold, then hold `reserve()`
+        tokens for this one until it settles with what it really spent (estimated only for
+        a capped key)."""
         hold = Hold(self, p)
         if p.entry is None or p.entry.hard_cap is None:
             return hold
         with self._key_lock(p.key_id):
             self._check(p)
-            self._rehold(hold, max(0, reserve))
+            self._rehold(hold, max(0, reserve()))
         return hold
 
     def held(self, key_id: str) -> int:

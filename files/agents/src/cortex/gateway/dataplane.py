@@ -164,6 +164,6 @@ class DataPlane:
         if not isinstance(model, str) or not model:
             raise BadRequest("model: field required (a model id from GET /v1/models)",
                              code="missing_model_field", param="model")
-        hold = gw.auth.admit(principal, route.reserve(body))
+        hold = gw.auth.admit(principal, lambda: route.reserve(body))
         return Call(gw, route, environ, principal, body, model, hold, started)
 

@@ -146,7 +146,7 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
     if target is None:
         check_context(gw.catalogue.resolve(name), name, body)  # before routing (a cold load)
         target = gw.router.route(name)
-    headers = {k: v for k, v in client_headers.items() if k.lower() not in HOP_BY_HOP}
+    headers = dict(client_headers)  # (lower-cased, hop-by-hop ones left out already)
     if principal.entry is not None:  # anonymous callers share no per-account cap
         headers["X-Helexa-Account-Id"] = principal.account_id
         headers["X-Helexa-Key-Id"] = principal.key_id
