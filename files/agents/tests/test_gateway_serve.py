@@ -42,6 +42,9 @@ def test_gunicorn_gevent_gateway_end_to_end(served_gateway):
     assert 'cortex_requests_total{model="tiny-hello",node="n1"} 4.0' in text
     assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
     assert 'cortex_node_up{node="n1"} 1.0' in text
+    # Each worker stops its copy of the master's metrics server and poller without a
+    # traceback (gevent forks the master's greenlets too).
+    assert "Traceback" not in served_gateway.log.read_text()
 
 
 def test_replies_with_and_without_a_body_on_one_keep_alive_connection(served_gateway):

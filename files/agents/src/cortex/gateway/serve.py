@@ -67,10 +67,21 @@ def serve(config_path: str) -> None:
         metrics["server"] = start_metrics_server(
             cfg, models, *parse_listen(g.metrics_listen, DEFAULT_METRICS_PORT))
 
+    threads: dict[int, threading.Thread] = {}
+
+    def pre_fork(server: Any, worker: Any) -> None:
+        threads.clear()
+        threads.update(threading._active)  # the master's threads, greenlets under gevent
+
     def post_fork(server: Any, worker: Any) -> None:
         # In the new worker. gevent forks the master's greenlets too: this copy of the
         # metrics server and its poller must stop here, or the worker would poll the
         # neurons on the master's sockets and answer scrapes on the master's port.
+        # threading forgot those threads at the fork, yet they still run here and end by
+        # removing themselves from its table: a KeyError traceback in each new worker's
+        # log (gevent/gevent#2130) unless they are put back for that.
+        for ident, thread in threads.items():
+            threading._active.setdefault(ident, thread)
         if "server" in metrics:
             metrics["server"].forget()
 
@@ -97,6 +108,7 @@ def serve(config_path: str) -> None:
         "control_socket_disable": True,
         "when_ready": when_ready,
         "on_reload": on_reload,
+        "pre_fork": pre_fork,
         "post_fork": post_fork,
         "child_exit": child_exit,
         "on_exit": on_exit,
