@@ -294,6 +294,7 @@ def test_overhead_header_on_non_streaming(two, gateway_factory):
     # The header is the gateway's own time: the wall time less the wait on the neuron.
     assert 0 < overhead < wall_ms - upstream_ms
     gw.get("/health")  # same connection: served once the chat's accounting (after send) ran
+    gw.gw.metrics.flush()
     samples = gw.gw.metrics.overhead.collect()[0].samples
     assert [s.value for s in samples if s.name.endswith("_count")] == [2.0]
 

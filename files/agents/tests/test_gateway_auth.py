@@ -102,6 +102,7 @@ def test_balance_cap_is_insufficient_quota(neuron_hello, gateway_factory, tmp_pa
                    headers=h).status_code == 200
     r = gw.post("/v1/chat/completions", {"model": "tiny-hello", "messages": MSG}, headers=h)
     assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
+    gw.gw.metrics.flush()  # (collected through the registry, a flush comes first)
     spend = gw.gw.metrics.spend.collect()[0].samples
     assert any(s.labels == {"account": "acme", "key": "capped"} and s.value > 0 for s in spend)
 

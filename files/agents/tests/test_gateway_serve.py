@@ -38,10 +38,12 @@ def test_gunicorn_gevent_gateway_end_to_end(served_gateway):
         r = client.chat.completions.create(model="gpt-4o-mini", temperature=0,
                                            messages=[{"role": "user", "content": "Hi"}])
         assert r.choices[0].message.content == script_text(SCRIPT_HELLO)
-    text = served_gateway.metrics()
-    assert 'cortex_requests_total{model="tiny-hello",node="n1"} 4.0' in text
-    assert 'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0' in text
-    assert 'cortex_node_up{node="n1"} 1.0' in text
+    # Workers add their requests to the shared metrics once a second (metrics.Buffer).
+    want = ['cortex_requests_total{model="tiny-hello",node="n1"} 4.0',
+            'cortex_cold_starts_total{model="tiny-hello",node="n1"} 1.0',
+            'cortex_node_up{node="n1"} 1.0']
+    wait_for(lambda: all(line in served_gateway.metrics() for line in want),
+             "the requests in the metrics", 10)
     # Each worker stops its copy of the master's metrics server and poller without a
     # traceback (gevent forks the master's greenlets too).
     assert "Traceback" not in served_gateway.log.read_text()

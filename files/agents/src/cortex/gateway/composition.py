@@ -16,7 +16,7 @@ from cortex.gateway.auth import Auth
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import GatewayConfig, ModelsConfig
 from cortex.gateway.fleet import Fleet, Node
-from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.metrics import FLUSH_SECS, GatewayMetrics
 from cortex.gateway.recent import RecentRequests
 from cortex.gateway.router import Router
 from cortex.gateway.upstream import Upstream
@@ -46,10 +46,12 @@ class Gateway:
     def start(self) -> None:
         self.fleet.start()
         threading.Thread(target=self._reaper, name="idle-reaper", daemon=True).start()
+        self.metrics.buffer.flush_every(FLUSH_SECS, self._stop)
 
     def stop(self) -> None:
         self._stop.set()
         self.fleet.stop()
+        self.metrics.flush()
 
     def _reaper(self) -> None:
         while not self._stop.wait(self.cfg.gateway.poll_interval_secs):

@@ -85,6 +85,12 @@ def serve(config_path: str) -> None:
         if "server" in metrics:
             metrics["server"].forget()
 
+    def worker_exit(server: Any, worker: Any) -> None:
+        # In the worker, as it ends: what its metrics buffer still holds goes to the files.
+        gw = getattr(worker.wsgi, "extensions", {}).get("gateway")
+        if gw is not None:
+            gw.metrics.flush()
+
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
@@ -110,6 +116,7 @@ def serve(config_path: str) -> None:
         "on_reload": on_reload,
         "pre_fork": pre_fork,
         "post_fork": post_fork,
+        "worker_exit": worker_exit,
         "child_exit": child_exit,
         "on_exit": on_exit,
     }).run()
