@@ -340,7 +340,8 @@ class ModelScheduler:
         # No cache worth keeping: beside the running sequences (a gap between two of them
         # first), then the least recently used. llama.cpp decodes a split KV cache in
         # ubatches of consecutive sequence ids: each gap in the running slots is one more
-        # graph a step (4 streams on slots 1, 3, 5, 7: 126 tok/s against 166 on 0-3).
+        # graph a step (4 streams in bench/neuron_concurrency.py: 126 tok/s on the least
+        # recently used slots, 175 beside each other; the direct loop 179).
         active = self._active
 
         def neighbours(s: int) -> int:
