@@ -9,7 +9,9 @@ are compared with all else equal; optionally the LiteLLM proxy (`--litellm`).
 Calls alternate in a shuffled order within each round between "direct" (to the upstream),
 "direct-b" (the same again, to show the harness's own noise), the proxies and "litellm".
 The "routes" phase times each data-plane route through the gateway (/v1/chat/completions,
-/v1/messages, /v1/embeddings) beside the same call direct and through the floor.
+/v1/messages, /v1/responses, /v1/embeddings) beside the same call direct and through the
+floor, and a chat call carrying Claude Code's recorded 82 KB request (an agent's turn:
+what parsing and writing a large body costs).
 Figures: medians of per-round medians, P99 of paired differences (same round, same
 index), the CPU seconds of every process in each phase, and the load average (the
 machine has 2 cores; the bench client, the upstream and the gateway share them with
@@ -435,11 +437,23 @@ async def throughput(procs: Procs, targets: list[Target], clients: int, secs: fl
 
 
 # -- phase 2b: each data-plane route --------------------------------------------------------
+def _agent_body() -> dict:
+    """The bytes of a real agent turn: Claude Code 2.1.197's recorded 82 KB request (system
+    blocks, 24 tools, the conversation), sent as a non-streaming chat body."""
+    data = HERE.parent / "files/agents/tests/data/claude_code_2.1.197_request.json"
+    body = json.loads(data.read_text())
+    body.pop("stream", None)
+    return dict(body, model="fake")
+
+
+# label: (path, body)
 ROUTE_BODIES = {
-    "/v1/chat/completions": {"model": "fake", "messages": MSG},
-    "/v1/messages": {"model": "fake", "max_tokens": 16, "messages": MSG},
-    "/v1/responses": {"model": "fake", "max_output_tokens": 16, "input": "Hi"},
-    "/v1/embeddings": {"model": "fake", "input": ["Hi there"]},
+    "/v1/chat/completions": ("/v1/chat/completions", {"model": "fake", "messages": MSG}),
+    "chat, 82 KB agent turn": ("/v1/chat/completions", _agent_body()),
+    "/v1/messages": ("/v1/messages", {"model": "fake", "max_tokens": 16, "messages": MSG}),
+    "/v1/responses": ("/v1/responses", {"model": "fake", "max_output_tokens": 16,
+                                        "input": "Hi"}),
+    "/v1/embeddings": ("/v1/embeddings", {"model": "fake", "input": ["Hi there"]}),
 }
 
 
@@ -451,12 +465,12 @@ async def routes(targets: list[Target], calls: int) -> None:
     gateway (their direct baseline is the chat call they become)."""
     by = {t.name: t for t in targets}
     plan = []
-    for path, body in ROUTE_BODIES.items():
+    for label, (path, body) in ROUTE_BODIES.items():
         for name in ("direct", "floor", "gateway"):
             if path in TRANSLATED and name != "gateway":
                 continue
             t = by[name]
-            plan.append((path, name, Target(t.name, t.host, t.port, t.model, t.headers, path),
+            plan.append((label, name, Target(t.name, t.host, t.port, t.model, t.headers, path),
                          json.dumps(body).encode()))
     ss = {(path, name): aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
           for path, name, _, _ in plan}
@@ -479,16 +493,15 @@ async def routes(targets: list[Target], calls: int) -> None:
     print(f"\n== routes: {calls} non-streaming calls each, one at a time, shuffled ==")
     print(f"{'route':<22} {'target':<8} {'P50 ms':>8} {'P99 ms':>8} {'added P50':>10} "
           f"{'errors':>7}")
-    for path in ROUTE_BODIES:
-        base_path = "/v1/chat/completions" if path in TRANSLATED else path
-        base = med(got[(base_path, "direct")])
+    for label, (path, _) in ROUTE_BODIES.items():
+        base = med(got[("/v1/chat/completions" if path in TRANSLATED else label, "direct")])
         for name in ("direct", "floor", "gateway"):
-            if (path, name) not in got:
+            if (label, name) not in got:
                 continue
-            v = got[(path, name)]
+            v = got[(label, name)]
             added = "" if name == "direct" else f"{(med(v) - base) * 1000:+9.2f}"
-            print(f"{path:<22} {name:<8} {ms(med(v)):>8} {ms(pct(v, 0.99)):>8} {added:>10} "
-                  f"{errors[(path, name)]:>7}")
+            print(f"{label:<22} {name:<8} {ms(med(v)):>8} {ms(pct(v, 0.99)):>8} {added:>10} "
+                  f"{errors[(label, name)]:>7}")
 
 
 # -- phase 3: one stream at a time ---------------------------------------------------------
