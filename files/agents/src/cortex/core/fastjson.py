@@ -20,16 +20,27 @@ _DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _LONG_RUN = b"0" * 19
 
 
-def strict_loads(raw: bytes) -> Any | None:
-    """`raw` parsed as RFC 8259 JSON, or None where orjson refuses it (NaN, Infinity, lone
-    surrogates, invalid UTF-8, bad syntax) or may not be exact: the caller parses it with
-    json then, to name what is wrong or to keep a long integer whole."""
-    if _LONG_RUN in raw.translate(_DIGITS):
-        return None
+# orjson reads an integer past 64 bits as a float this large or larger.
+LOSSY_FLOAT = 2.0**63
+
+
+def parse(raw: bytes) -> Any | None:
+    """`raw` parsed as RFC 8259 JSON by orjson, or None where it refuses it (NaN, Infinity,
+    lone surrogates, invalid UTF-8, bad syntax). Not always exact: an integer past 64 bits
+    comes back as a float of LOSSY_FLOAT or more (`strict_loads` checks first)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
+
+
+def strict_loads(raw: bytes) -> Any | None:
+    """`raw` parsed exactly as json would, or None where orjson refuses it or may not be
+    exact: the caller parses it with json then, to name what is wrong or to keep a long
+    integer whole."""
+    if _LONG_RUN in raw.translate(_DIGITS):
+        return None
+    return parse(raw)
 
 
 def loads(raw: bytes) -> Any:
