@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 import socket
 import threading
@@ -34,7 +36,10 @@ def server() -> Iterator[Callable[[Script], tuple[str, list]]]:
             with conn:
                 while True:
                     while b"\r\n\r\n" not in buf:
-                        data = conn.recv(65536)
+                        try:
+                            data = conn.recv(65536)
+                        except ConnectionResetError:  # a client dropping what it did not read
+                            return
                         if not data:
                             return
                         buf += data
@@ -88,6 +93,34 @@ def test_sized_replies_reuse_one_connection(server):
     assert seen[0].startswith(b"POST /v1/x?a=1 HTTP/1.1\r\n")
     assert b"Content-Length: 7\r\n" in seen[0] and b"X-Test: yes\r\n" in seen[0]
     assert seen[0].endswith(b'{"q":1}')
+
+
+def test_a_body_larger_than_the_socket_buffers_goes_out_whole(server):
+    """One send takes what the kernel has room for: the rest follows, in order."""
+    def script(conn, req):
+        body = req.partition(b"\r\n\r\n")[2]
+        conn.sendall(reply("200 OK", hashlib.sha256(body).hexdigest().encode()))
+        return True
+
+    url, _ = server(script)
+    body = random.Random(7).randbytes(8 << 20)
+    got = Client().request("POST", url + "/", body).read()
+    assert got == hashlib.sha256(body).hexdigest().encode()
+
+
+def test_a_pooled_connection_with_stray_bytes_is_not_reused_for_a_post(server):
+    def script(conn, req):
+        conn.sendall(reply("200 OK", b"ok"))
+        time.sleep(0.05)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")  # junk, once the reply was read and pooled
+        return True
+
+    url, accepted = server(script)
+    client = Client()
+    assert client.request("POST", url + "/", b"{}").read() == b"ok"
+    time.sleep(0.2)
+    assert client.request("POST", url + "/", b"{}").read() == b"ok"
+    assert len(accepted) == 2  # the first connection had bytes nobody asked for
 
 
 def test_chunked_bodies_split_anywhere_are_decoded(server):

@@ -12,6 +12,7 @@ P50 +1.98 ms vs +2.74 ms added latency, 455 vs 451 req/s at 50 clients, TTFT 5.8
 from __future__ import annotations
 
 import re
+import select
 import socket
 import ssl
 import time
@@ -26,9 +27,15 @@ MAX_INTERIM = 8  # 1xx replies before the real one
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # RFC 9112 7.1: 1*HEXDIG, nothing else
 _DIGITS = re.compile(r"[0-9]{1,18}")
 # A connection back in the pool for less than this is taken as alive without a check (a
-# peek costs two syscalls); neurons keep idle connections for 75 s, and a stale one is
+# look costs a syscall); neurons keep idle connections for 75 s, and a stale one is
 # retried anyway.
 TRUST_IDLE_S = 1.0
+try:  # a zero-timeout look needs the kernel's poll, not gevent's cooperative stand-in
+    from gevent.monkey import get_original
+
+    _poll = get_original("select", "poll")
+except ImportError:  # pragma: no cover - gevent is one of the gateway's dependencies
+    _poll = select.poll
 # Resolved neuron addresses are kept this long: under gevent every lookup is a trip to a
 # thread pool, and a burst of new streams would queue behind them.
 RESOLVE_TTL_S = 30.0
@@ -42,6 +49,17 @@ class HttpError(Exception):
     def __init__(self, message: str, *, timed_out: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Write all of `data`. gevent's sendall asks the kernel for SO_SNDBUF and slices a
+    memoryview on every call: 2.4 us for a 600-byte write where one send takes 1.0 us
+    (measured here), and a request or a small reply goes out in one send."""
+    sent = sock.send(data)
+    if sent < len(data):
+        view = memoryview(data)
+        while sent < len(data):
+            sent += sock.send(view[sent:])
 
 
 @lru_cache(maxsize=1024)
@@ -92,15 +110,16 @@ class Connection:
         return True
 
     def alive(self) -> bool:
-        """An idle pooled connection is usable when nothing (not even EOF) is waiting on it."""
+        """An idle pooled connection is usable when nothing (not even EOF) is waiting on
+        it. (A poll: 0.5 us; a peek with timeout 0 raised through gevent: 1.4 us.)"""
+        if self.buf:
+            return False  # bytes nobody asked for
         try:
-            self.sock.settimeout(0)
-            self.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
+            look = _poll()
+            look.register(self.sock.fileno(), select.POLLIN)
+            return not look.poll(0)  # readable: EOF or stray bytes; or an error, a hang-up
+        except (OSError, ValueError):
             return False
-        return False  # EOF, or bytes nobody asked for
 
     def close(self) -> None:
         try:
@@ -131,7 +150,14 @@ class Response:
     def read(self) -> bytes:
         """The whole body (kept: a second call returns it again); frees the connection."""
         if self._data is None:
-            self._data = b"".join(self.stream())
+            conn, size = self._conn, self._remaining
+            if conn is not None and size is not None and len(conn.buf) >= size:
+                # A small reply comes whole with its head: no generators to go through.
+                self._data, conn.buf = conn.buf[:size], conn.buf[size:]
+                self._remaining, self._done = 0, True
+                self.release()
+            else:
+                self._data = b"".join(self.stream())
         return self._data
 
     def stream(self) -> Iterator[bytes]:
@@ -292,7 +318,7 @@ class Client:
             try:
                 conn.sock.settimeout(timeout)
                 conn.timeout, conn.deadline = timeout, until
-                conn.sock.sendall(data)
+                send_all(conn.sock, data)
                 sent = True
                 return self._response(key, conn, method)
             except (OSError, HttpError, ValueError) as exc:
