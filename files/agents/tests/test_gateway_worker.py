@@ -7,7 +7,7 @@ from gunicorn.config import Config
 from gunicorn.http import message
 
 from cortex.gateway import worker
-from cortex.gateway.worker import DateText, remembered_trust
+from cortex.gateway.worker import DateText, LazyErrors, remembered_trust
 
 
 def test_the_date_header_is_gunicorns_text_formatted_once_a_second(monkeypatch):
@@ -47,3 +47,11 @@ def test_a_peers_trust_is_gunicorns_answer_kept_per_address():
     assert trusted(Peer(cfg, ("192.168.0.9", 4002))) is False
     assert asked == [("10.1.2.3", 4000), ("192.168.0.9", 4000)]
     assert trusted(Peer(cfg, "/run/cortex.sock")) is True  # a UNIX socket: gunicorn's rule
+
+
+def test_wsgi_errors_finds_its_streams_when_first_written_to(capsys):
+    cfg = Config()
+    cfg.set("errorlog", "-")
+    errors = LazyErrors(cfg)  # built for each request; most never write to it
+    errors.write("a line\n")
+    assert capsys.readouterr().err == "a line\n"

@@ -1,10 +1,11 @@
 """Placement and eviction, the router's policy, as tables over plain node states.
 
-`feasible` (which nodes may hold a model at all), `rank` (which of them loads it first) and
-`victims` (which loaded models may make room, in what order) read nothing but the nodes'
-polled state and the catalogue: each row below is a fleet as the gateway last saw it and
-the decision the router makes. The wiring (loads, unloads, retries) is tested end to end
-in test_gateway.py and test_faults.py.
+`feasible` (which nodes may hold a model at all), `rank` (which of them loads it first),
+`victims` (which loaded models may make room, in what order) and the replica a request
+goes to when its model is loaded read nothing but the nodes' polled state and the
+catalogue: each row below is a fleet as the gateway last saw it and the decision the
+router makes. The wiring (loads, unloads, retries) is tested end to end in test_gateway.py
+and test_faults.py.
 """
 
 from __future__ import annotations
@@ -105,6 +106,45 @@ RANK = [
                          ids=[row[0] for row in RANK])
 def test_rank(entry, nodes, expected):
     assert [n.name for n in router(entry).rank(entry, nodes)] == expected
+
+
+# -- replica: where a request for a loaded model goes ------------------------------------------
+def drained(n: Node) -> Node:
+    n.drained = True
+    return n
+
+
+def down(n: Node) -> Node:
+    n.healthy = False
+    return n
+
+
+REPLICA = [
+    ("the least busy replica", [node("a", models=(model("file:m", busy=2),)),
+                                node("b", models=(model("file:m", busy=1),))], set(), "b"),
+    ("equally busy: by name", [node("b", models=(model("file:m"),)),
+                               node("a", models=(model("file:m"),))], set(), "a"),
+    ("a replica still loading takes nothing", [node("a", models=(model("file:m", busy=5),)),
+                                               node("b", models=(model("file:m",
+                                                                       status="loading"),))],
+     set(), "a"),
+    ("nor a drained or unhealthy node", [node("a", models=(model("file:m", busy=9),)),
+                                         drained(node("b", models=(model("file:m"),))),
+                                         down(node("c", models=(model("file:m"),)))],
+     set(), "a"),
+    ("a node already tried is left out", [node("a", models=(model("file:m", busy=9),)),
+                                          node("b", models=(model("file:m"),))], {"b"}, "a"),
+    ("nowhere loaded: none", [node("a", models=(model("file:other"),))], set(), None),
+]
+
+
+@pytest.mark.parametrize("nodes, exclude, expected", [row[1:] for row in REPLICA],
+                         ids=[row[0] for row in REPLICA])
+def test_replica(nodes, exclude, expected):
+    r = router(ModelEntry("m"))
+    r.fleet.nodes.update((n.name, n) for n in nodes)
+    target = r._least_busy("file:m", "m", None, exclude)
+    assert (target.node.name if target else None) == expected
 
 
 # -- victims: what may make room, least recently used first --------------------------------------

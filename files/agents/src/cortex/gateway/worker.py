@@ -5,10 +5,11 @@ small JSON reply that is two syscalls, two TCP segments and two wake-ups of the 
 ~0.1 ms of the gateway's added latency here. This worker holds the head back and sends it
 with the first body bytes (`_emit_body` is gunicorn's hook for framing the body).
 
-Two answers gunicorn works out afresh for every request are kept instead, in this process
-only: the Date header's text (1.9 us to format; it changes once a second) and whether the
-peer may set forwarding headers (3.4 us: an `ipaddress` parse and network tests; its
-answer for an address is fixed while the worker runs, as is the config it reads).
+Three things gunicorn works out afresh for every request are kept or put off instead, in
+this process only: the Date header's text (1.9 us to format; it changes once a second),
+whether the peer may set forwarding headers (3.4 us: an `ipaddress` parse and network
+tests; its answer for an address is fixed while the worker runs, as is the config it
+reads), and `wsgi.errors`' streams (a logger lookup, ~4 us), found when it is written to.
 """
 
 from __future__ import annotations
@@ -85,6 +86,25 @@ def remembered_trust(decide: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return trusted
 
 
+class LazyErrors(wsgi.WSGIErrorsWrapper):
+    """gunicorn's `wsgi.errors`, whose streams are looked up at its first write (almost no
+    request writes to it), not when each request's environ is built."""
+
+    def __init__(self, cfg: Any) -> None:  # (RawIOBase has no __init__ of its own to call)
+        self._cfg = cfg
+        self._streams: list | None = None
+
+    @property
+    def streams(self) -> list:
+        if self._streams is None:
+            wsgi.WSGIErrorsWrapper.__init__(self, self._cfg)  # sets self.streams
+        return self._streams
+
+    @streams.setter
+    def streams(self, value: list) -> None:
+        self._streams = value
+
+
 class GatewayWorker(GeventWorker):
     def handle_exit(self, sig, frame) -> None:
         # A graceful stop (SIGTERM: a restart, or a reload's old workers) waits for open
@@ -101,6 +121,7 @@ class GatewayWorker(GeventWorker):
         # lives in this worker process only (the neuron's workers are untouched).
         wsgi.Response = OneWriteResponse
         util.http_date = DateText(util.http_date)
+        wsgi.WSGIErrorsWrapper = LazyErrors  # (base_environ builds one a request)
         policy = getattr(message, "HeaderPolicy", None)  # (gunicorn >= 25)
         if policy is not None and hasattr(policy, "_peer_is_trusted_proxy"):
             policy._peer_is_trusted_proxy = remembered_trust(policy._peer_is_trusted_proxy)
