@@ -19,8 +19,9 @@ whatever else runs). Prints figures; asserts nothing.
 
 Phases:
   latency     non-streaming requests, one at a time            (targets: +1 ms P50, +5 ms P99)
-  throughput  N concurrent clients for a few seconds each      (req/s, for comparison)
+  throughput  N concurrent clients for a few seconds each      (req/s and CPU a request)
   stream      streams of 64 chunks 20 ms apart, one at a time  (targets: +2 ms TTFT, +1 ms gap P99)
+              then TTFT over a bare socket, a new connection each (the client's cost left out)
   ramp        many concurrent streams (250 ... 3000), twice: all sent in one burst, then sent
               evenly over 1 s (shorter than a stream, so all are open together at the peak).
               A stream is clean when it is HTTP 200, every chunk arrives, [DONE] ends it
@@ -45,6 +46,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -606,6 +608,45 @@ async def streams(targets: list[Target], rounds: int, per_round: int) -> None:
     print("(ms; TTFT = request sent -> first content chunk; gap = between successive chunks "
           "at the client; delay = upstream send -> client receipt of each chunk; 'added' is "
           "against direct; 'P99 pair' = P99 of paired TTFT differences)")
+    bare_ttft(targets, body, rounds * per_round)
+
+
+def one_bare_ttft(t: Target, body: bytes) -> float:
+    """Seconds from a request's last byte to its first content chunk over a new blocking
+    socket, parsing nothing but the marker (NaN when it fails)."""
+    head = "".join(f"{k}: {v}\r\n" for k, v in t.headers.items())
+    req = (f"POST {t.path} HTTP/1.1\r\nHost: {t.host}\r\nContent-Type: application/json\r\n"
+           f"{head}Content-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        with socket.create_connection((t.host, t.port), timeout=10) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            start, buf = time.perf_counter(), b""
+            s.sendall(req)
+            while b'"content":"T' not in buf:
+                data = s.recv(65536)
+                if not data:
+                    return float("nan")
+                buf += data
+            return time.perf_counter() - start
+    except OSError:
+        return float("nan")
+
+
+def bare_ttft(targets: list[Target], stream_body: bytes, n: int) -> None:
+    """TTFT again without the aiohttp client: its line reader costs about a millisecond
+    more through a proxy than direct, about the same for every proxy (2026-12-04: gateway
+    +0.46 ms, floor +0.52 over a bare socket; +1.59 and +1.75 through aiohttp)."""
+    got: dict[str, list[float]] = {t.name: [] for t in targets}
+    order = [t for t in targets for _ in range(max(n, 20))]
+    random.shuffle(order)
+    for t in order:
+        got[t.name].append(one_bare_ttft(t, stream_body))
+    p50 = {name: med([x for x in xs if x == x]) for name, xs in got.items()}
+    print("TTFT over a bare socket, a new connection each (the client's own cost left out): "
+          + ", ".join(f"{name} {ms(v)}" + ("" if name == "direct" else
+                                          f" ({(v - p50['direct']) * 1000:+.2f})")
+                      for name, v in p50.items())
+          + f"; failed {sum(1 for xs in got.values() for x in xs if x != x)}")
 
 
 # -- phase 4: many concurrent streams ------------------------------------------------------
