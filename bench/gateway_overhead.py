@@ -612,8 +612,8 @@ async def streams(targets: list[Target], rounds: int, per_round: int) -> None:
 
 
 def one_bare_ttft(t: Target, body: bytes) -> float:
-    """Seconds from a request's last byte to its first content chunk over a new blocking
-    socket, parsing nothing but the marker (NaN when it fails)."""
+    """Seconds from sending a request to receiving its first content chunk, over a new
+    blocking socket, parsing nothing but the marker (NaN when it fails)."""
     head = "".join(f"{k}: {v}\r\n" for k, v in t.headers.items())
     req = (f"POST {t.path} HTTP/1.1\r\nHost: {t.host}\r\nContent-Type: application/json\r\n"
            f"{head}Content-Length: {len(body)}\r\n\r\n").encode() + body

@@ -1,4 +1,5 @@
-"""The gateway's gunicorn worker keeps two answers gunicorn works out for every request."""
+"""The gateway's gunicorn worker keeps or puts off what gunicorn works out for every
+request: the Date text, a peer's forwarding trust, `wsgi.errors`' streams."""
 
 from __future__ import annotations
 

@@ -193,4 +193,5 @@ class Fleet:
         return [n for n in self.nodes.values() if n.healthy]
 
     def replicas(self, model_id: str) -> list[Node]:
+        # (Router._least_busy applies this rule in one pass, on every request.)
         return [n for n in self.nodes.values() if n.routable and n.loaded(model_id)]

@@ -111,9 +111,8 @@ class Connection:
 
     def alive(self) -> bool:
         """An idle pooled connection is usable when nothing (not even EOF) is waiting on
-        it. (A poll: 0.5 us; a peek with timeout 0 raised through gevent: 1.4 us.)"""
-        if self.buf:
-            return False  # bytes nobody asked for
+        it (the pool takes only connections with nothing left in `buf`). A poll: 0.5 us;
+        a peek with timeout 0, raised through gevent: 1.4 us."""
         try:
             look = _poll()
             look.register(self.sock.fileno(), select.POLLIN)

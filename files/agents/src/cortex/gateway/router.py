@@ -68,13 +68,13 @@ class Router:
 
     def _least_busy(self, model_id: str, public: str, entry: ModelEntry | None,
                     exclude: set[str]) -> Target | None:
+        # Fleet.replicas' rule (routable, the model loaded) in one pass, as this runs for
+        # every request: 1.0 us over two replicas, where its list and a min() took 1.7.
         best, node = None, None
-        # One pass, as this runs for every request: 0.84 us over two replicas (a list of
-        # Fleet.replicas and a min() took 1.68).
         for n in self.fleet.nodes.values():
-            m = n.models.get(model_id)
-            if (m is not None and m.status == "loaded" and n.routable
-                    and n.name not in exclude and (best is None or (m.busy, n.name) < best)):
+            m = n.loaded(model_id)
+            if m is not None and n.routable and n.name not in exclude and (
+                    best is None or (m.busy, n.name) < best):
                 best, node = (m.busy, n.name), n
         return None if node is None else self._picked(Target(node, model_id, public, entry))
 
