@@ -191,7 +191,7 @@ def health() -> Any:
         "uptime_secs": round(time.time() - n.started, 1),
         "devices": [d.live() for d in devices],
         "activation": reg.activation.with_progress(reg.progress),
-        "loading": reg.loading(),
+        "loading": list(progress),
         "load_progress": progress,
         "models": models,
     })
@@ -205,8 +205,7 @@ def models() -> Any:
     out = [m.describe() | slots | n.metrics.totals(m.id) for m in list(reg.models.values())]
     progress = reg.load_progress()
     out += [{"id": mid, "status": "loading", "devices": [], "vram_used_mb": 0,
-             **({"progress": progress[mid]} if mid in progress else {})}
-            for mid in reg.loading()]
+             "progress": p} for mid, p in progress.items()]
     known = {m["id"] for m in out}
     models_dir = reg.cfg.models_path
     if models_dir.is_dir():

@@ -201,10 +201,10 @@ class Registry:
                        f"{', '.join(self.models) or 'none'}. Load it with POST /models/load.",
                        code="model_not_found", param="model")
 
-    def loading(self) -> list[str]:
-        return list(self._loading)
-
     def load_progress(self) -> dict[str, dict[str, Any]]:
+        """The loads under way, by id, with their progress: one read, so a caller that
+        also lists them (`/health`'s `loading`) never names a load this left out, or the
+        other way round (`progress` and `_loading` change together, under the lock)."""
         return {k: p.snapshot() for k, p in list(self.progress.items())}
 
     def used_mb(self) -> int:
