@@ -199,3 +199,58 @@ def test_health_answers_while_every_thread_could_be_busy(neuron_process):
             if isinstance(r, requests.Response):
                 r.close()
         requests.post(n.url + "/models/unload", json={"model_id": "file:tiny-long"}, timeout=60)
+
+
+def test_models_and_the_dashboard_show_a_default_neurons_slots(neuron, gateway):
+    """`parallel = 0` (the default) gives a CPU host 4 slots: /models says so, and the
+    dashboard's row for the model (read from /models) shows them."""
+    from cortex.gateway.ui.views import state
+
+    neuron.load("file:tiny-hello")
+    (m,) = [m for m in neuron.get("/models").json() if m["id"] == "file:tiny-hello"]
+    health = neuron.get("/health").json()["models"][0]
+    assert m["slots"] == health["slots"]["total"] == 4
+    gateway.gw.fleet.poll_all()
+    (node,) = state(gateway.gw)["nodes"]
+    assert [(row["id"], row["slots"]) for row in node["models"]] == [("file:tiny-hello", 4)]
+
+
+def _gauge(neuron, name: str) -> float:
+    """The sample `name{device="0"}` from /metrics (the scrape alone; no /health read)."""
+    for line in neuron.get("/metrics").text.splitlines():
+        if line.startswith(name + '{device="0"} '):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"/metrics has no {name} for device 0")
+
+
+def test_device_memory_gauges_follow_loads_without_a_health_read(neuron):
+    assert _gauge(neuron, "neuron_device_vram_used_mb") == 0
+    assert _gauge(neuron, "neuron_device_vram_free_mb") > 0
+    used = neuron.load("file:tiny-hello")["model"]["vram_used_mb"]
+    assert _gauge(neuron, "neuron_device_vram_used_mb") == used > 0
+    neuron.post("/models/unload", {"model_id": "file:tiny-hello"})
+    assert _gauge(neuron, "neuron_device_vram_used_mb") == 0
+
+
+def test_models_listed_as_an_unload_frees_one_is_not_a_500(neuron, monkeypatch):
+    """/models lists the loaded models, then describes each: an unload finishing in
+    between (it frees the engine's model) must leave a plain answer, not a 500."""
+    neuron.load("file:tiny-hello")
+    reg = neuron.neuron.registry
+
+    class UnloadedOnceListed(dict):
+        def values(self):
+            listed = list(super().values())
+            if "file:tiny-hello" in self:
+                t = threading.Thread(target=reg.unload, args=("file:tiny-hello",))
+                t.start()
+                t.join(30)
+            return listed
+
+    monkeypatch.setattr(reg, "models", UnloadedOnceListed(reg.models))
+    r = neuron.get("/models")
+    assert r.status_code == 200, r.text
+    assert "file:tiny-hello" not in reg.models  # the unload did finish in between
+    (m,) = [m for m in r.json() if m["id"] == "file:tiny-hello"]
+    assert m["capabilities"] == ["chat", "completion", "embeddings"]
+    assert m["limit"]["context"] == 512

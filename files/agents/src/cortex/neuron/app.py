@@ -1,18 +1,16 @@
-"""The neuron's Flask app factory: lifecycle, discovery and inference routes."""
+"""The neuron's Flask app: wires HTTP routes to the composition root's `Neuron`.
+
+Only this module reads `flask.request`: the modules below take what a request carries
+(its body, the caller's headers) as arguments and return plain bodies or byte streams.
+"""
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import platform
-import socket
 import threading
-import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wsgi import ClosingIterator
 
@@ -25,52 +23,21 @@ from cortex.core.http import (
     json_body,
     json_response,
     require_token,
+    sse_response,
 )
 from cortex.core.validate import get_number, get_str, invalid
-from cortex.neuron import embeddings, inference
+from cortex.neuron import embeddings, inference, status
+from cortex.neuron.composition import Neuron
 from cortex.neuron.config import MAX_PARALLEL, NeuronConfig
-from cortex.neuron.engines import harnesses
-from cortex.neuron.gpu import Devices
-from cortex.neuron.metrics import NeuronMetrics
-from cortex.neuron.registry import LoadRequest, Registry
+from cortex.neuron.inference import Caller
+from cortex.neuron.registry import LoadRequest
 from cortex.neuron.sources import list_local, parse_model_id
 
+PRINCIPAL_HEADER = "X-Helexa-Account-Id"
+ROUTED_HEADER = "X-Helexa-Routed"  # set by gateways on every request they route
 PUBLIC = {"/health", "/version", openapi.PATH}
 
-log = logging.getLogger(__name__)
-
 bp = Blueprint("neuron", __name__)
-
-
-class Neuron:
-    """Everything one neuron process holds, hung on `app.extensions["neuron"]`."""
-
-    def __init__(self, cfg: NeuronConfig) -> None:
-        self.cfg = cfg
-        self.started = time.time()
-        self.metrics = NeuronMetrics()
-        self.devices = Devices(cfg.cpu_memory_mb)
-        self.registry = Registry(cfg, self.devices, self.metrics)
-        self._state_file = Path(cfg.cache_dir) / "neuron-state.json"
-        self.drained = bool(self._read_state().get("drained"))
-
-    # Drained is kept on the neuron (the source of truth) so that every gateway sees it,
-    # and on disk so that a restart in the middle of a rolling upgrade keeps it.
-    def _read_state(self) -> dict:
-        try:
-            return json.loads(self._state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def set_drained(self, drained: bool) -> None:
-        self.drained = drained
-        try:
-            self._state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"drained": drained}))
-            tmp.replace(self._state_file)
-        except OSError as exc:
-            log.warning("could not persist drained=%s: %s", drained, exc)
 
 
 def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
@@ -144,80 +111,17 @@ def version() -> Any:
 
 @bp.get("/discovery")
 def discovery() -> Any:
-    n = _neuron()
-    info = n.devices.info
-    devices = n.devices.snapshot(n.registry.used_mb())
-    body = {
-        "hostname": socket.gethostname(), "os": platform.platform(terse=True),
-        "kernel": platform.release(), "python": platform.python_version(),
-        "cuda_version": info.cuda_version, "driver_version": info.driver_version,
-        "devices": [d.static() for d in devices],
-        "gpu_count": sum(d.kind == "cuda" for d in devices),
-        "harnesses": harnesses(), "max_prompt_tokens": n.cfg.max_prompt_tokens or n.cfg.n_ctx,
-        "cpu_count": len(os.sched_getaffinity(0)), "version": cortex.__version__,
-    }
-    if info.cuda_unavailable_reason:
-        body["cuda_unavailable_reason"] = info.cuda_unavailable_reason
-    return json_response(body)
+    return json_response(status.discovery(_neuron()))
 
 
 @bp.get("/health")
 def health() -> Any:
-    n = _neuron()
-    reg = n.registry
-    progress = reg.load_progress()
-    devices = n.devices.snapshot(reg.used_mb())
-    for d in devices:
-        n.metrics.vram_used.labels(str(d.index)).set(d.vram_used_mb)
-        n.metrics.vram_free.labels(str(d.index)).set(d.vram_free_mb)
-    models = []
-    for m in list(reg.models.values()):
-        w = m.scheduler
-        models.append({
-            "id": m.id, "in_flight": w.in_flight, "queue_depth": w.queue_depth,
-            "max_in_flight": w.max_in_flight,
-            "slots": {"busy": w.in_flight, "total": w.slots},
-            "tok_s_decode_aggregate": round(w.decode_rate(), 1),
-            "max_queue_depth": n.cfg.admission.max_queue_depth,
-            "tok_s_prefill": round(w.stats.tok_s_prefill, 1),
-            "tok_s_decode": round(w.stats.tok_s_decode, 1),
-            "last_used": round(w.stats.last_used, 3), "vram_used_mb": m.vram_mb,
-            "rejections": dict(w.stats.rejections),
-            **n.metrics.totals(m.id),
-        })
-    return json_response({
-        "status": "shutting_down" if reg.shutting_down else "ok",
-        "drained": n.drained,
-        "uptime_secs": round(time.time() - n.started, 1),
-        "devices": [d.live() for d in devices],
-        "activation": reg.activation.with_progress(reg.progress),
-        "loading": list(progress),
-        "load_progress": progress,
-        "models": models,
-    })
+    return json_response(status.health(_neuron()))
 
 
 @bp.get("/models")
 def models() -> Any:
-    n = _neuron()
-    reg = n.registry
-    slots = {"slots": n.cfg.admission.max_in_flight}
-    out = [m.describe() | slots | n.metrics.totals(m.id) for m in list(reg.models.values())]
-    progress = reg.load_progress()
-    out += [{"id": mid, "status": "loading", "devices": [], "vram_used_mb": 0,
-             "progress": p} for mid, p in progress.items()]
-    known = {m["id"] for m in out}
-    models_dir = reg.cfg.models_path
-    if models_dir.is_dir():
-        for p in sorted(models_dir.iterdir()):
-            name = p.name[:-5] if p.name.endswith(".gguf") else p.name
-            if p.name.startswith(".") or f"file:{name}" in known:
-                continue
-            if p.is_file() and not p.name.endswith(".gguf"):
-                continue
-            out.append({"id": f"file:{name}", "harness": reg.cfg.harness,
-                        "status": "available", "devices": [], "vram_used_mb": 0})
-    return json_response(out)
+    return json_response(status.models(_neuron()))
 
 
 @bp.post("/models/load")
@@ -274,9 +178,9 @@ def drain() -> Any:
         raise invalid("drained", "expected true or false")
     n = _neuron()
     n.set_drained(drained)
-    w = [m.scheduler for m in n.registry.models.values()]
+    scheds = [m.scheduler for m in list(n.registry.models.values())]
     return json_response({"drained": drained,
-                          "in_flight": sum(x.in_flight + x.queue_depth for x in w)})
+                          "in_flight": sum(s.in_flight + s.queue_depth for s in scheds)})
 
 
 @bp.get("/models/<path:model_id>/endpoint")
@@ -307,19 +211,28 @@ def openai_models() -> Any:
         for m in list(reg.models.values())]})
 
 
+def _caller() -> Caller:
+    return Caller(principal=request.headers.get(PRINCIPAL_HEADER, ""),
+                  routed=bool(request.headers.get(ROUTED_HEADER)))
+
+
+def _reply(out: dict | Iterator[bytes]) -> Response:
+    return json_response(out) if isinstance(out, dict) else sse_response(out)
+
+
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Any:
-    return inference.handle(_neuron(), json_body(), chat=True)
+    return _reply(inference.handle(_neuron(), json_body(), _caller(), chat=True))
 
 
 @bp.post("/v1/completions")
 def completions() -> Any:
-    return inference.handle(_neuron(), json_body(), chat=False)
+    return _reply(inference.handle(_neuron(), json_body(), _caller(), chat=False))
 
 
 @bp.post("/v1/embeddings")
 def create_embeddings() -> Any:
-    return embeddings.handle(_neuron(), json_body())
+    return json_response(embeddings.handle(_neuron(), json_body(), _caller()))
 
 
 @bp.post("/tokenize")
@@ -329,6 +242,4 @@ def tokenize() -> Any:
 
 @bp.get("/metrics")
 def metrics() -> Any:
-    from flask import Response
-
     return Response(generate_latest(_neuron().metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -14,23 +14,21 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flask import Response, request
 
 from cortex.core.errors import ApiError, BadRequest
-from cortex.core.http import json_response
-from cortex.neuron.inference import PRINCIPAL_HEADER, Waiter, serving
+from cortex.neuron.inference import Caller, Waiter, model_to_serve
 from cortex.neuron.scheduler import EmbedJob
 
 if TYPE_CHECKING:
-    from cortex.neuron.app import Neuron
+    from cortex.neuron.composition import Neuron
     from cortex.neuron.engines import LoadedModel
 
 MAX_INPUTS = 2048  # per request, as OpenAI's API
 ENCODINGS = ("float", "base64")
 
 
-def handle(neuron: Neuron, body: dict) -> Response:
-    loaded = serving(neuron, body)
+def handle(neuron: Neuron, body: dict, caller: Caller) -> dict[str, Any]:
+    loaded = model_to_serve(neuron, body, caller)
     encoding = body.get("encoding_format")
     if encoding is None:
         encoding = "float"
@@ -53,7 +51,7 @@ def handle(neuron: Neuron, body: dict) -> Response:
                 estimated_prompt_tokens=len(tokens))
     try:
         neuron.registry.reserve_embeddings(loaded)
-        job = EmbedJob(inputs=inputs, principal=request.headers.get(PRINCIPAL_HEADER, ""))
+        job = EmbedJob(inputs=inputs, principal=caller.principal)
         loaded.scheduler.submit(job)
         waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
         try:
@@ -67,8 +65,8 @@ def handle(neuron: Neuron, body: dict) -> Response:
         raise
     neuron.metrics.requests.labels(loaded.id, "embeddings", "200").inc()
     n = sum(map(len, inputs))
-    return json_response({"object": "list", "model": loaded.id, "data": data,
-                          "usage": {"prompt_tokens": n, "total_tokens": n}})
+    return {"object": "list", "model": loaded.id, "data": data,
+            "usage": {"prompt_tokens": n, "total_tokens": n}}
 
 
 def _items(raw: Any) -> list[tuple[str, str | list]]:

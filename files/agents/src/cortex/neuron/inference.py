@@ -11,39 +11,46 @@ import queue
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Response, request
-
 from cortex.core.errors import ApiError, BadRequest, Unavailable
-from cortex.core.http import json_response, sse_event, sse_response
+from cortex.core.wire import sse_event
 from cortex.neuron import chat as chatmod
 from cortex.neuron import forced_tools, structured
 from cortex.neuron.outputs import OutputParser, Part
 from cortex.neuron.scheduler import Job
 
 if TYPE_CHECKING:
-    from cortex.neuron.app import Neuron
+    from cortex.neuron.composition import Neuron
     from cortex.neuron.registry import Loaded
 
 KEEPALIVE_SECS = 5.0
-PRINCIPAL_HEADER = "X-Helexa-Account-Id"
-ROUTED_HEADER = "X-Helexa-Routed"  # set by gateways on every request they route
 
 
-def serving(neuron: Neuron, body: dict) -> Loaded:
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as the web layer read it from the request's headers."""
+
+    principal: str = ""  # the account a gateway sent it for: the prompt cache's partition
+    routed: bool = False  # a gateway routed it (refused while drained, so it goes elsewhere)
+
+
+def model_to_serve(neuron: Neuron, body: dict, caller: Caller) -> Loaded:
     """The loaded model `body` names, if this neuron takes work now."""
     if neuron.registry.shutting_down:
         raise Unavailable("the neuron is shutting down", code="shutting_down", retry_after=15)
-    if neuron.drained and request.headers.get(ROUTED_HEADER):
+    if neuron.drained and caller.routed:
         # A gateway whose view is a poll old still sent one: refuse before any work, so it
         # retries on another replica. Direct callers (an operator's check) are served.
         raise Unavailable("this neuron is drained", code="node_drained", retry_after=1)
     return neuron.registry.find(body.get("model"))
 
 
-def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
-    loaded = serving(neuron, body)
+def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
+           ) -> dict[str, Any] | Iterator[bytes]:
+    """A completion: its OpenAI body, or the bytes of its event stream."""
+    loaded = model_to_serve(neuron, body, caller)
     stream = chatmod.stream_flag(body)
     grammar = structured.grammar_for(body)
     forced = chatmod.forced_tools(body) if chat else None
@@ -68,7 +75,7 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
     # A forced call ends where its grammar does: a stop string met inside the arguments
     # would cut the promised call in two.
     job = Job(request=gen, stop=[] if forced else stop,
-              principal=request.headers.get(PRINCIPAL_HEADER, ""))
+              principal=caller.principal)
     endpoint = "chat" if chat else "completions"
     try:
         loaded.scheduler.submit(job)
@@ -79,7 +86,7 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
                   prompt_tokens=len(prompt.tokens))
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:
-        return sse_response(_stream(neuron, reply, waiter, endpoint))
+        return _stream(neuron, reply, waiter, endpoint)
     try:
         summary = None
         for kind, value in waiter.events():
@@ -88,7 +95,7 @@ def handle(neuron: Neuron, body: dict, *, chat: bool) -> Response:
             elif kind == "done":
                 summary = value
         neuron.metrics.requests.labels(loaded.id, endpoint, "200").inc()
-        return json_response(reply.complete(summary))
+        return reply.complete(summary)
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise

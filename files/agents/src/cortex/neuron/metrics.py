@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -46,10 +49,10 @@ class NeuronMetrics:
         self.rejections = Counter("neuron_rejections", "Requests refused by admission",
                                   ["model", "reason"], registry=r)
         self.loaded = Gauge("neuron_model_loaded", "1 while a model is loaded", m, registry=r)
-        self.vram_used = Gauge("neuron_device_vram_used_mb", "Device memory in use",
-                               ["device"], registry=r)
-        self.vram_free = Gauge("neuron_device_vram_free_mb", "Device memory free",
-                               ["device"], registry=r)
+
+    def watch_devices(self, snapshot: Callable[[], Sequence[Any]]) -> None:
+        """Device memory gauges read from `snapshot()` (Device objects) at each scrape."""
+        self.registry.register(_DeviceMemory(snapshot))
 
     def observe_generation(self, model: str, *, prompt: int, completion: int, ttft: float,
                            decode_s: float) -> None:
@@ -75,3 +78,29 @@ class NeuronMetrics:
             with contextlib.suppress(KeyError):
                 g.remove(model)
         self.loaded.labels(model).set(0)
+
+
+class _DeviceMemory:
+    """neuron_device_vram_{used,free}_mb, read at scrape time: a GPU's figures change with
+    other processes too, so there is no one place where they change to set them from."""
+
+    def __init__(self, snapshot: Callable[[], Sequence[Any]]) -> None:
+        self.snapshot = snapshot
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("neuron_device_vram_used_mb", "Device memory in use",
+                                  labels=["device"]),
+                GaugeMetricFamily("neuron_device_vram_free_mb", "Device memory free",
+                                  labels=["device"]))
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()  # the names, so that the registry refuses a duplicate
+
+    def collect(self) -> Iterator[Metric]:
+        used, free = self._families()
+        for d in self.snapshot():
+            used.add_metric([str(d.index)], d.vram_used_mb)
+            free.add_metric([str(d.index)], d.vram_free_mb)
+        yield used
+        yield free

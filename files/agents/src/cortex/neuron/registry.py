@@ -98,31 +98,31 @@ class Loaded:
                                 self.id, self._leases)
         self.model.close()
 
-    @property
-    def template(self) -> str:
-        return self.model.chat_template or ""
+    def __post_init__(self) -> None:
+        # What a model is never changes while it is loaded: read it once, here, so that a
+        # poll (/models) never touches the engine's model, which an unload frees under it.
+        model = self.model
+        chat = not self.embeddings_only
+        caps = capabilities(model.chat_template or "" if chat else None,
+                            embeddings=bool(model.embedding_ctx))
+        self._facts: dict[str, Any] = {
+            "architecture": model.metadata.get("general.architecture"),
+            "capabilities": caps,
+            "tool_call": "tool_call" in caps, "reasoning": "reasoning" in caps,
+            "limit": {"context": model.n_ctx, "output": model.n_ctx if chat else 0},
+        }
+        if model.embedding_ctx:
+            self._facts["embeddings"] = {"dimensions": model.embedding_dim,
+                                         "pooling": model.pooling}
 
     def describe(self) -> dict[str, Any]:
-        chat = not self.embeddings_only
-        out = {
+        return {
             "id": self.id, "harness": self.harness, "status": "loaded", "devices": self.devices,
             "vram_used_mb": self.vram_mb, "quant": self.quant, "file": self.path.name,
-            "architecture": self.model.metadata.get("general.architecture"),
-            "capabilities": capabilities(self.template if chat else None,
-                                         embeddings=bool(self.model.embedding_ctx)),
-            "tool_call": chat and "tools" in self.template,
-            "reasoning": chat and ("<think>" in self.template
-                                   or "enable_thinking" in self.template),
-            "limit": {"context": self.model.n_ctx, "output": self.model.n_ctx if chat else 0},
-            "slots": self.scheduler.slots,
-            "servable": {"ok": True},
+            "slots": self.scheduler.slots, "servable": {"ok": True},
             "loaded_at": self.loaded_at, "load_seconds": round(self.load_seconds, 3),
             "embeddings_only": self.embeddings_only,
-        }
-        if self.model.embedding_ctx:
-            out["embeddings"] = {"dimensions": self.model.embedding_dim,
-                                 "pooling": self.model.pooling}
-        return out
+        } | self._facts
 
 
 def capabilities(template: str | None, *, embeddings: bool = False) -> list[str]:
