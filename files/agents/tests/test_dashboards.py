@@ -85,7 +85,7 @@ def _alert_exprs() -> list[str]:
     return [r["expr"] for g in rules["groups"] for r in g["rules"]]
 
 
-def test_gateway_exports_the_spec_names() -> None:
+def test_gateway_exports_the_documented_names() -> None:
     # Sanity check of the derivation itself, so the tests below check something.
     for name in ("cortex_requests_total", "cortex_request_duration_seconds_bucket",
                  "cortex_gateway_overhead_seconds_count", "cortex_node_up",
@@ -141,7 +141,7 @@ def test_dashboard_promql_names_exported_metrics() -> None:
     for expr in exprs:
         for window in re.findall(r"\b(?:rate|increase)\([^\[]*\[([^\]]+)\]", expr):
             assert window in ("$__rate_interval", "$__range"), expr
-    # The dashboard covers the SPEC's metrics (rejections are not graphed: see neuron_*).
+    # The dashboard covers docs/api.md's metrics (rejections are not graphed: see neuron_*).
     wanted = {
         "cortex_requests_total", "cortex_request_errors_total", "cortex_cold_starts_total",
         "cortex_evictions_total", "cortex_prompt_tokens_total",

@@ -77,7 +77,7 @@ class Unavailable(ApiError):
 
 
 class PreflightError(ApiError):
-    """A model load refused before any allocation (SPEC: 422 with `kind`)."""
+    """A model load refused before any allocation: 422 with `kind` (docs/api.md)."""
 
     status = 422
 

@@ -28,7 +28,7 @@ def create_app(cfg: GatewayConfig, models: ModelsConfig, *, start: bool = True,
     object a WSGI server gets is still the Flask app; `extensions["gateway"]` holds the
     composition root."""
     gw = Gateway(cfg, models, metrics)
-    app = control_plane(gw)
+    app = control_plane(gw, [r.path for r in ROUTES])
     app.wsgi_app = DataPlane(gw, ROUTES, app.wsgi_app)  # type: ignore[method-assign]
     if start:
         gw.start()
@@ -37,8 +37,8 @@ def create_app(cfg: GatewayConfig, models: ModelsConfig, *, start: bool = True,
 
 
 def metrics_app(registry) -> Flask:
-    """The metrics listener (SPEC: its own port)."""
-    app = Flask("cortex.gateway.metrics")
+    """The metrics listener, on its own port (`metrics_listen`)."""
+    app = Flask("cortex.gateway.metrics", static_folder=None)
 
     @app.get("/metrics")
     def _metrics() -> Response:

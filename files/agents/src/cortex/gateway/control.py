@@ -7,6 +7,7 @@ builds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
@@ -21,16 +22,13 @@ from cortex.gateway.upstream import neuron_error
 
 bp = Blueprint("gateway", __name__)
 
-# What `GET /` lists: the data plane's routes and the control plane's own.
-ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
-             "/v1/messages/count_tokens", "/v1/responses", "/v1/models", "/health", "/ui/",
-             "/openapi.json"]
 
-
-def control_plane(gw: Gateway) -> Flask:
-    app = Flask("cortex.gateway")
+def control_plane(gw: Gateway, inference_paths: Sequence[str] = ()) -> Flask:
+    """The Flask app; `inference_paths`: the data plane's routes, for `GET /` to list."""
+    app = Flask("cortex.gateway", static_folder=None)  # the dashboard serves its own
     app.config["MAX_CONTENT_LENGTH"] = gw.cfg.gateway.max_body_bytes
     app.extensions["gateway"] = gw
+    app.extensions["inference_paths"] = list(inference_paths)
     install_error_handlers(app)
     app.register_blueprint(bp)
     install_ui(app, gw)
@@ -44,8 +42,13 @@ def _gw() -> Gateway:
 
 @bp.get("/")
 def index() -> Any:
+    # The data plane's routes, then this app's GET routes that take no argument (admin
+    # routes aside), read from the routes themselves so that the list cannot go stale.
+    own = sorted(r.rule for r in current_app.url_map.iter_rules()
+                 if "GET" in r.methods and not r.arguments and r.rule != "/"
+                 and not r.rule.startswith("/admin/"))
     return json_response({"name": "helexa.cortex", "version": cortex.__version__,
-                          "endpoints": ENDPOINTS})
+                          "endpoints": current_app.extensions["inference_paths"] + own})
 
 
 @bp.get("/health")

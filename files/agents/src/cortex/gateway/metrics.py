@@ -1,4 +1,4 @@
-"""Gateway metrics with SPEC's names; multiprocess-safe under gunicorn.
+"""Gateway metrics (names: docs/api.md, "Gateway metrics"); multiprocess-safe under gunicorn.
 
 Counters and histograms live in each worker (prometheus-client's multiprocess mode adds
 them up at scrape time). The per-node gauges are re-exported from the neurons' own

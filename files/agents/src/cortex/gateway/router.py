@@ -1,9 +1,9 @@
 """Where a request goes: a loaded replica, or a node that loads the model (after evicting).
 
-SPEC "Router": (1) loaded → least in_flight + queue_depth, ties by name; (2) recovering →
-503; (3) catalogued → rank feasible nodes (pinned > fits free > fits after eviction > most
-free > name), evict, load; (4) otherwise 404. Concurrent requests for one cold model share
-one load: the first plans and loads, the others wait for it.
+The rule (docs/architecture.md): (1) loaded → least in_flight + queue_depth, ties by name;
+(2) recovering → 503; (3) catalogued → rank feasible nodes (pinned > fits free > fits after
+eviction > most free > name), evict, load; (4) otherwise 404. Concurrent requests for one
+cold model share one load: the first plans and loads, the others wait for it.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ bp = Blueprint("neuron", __name__)
 
 
 def create_app(cfg: NeuronConfig, *, prewarm: bool = True) -> Flask:
-    app = Flask("cortex.neuron")
+    app = Flask("cortex.neuron", static_folder=None)  # no files to serve
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     neuron = Neuron(cfg)
     app.extensions["neuron"] = neuron

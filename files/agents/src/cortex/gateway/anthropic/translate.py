@@ -1,6 +1,6 @@
 """Anthropic Messages requests → OpenAI chat bodies, and OpenAI replies → Anthropic messages.
 
-SPEC "Anthropic translation". The neuron speaks OpenAI with two extensions that this
+The wire contract: docs/api.md. The neuron speaks OpenAI with two extensions that this
 relies on: `reasoning_content` (thinking) and the choice's `stop_reason` (the stop string
 that ended the text, which finish_reason "stop" alone does not tell from EOS).
 """
