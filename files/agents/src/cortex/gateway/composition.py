@@ -19,6 +19,7 @@ from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import FLUSH_SECS, GatewayMetrics
 from cortex.gateway.recent import RecentRequests
 from cortex.gateway.router import Router
+from cortex.gateway.scaler import Scaler
 from cortex.gateway.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,15 @@ class Gateway:
         self.router = Router(self.fleet, self.catalogue, self.metrics,
                              strategy=cfg.eviction.strategy, load_timeout=g.load_timeout_secs,
                              defrag_after=cfg.eviction.defrag_after_cycles)
+        self.scaler = Scaler(self.fleet, self.catalogue, self.router, self.metrics,
+                             interval=g.poll_interval_secs)
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
         self.recent = RecentRequests()  # this worker's finished requests, for /ui
         self._stop = threading.Event()
 
     def start(self) -> None:
         self.fleet.start()
-        threading.Thread(target=self._reaper, name="idle-reaper", daemon=True).start()
+        threading.Thread(target=self._housekeeping, name="reaper-scaler", daemon=True).start()
         self.metrics.buffer.flush_every(FLUSH_SECS, self._stop)
 
     def stop(self) -> None:
@@ -53,12 +56,15 @@ class Gateway:
         self.fleet.stop()
         self.metrics.flush()
 
-    def _reaper(self) -> None:
+    def _housekeeping(self) -> None:
+        """The idle reaper and the scaler, once a poll interval, on the poller's view."""
         while not self._stop.wait(self.cfg.gateway.poll_interval_secs):
-            try:
-                self.router.reap_idle()
-            except Exception:  # the reaper must outlive any one bad poll
-                log.exception("idle reaper failed")
+            for name, step in (("idle reaper", self.router.reap_idle),
+                               ("scaler", self.scaler.tick)):
+                try:
+                    step()
+                except Exception:  # they must outlive any one bad poll
+                    log.exception("%s failed", name)
 
     def node(self, name: str) -> Node:
         node = self.fleet.nodes.get(name)

@@ -167,6 +167,23 @@ class Limit:
 
 
 @dataclass
+class Replicas:
+    """How many nodes hold a model at once. `min` replicas stay loaded like pins (0: load
+    on the first request); more are added while every replica is saturated, up to `max`
+    (None: every node it is feasible on)."""
+
+    min: int = 0
+    max: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min, bool) or self.min < 0:
+            raise ValueError("replicas.min must be a whole number >= 0")
+        if self.max is not None and (isinstance(self.max, bool) or self.max < max(self.min, 1)):
+            raise ValueError(f"replicas.max must be >= max(min, 1) = {max(self.min, 1)}, "
+                             f"got {self.max}")
+
+
+@dataclass
 class ModelEntry:
     id: str
     harness: str = "llama_cpp"
@@ -181,8 +198,15 @@ class ModelEntry:
     capabilities: list[str] = field(default_factory=list)
     limit: Limit | None = None
     keep_alive: str | int | None = None  # idle TTL; None = [gateway] default_keep_alive
+    replicas: Replicas = field(default_factory=Replicas)
+    # Every replica saturated this long: one more; a replica past `min` idle this long: out.
+    scale_up_after_secs: float = 10.0
+    scale_down_after_secs: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.scale_up_after_secs < 0 or self.scale_down_after_secs < 0:
+            raise ValueError(f"[[models]] {self.id}: scale_up_after_secs and "
+                             "scale_down_after_secs must be >= 0")
         if self.residency_priority is None:
             self.residency_priority = 1000 if self.pinned_on else 100
         if self.keep_alive is not None:

@@ -34,10 +34,19 @@ class ModelOnNode:
     tok_s_decode: float = 0.0
     rejections: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    slots: int = 0  # sequences it decodes at once (0: the neuron did not say)
+    capacity: int = 0  # running + queued at which the neuron refuses more (0: not said)
+    queue_wait: float = 0.0  # seconds its oldest queued request has waited
 
     @property
     def busy(self) -> int:
         return self.in_flight + self.queue_depth
+
+    @property
+    def saturated(self) -> bool:
+        """Every slot busy and requests waiting for one: another replica would serve
+        them now."""
+        return bool(self.slots) and self.in_flight >= self.slots and self.queue_depth > 0
 
 
 @dataclass
@@ -152,7 +161,7 @@ class Fleet:
                 tok_s_prefill=float(h.get("tok_s_prefill", 0.0)),
                 tok_s_decode=float(h.get("tok_s_decode", 0.0)),
                 rejections={str(k): int(v) for k, v in h.get("rejections", {}).items()},
-                info=m)
+                info=m, **_admission(h))
         devices, activation = health.get("devices", []), health.get("activation", {})
         if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices) \
                 or not isinstance(activation, dict):
@@ -195,3 +204,15 @@ class Fleet:
     def replicas(self, model_id: str) -> list[Node]:
         # (Router._least_busy applies this rule in one pass, on every request.)
         return [n for n in self.nodes.values() if n.routable and n.loaded(model_id)]
+
+
+def _admission(h: dict) -> dict[str, Any]:
+    """A model's slots (those admission lets run at once), capacity and queue wait from its
+    /health entry (absent: 0)."""
+    slots = h.get("slots")
+    total = int(slots.get("total", 0)) if isinstance(slots, dict) else 0
+    running = min(int(h.get("max_in_flight") or total), total) if total else 0
+    queue = h.get("max_queue_depth")
+    return {"slots": running,
+            "capacity": running + int(queue) if queue is not None and running else 0,
+            "queue_wait": float(h.get("queue_wait_secs", 0.0))}

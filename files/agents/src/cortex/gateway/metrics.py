@@ -176,6 +176,9 @@ class GatewayMetrics:
         self.overhead = Histogram("cortex_gateway_overhead_seconds",
                                   "Time the gateway itself adds (routing, auth, relaying)",
                                   ["endpoint"], buckets=_OVERHEAD, registry=r)
+        self.scale_events = Counter("cortex_scale_events", "Replicas added or removed by the "
+                                    "scaler, by reason and result",
+                                    ["model", "action", "reason", "result"], registry=r)
         ak = ["account", "key"]
         self.spend = Counter("cortex_spend_tokens", "Tokens spent per key", ak, registry=r)
         self.spend_prompt = Counter("cortex_spend_prompt_tokens", "Prompt tokens per key", ak,
@@ -232,6 +235,18 @@ class FleetCollector(Collector):
         entry = self.catalogue.by_load_id(model_id) if self.catalogue else None
         return entry.id if entry else model_id
 
+    def _replicas(self) -> dict[str, tuple[int, int]]:
+        """Per model (as clients name it): replicas serving, replicas loading; catalogue
+        models with none show 0."""
+        out = {e.id: (0, 0) for e in self.catalogue.entries.values()} if self.catalogue else {}
+        for node in self.fleet.nodes.values():
+            for m in node.models.values():
+                serving, loads = m.status == "loaded" and node.routable, m.status == "loading"
+                if serving or loads:
+                    n, n_loading = out.get(self._public(m.id), (0, 0))
+                    out[self._public(m.id)] = (n + serving, n_loading + loads)
+        return out
+
     def collect(self) -> Iterator:
         nm = ["node", "model"]
         fam = {
@@ -246,6 +261,10 @@ class FleetCollector(Collector):
         }
         rejections = CounterMetricFamily("cortex_model_rejections", "Neuron admission refusals",
                                          labels=[*nm, "reason"])
+        replicas = GaugeMetricFamily("cortex_model_replicas", "Healthy, undrained nodes with "
+                                     "the model loaded", labels=["model"])
+        loading = GaugeMetricFamily("cortex_model_replicas_loading", "Nodes loading the model",
+                                    labels=["model"])
         up = GaugeMetricFamily("cortex_node_up", "1 when the neuron is healthy", labels=["node"])
         drained = GaugeMetricFamily("cortex_node_drained", "1 when the node is drained",
                                     labels=["node"])
@@ -267,8 +286,13 @@ class FleetCollector(Collector):
                     g.add_metric([node.name, model], float(getattr(m, k)))
                 for reason, count in m.rejections.items():
                     rejections.add_metric([node.name, model, reason], float(count))
+        for model, (n, n_loading) in sorted(self._replicas().items()):
+            replicas.add_metric([model], float(n))
+            loading.add_metric([model], float(n_loading))
         yield from fam.values()
         yield rejections
+        yield replicas
+        yield loading
         yield up
         yield drained
         yield from dev.values()

@@ -170,20 +170,24 @@ class Router:
         raise Unavailable(f"no node could load {entry.id} now (not enough free memory after "
                           "eviction); retry shortly", code="insufficient_vram", retry_after=5)
 
-    def rank(self, entry: ModelEntry, nodes: list[Node]) -> list[Node]:
+    def rank(self, entry: ModelEntry, nodes: list[Node], *, lower_only: bool = False
+             ) -> list[Node]:
         need = entry.vram_mb or 0
 
         def key(n: Node) -> tuple:
             free = n.vram_free_mb
-            reclaim = sum(m.vram_mb for m in self.victims(n, entry))
+            reclaim = sum(m.vram_mb for m in self.victims(n, entry, lower_only=lower_only))
             return (n.name not in entry.pinned_on, free < need, free + reclaim < need,
                     -free, n.name)
 
         return sorted(nodes, key=key)
 
     # -- evicting ------------------------------------------------------------------------
-    def victims(self, node: Node, incoming: ModelEntry) -> list[ModelOnNode]:
-        """Models on `node` that may make room for `incoming`, least recently used first."""
+    def victims(self, node: Node, incoming: ModelEntry, *, lower_only: bool = False
+                ) -> list[ModelOnNode]:
+        """Models on `node` that may make room for `incoming`, least recently used first.
+        `lower_only`: only models of a lower residency_priority, whatever the strategy
+        (a replica added for load never pushes out an equal)."""
         out = []
         for m in node.models.values():
             if m.status != "loaded" or m.busy or m.id == incoming.load_id:
@@ -191,17 +195,26 @@ class Router:
             entry = self.catalogue.by_load_id(m.id)
             if entry is not None and node.name in entry.pinned_on:
                 continue  # pinned models stay where they are pinned
+            if entry is not None and self._at_min(entry):
+                continue  # so do a model's last `replicas.min` replicas
             priority = entry.residency_priority if entry else 0
+            if lower_only and priority >= incoming.residency_priority:
+                continue
             if self.strategy == "priority" and priority > incoming.residency_priority:
                 continue
             out.append(m)
         return sorted(out, key=lambda m: (m.last_used, m.id))
 
-    def _load_on(self, node: Node, entry: ModelEntry) -> None:
+    def _at_min(self, entry: ModelEntry) -> bool:
+        """The model has no more replicas than its `replicas.min`: none may go."""
+        return bool(entry.replicas.min) and len(
+            self.fleet.replicas(entry.load_id)) <= entry.replicas.min
+
+    def _load_on(self, node: Node, entry: ModelEntry, *, lower_only: bool = False) -> None:
         need = entry.vram_mb or 0
         for attempt in range(8):
             if need and node.vram_free_mb < need:
-                self._evict_for(node, entry, need)
+                self._evict_for(node, entry, need, lower_only=lower_only)
             status, body = self.fleet.upstream.post_json(
                 f"{node.endpoint}/models/load",
                 {"model_id": entry.load_id, "harness": entry.harness, "quant": entry.quant},
@@ -218,16 +231,17 @@ class Router:
             if err.code == "insufficient_vram" and attempt < 7:
                 # The neuron knows the real need: make that much room, then try again.
                 need = max(need, int(err.extra.get("need_mb", 0)))
-                freed = self._evict_for(node, entry, need)
+                freed = self._evict_for(node, entry, need, lower_only=lower_only)
                 if freed:
                     continue
             raise err
 
-    def _evict_for(self, node: Node, entry: ModelEntry, need: int) -> int:
+    def _evict_for(self, node: Node, entry: ModelEntry, need: int, *,
+                   lower_only: bool = False) -> int:
         self.fleet.refresh(node)
         free = node.vram_free_mb
         freed = 0
-        for victim in self.victims(node, entry):
+        for victim in self.victims(node, entry, lower_only=lower_only):
             if free + freed >= need:
                 break
             if self.unload(node, victim.id, reason="evicted"):
@@ -284,4 +298,8 @@ class Router:
         ttl = self.catalogue.keep_alive(entry) if entry else 0
         last = max(m.last_used, self._routed.get((node.name, m.id), 0.0))
         return (m.status == "loaded" and ttl > 0 and not m.busy and bool(m.last_used)
-                and now - last > ttl)
+                and now - last > ttl and not (entry and self._at_min(entry)))
+
+    def routed_at(self, node: str, model_id: str) -> float:
+        """When this worker last sent a request for `model_id` to `node` (0: never)."""
+        return self._routed.get((node, model_id), 0.0)

@@ -146,6 +146,18 @@ class ModelScheduler:
     def queue_depth(self) -> int:
         return len(self._queue) + len(self._embeds)
 
+    @property
+    def queue_wait(self) -> float:
+        """Seconds the oldest queued request has waited (0 with none queued): a gateway
+        scales a model out on this, with the queue's depth and the slots' use."""
+        now, waited = time.monotonic(), 0.0
+        for waiting in (self._queue, self._embeds):
+            try:  # (read without the lock: the scheduler thread may take it meanwhile)
+                waited = max(waited, now - waiting[0].enqueued_at)
+            except IndexError:
+                pass
+        return waited
+
     def decode_rate(self) -> float:
         """Tokens sampled per second over the last RATE_WINDOW_SECS, all sequences together."""
         now = time.monotonic()

@@ -48,6 +48,7 @@ def health(n: Neuron) -> dict[str, Any]:
             "slots": {"busy": sched.in_flight, "total": sched.slots},
             "tok_s_decode_aggregate": round(sched.decode_rate(), 1),
             "max_queue_depth": n.cfg.admission.max_queue_depth,
+            "queue_wait_secs": round(sched.queue_wait, 3),
             "tok_s_prefill": round(sched.stats.tok_s_prefill, 1),
             "tok_s_decode": round(sched.stats.tok_s_decode, 1),
             "last_used": round(sched.stats.last_used, 3), "vram_used_mb": m.vram_mb,

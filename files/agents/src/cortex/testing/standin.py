@@ -2,7 +2,7 @@
 
 For what a real neuron cannot be made to do on cue (answer 500, speak an API it does not
 have yet, report cached tokens): it answers `/health`, `/models`, `/models/load`,
-`/tokenize`, `/v1/chat/completions` (OpenAI's shape, streaming or not) and
+`/models/unload`, `/tokenize`, `/v1/chat/completions` (OpenAI's shape, streaming or not) and
 `/v1/embeddings` (OpenAI's shape), and records every body it was sent.
 """
 
@@ -24,11 +24,21 @@ CHAT = {"id": "chatcmpl-standin", "object": "chat.completion", "created": 0,
 
 class StandIn:
     def __init__(self, models: tuple[str, ...] = ("file:standin",), *, loaded: bool = True,
-                 chat_status: int = 200, cached_tokens: int = 0) -> None:
+                 chat_status: int = 200, cached_tokens: int = 0, slots: int = 0,
+                 max_queue_depth: int = 4, load_secs: float = 0.0,
+                 vram_free_mb: int = 15000) -> None:
+        """`slots`: report that many slots and `max_queue_depth` for every model (0: say
+        nothing of them); `load_secs`: a load takes this long, listed as loading."""
         self.loaded = {m: loaded for m in models}
         self.chat_status = chat_status
         self.cached_tokens = cached_tokens
+        self.slots, self.max_queue_depth = slots, max_queue_depth
+        self.load_secs = load_secs
+        self.vram_free_mb = vram_free_mb
         self.in_flight = 0
+        self.queue_depth = 0  # what /health says of every loaded model (set by a test)
+        self.last_used: dict[str, float] = {}  # a model's last use (absent: just now)
+        self.loading: set[str] = set()
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.served = Served(self._app())
@@ -47,23 +57,42 @@ class StandIn:
         def health() -> Any:
             return {"status": "ok", "drained": False,
                     "devices": [{"index": 0, "name": "cpu", "kind": "cpu",
-                                 "vram_total_mb": 16000, "vram_free_mb": 15000}],
+                                 "vram_total_mb": 16000, "vram_free_mb": self.vram_free_mb}],
                     "activation": {"state": "ready", "failed": []},
-                    "models": [{"id": m, "in_flight": self.in_flight, "queue_depth": 0,
-                                "last_used": time.time()} for m, up in self.loaded.items()
-                               if up]}
+                    "loading": sorted(self.loading),
+                    "models": [self._health(m) for m, up in self.loaded.items() if up]}
 
         @app.get("/models")
         def models() -> Any:
             return Response(json.dumps([
-                {"id": m, "status": "loaded" if up else "available", "vram_used_mb": 100}
+                {"id": m, "status": "loading" if m in self.loading else
+                 "loaded" if up else "available", "vram_used_mb": 100}
                 for m, up in self.loaded.items()]), mimetype="application/json")
 
         @app.post("/models/load")
         def load() -> Any:
             body = self._record()
-            self.loaded[body["model_id"]] = True
-            return {"model_id": body["model_id"], "status": "loaded"}
+            model = body["model_id"]
+            with self.lock:  # one load of a model at a time, as a neuron single-flights
+                owner = not self.loaded.get(model) and model not in self.loading
+                if owner:
+                    self.loaded.setdefault(model, False)
+                    self.loading.add(model)
+            if owner:
+                time.sleep(self.load_secs)
+                self.loaded[model] = True
+                self.loading.discard(model)
+            while model in self.loading:  # joined a load under way
+                time.sleep(0.01)
+            return {"model_id": model, "status": "loaded", "already_loaded": not owner}
+
+        @app.post("/models/unload")
+        def unload() -> Any:
+            body = self._record()
+            if not self.loaded.get(body["model_id"]):
+                return {"error": {"message": "not loaded", "code": "model_not_found"}}, 404
+            self.loaded[body["model_id"]] = False
+            return {"model_id": body["model_id"], "status": "unloaded"}
 
         @app.post("/tokenize")
         def tokenize() -> Any:
@@ -107,6 +136,14 @@ class StandIn:
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
         return app
+
+    def _health(self, model: str) -> dict[str, Any]:
+        out = {"id": model, "in_flight": self.in_flight, "queue_depth": self.queue_depth,
+               "last_used": self.last_used.get(model, time.time())}
+        if self.slots:
+            out.update(slots={"busy": min(self.in_flight, self.slots), "total": self.slots},
+                       max_in_flight=self.slots, max_queue_depth=self.max_queue_depth)
+        return out
 
     def _record(self) -> dict[str, Any]:
         body = request.get_json()
