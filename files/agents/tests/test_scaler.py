@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from prometheus_client import generate_latest
 
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import ModelEntry, ModelsConfig, Replicas
@@ -20,6 +21,7 @@ from cortex.testing.waiting import wait_for
 
 GB = 1024
 M = "file:m"
+T0 = time.time()  # "now" for the tables: rows are built at import, decided on later
 
 
 def node(name: str, *models: ModelOnNode, free: int = 8 * GB, drained: bool = False) -> Node:
@@ -41,8 +43,9 @@ def warm(load_id: str = M) -> ModelOnNode:
 
 
 def idle(load_id: str = M, secs: float = 1000, vram: int = 2 * GB) -> ModelOnNode:
+    """Nothing running or queued, last used `secs` before T0."""
     return ModelOnNode(load_id, "loaded", vram_mb=vram, slots=2, capacity=6,
-                       last_used=time.time() - secs)
+                       last_used=T0 - secs)
 
 
 def loading(load_id: str = M) -> ModelOnNode:
@@ -126,7 +129,7 @@ FLOOR = [
 @pytest.mark.parametrize("nodes, e, expected", [row[1:] for row in FLOOR],
                          ids=[row[0] for row in FLOOR])
 def test_floor(nodes, e, expected):
-    assert scaler(*nodes, entries=(e,)).decide(e, time.time()) == expected
+    assert scaler(*nodes, entries=(e,)).decide(e, T0) == expected
 
 
 # -- scale down: a replica past the floor, idle long enough ---------------------------------------
@@ -152,7 +155,7 @@ SCALE_DOWN = [
 @pytest.mark.parametrize("nodes, e, expected", [row[1:] for row in SCALE_DOWN],
                          ids=[row[0] for row in SCALE_DOWN])
 def test_scale_down(nodes, e, expected):
-    assert scaler(*nodes, entries=(e,)).decide(e, time.time()) == expected
+    assert scaler(*nodes, entries=(e,)).decide(e, T0) == expected
 
 
 def test_a_replica_this_worker_just_sent_a_request_to_is_not_idle():
@@ -253,6 +256,16 @@ def test_a_saturated_model_gets_one_more_replica_and_requests_go_on_meanwhile(
     assert len(loads(neurons)) == 1
     event = gw.gw.scaler.events[-1]
     assert (event.action, event.reason, event.result) == (UP, SATURATED, "ok")
+    # The dashboard shows the replicas and the event; Prometheus counts both.
+    state = gw.get("/ui/api/state").json()["state"]
+    model = next(m for m in state["models"] if m["id"] == "m")
+    assert model["replicas"]["serving"] == 2 and model["replicas"]["max"] == 3
+    assert [(e["action"], e["reason"], e["result"]) for e in state["scale_events"]] == [
+        (UP, SATURATED, "ok")]
+    gw.gw.metrics.flush()
+    scraped = generate_latest(gw.gw.metrics.registry).decode()
+    assert ('cortex_scale_events_total{action="up",model="m",reason="saturated",'
+            'result="ok"} 1.0') in scraped
 
 
 def more_looks(gw: object, n: int = 5) -> None:

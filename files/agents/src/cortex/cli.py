@@ -68,6 +68,25 @@ def cortex_main(argv: list[str] | None = None) -> int:
         p.add_argument("--admin-key", default=os.environ.get("CORTEX_ADMIN_KEY", ""),
                        help="admin key (or CORTEX_ADMIN_KEY)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (("load", "load a model: on --node, or one more replica on the best "
+                                "node (a progress bar while it downloads and loads)"),
+                       ("unload", "unload a model: from --node, or from every node"),
+                       ("top", "a live view of nodes, replicas, queues and scale events")):
+        p = sub.add_parser(name, help=text)
+        if name != "top":
+            p.add_argument("model", help="a catalogue id or alias")
+            p.add_argument("--node", help="a node's name (cortex status lists them)")
+        p.add_argument("--url", default=os.environ.get("CORTEX_URL", "http://127.0.0.1:31313"))
+        p.add_argument("--admin-key", default=os.environ.get("CORTEX_ADMIN_KEY", ""),
+                       help="admin key (or CORTEX_ADMIN_KEY)")
+        if name == "top":
+            p.add_argument("--interval", type=float, default=1.0, help="seconds between reads")
+            p.add_argument("--once", action="store_true", help="print one view and exit")
+        else:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "load":
+            p.add_argument("--timeout", type=float, default=3600,
+                           help="seconds to wait for the load (a large download takes long)")
     args = parser.parse_args(argv)
 
     if args.command in ("serve", "check-config"):
@@ -86,6 +105,14 @@ def cortex_main(argv: list[str] | None = None) -> int:
 
         serve(args.config)
         return 0
+    if args.command in ("load", "unload"):
+        from cortex import fleetload
+
+        return fleetload.run(args)
+    if args.command == "top":
+        from cortex import fleettop
+
+        return fleettop.run(args)
     from cortex import fleetcli
 
     return fleetcli.run(args)

@@ -6,24 +6,20 @@ import json
 import sys
 from typing import Any
 
-import requests
+from cortex.fleetapi import Admin, CliError
 
 
 def run(args: Any) -> int:
-    http = requests.Session()
-    if args.admin_key:
-        http.headers["Authorization"] = f"Bearer {args.admin_key}"
-    base = args.url.rstrip("/")
+    admin = Admin(args.url, args.admin_key)
     try:
         if args.command == "status":
-            data = _get(http, f"{base}/admin/nodes")
+            data = admin.get("/admin/nodes")
             print(json.dumps(data, indent=2) if args.json else status_table(data))
         elif args.command == "models":
-            data = _get(http, f"{base}/v1/models")
+            data = admin.get("/v1/models")
             print(json.dumps(data, indent=2) if args.json else models_table(data["data"]))
         else:
-            r = http.post(f"{base}/admin/nodes/{args.node}/{args.command}", timeout=30)
-            body = _json(r)
+            body = admin.post(f"/admin/nodes/{args.node}/{args.command}")
             print(json.dumps(body, indent=2) if args.json else
                   f"{args.node}: {'drained' if body['drained'] else 'active'} "
                   f"({body.get('in_flight', 0)} requests in flight)")
@@ -31,29 +27,6 @@ def run(args: Any) -> int:
         print(f"cortex: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-class CliError(Exception):
-    pass
-
-
-def _get(http: requests.Session, url: str) -> Any:
-    try:
-        return _json(http.get(url, timeout=15))
-    except requests.RequestException as exc:
-        raise CliError(f"cannot reach the gateway at {url}: {exc}") from None
-
-
-def _json(r: requests.Response) -> Any:
-    try:
-        body = r.json()
-    except ValueError:
-        raise CliError(f"HTTP {r.status_code} from {r.url}") from None
-    if r.status_code != 200:
-        err = body.get("error", {})
-        hint = " (set --admin-key or CORTEX_ADMIN_KEY)" if r.status_code == 401 else ""
-        raise CliError(f"{err.get('message', r.status_code)}{hint}")
-    return body
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app
 
 import cortex
 from cortex.core import openapi
-from cortex.core.errors import NotFound
+from cortex.core.errors import BadRequest, NotFound
 from cortex.core.http import bearer_token, install_error_handlers, json_body, json_response
 from cortex.gateway.composition import Gateway
 from cortex.gateway.ui import install_ui
@@ -116,6 +116,67 @@ def admin_load(name: str) -> Any:
 @bp.post("/admin/nodes/<name>/models/unload")
 def admin_unload(name: str) -> Any:
     return _admin_model_call(name, "unload")
+
+
+@bp.get("/admin/fleet")
+def admin_fleet() -> Any:
+    """What `cortex top` shows: nodes, each model's replicas, queues and loads, and the
+    scale events and routing counts of the worker that answers."""
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    return json_response(gw.scaler.view())
+
+
+@bp.post("/admin/models/load")
+def admin_models_load() -> Any:
+    """Load a model on `node`, or one more replica of it on the best node that has none."""
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    body = json_body()
+    entry = _catalogued(gw, body.get("model"))
+    name = body.get("node")
+    if name is not None:
+        reply = _admin_model_call(str(name), "load")
+        gw.scaler.operator_did(entry.id, "up", str(name))
+        return reply
+    node, already = gw.scaler.add_replica(entry)
+    return json_response({"status": "loaded", "model": entry.id, "node": node.name,
+                          "already_loaded": already})
+
+
+@bp.post("/admin/models/unload")
+def admin_models_unload() -> Any:
+    """Unload a model from `node`, or from every node that has it loaded."""
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    body = json_body()
+    entry = _catalogued(gw, body.get("model"))
+    name = body.get("node")
+    nodes = [gw.node(str(name))] if name is not None else [
+        n for n in gw.fleet.nodes.values() if n.loaded(entry.load_id)]
+    done = []
+    for node in nodes:
+        status, reply = gw.upstream.post_json(f"{node.endpoint}/models/unload",
+                                              {"model_id": entry.load_id}, read=60)
+        gw.fleet.refresh(node)
+        if status != 200:
+            raise neuron_error(status, reply, node.name)
+        done.append(node.name)
+        gw.scaler.operator_did(entry.id, "down", node.name)
+    return json_response({"status": "unloaded", "model": entry.id, "nodes": done,
+                          "replicas_min": entry.replicas.min})
+
+
+def _catalogued(gw: Gateway, model: Any) -> Any:
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model: field required (a catalogue id or alias)",
+                         code="missing_model_field", param="model")
+    entry = gw.catalogue.resolve(model)
+    if entry is None:
+        raise NotFound(f"model {model!r} is not in the catalogue; known models: "
+                       f"{', '.join(sorted(gw.catalogue.public_ids())) or 'none'}",
+                       code="model_not_found", param="model")
+    return entry
 
 
 def _admin_model_call(name: str, action: str) -> Any:

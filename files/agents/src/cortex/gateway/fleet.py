@@ -42,6 +42,15 @@ class ModelOnNode:
     def busy(self) -> int:
         return self.in_flight + self.queue_depth
 
+    def summary(self) -> dict[str, Any]:
+        out = {"id": self.id, "status": self.status, "in_flight": self.in_flight,
+               "queue_depth": self.queue_depth, "vram_mb": self.vram_mb,
+               "last_used": self.last_used, "slots": self.slots,
+               "queue_wait_secs": self.queue_wait}
+        if self.status == "loading" and self.info.get("progress"):
+            out["progress"] = self.info["progress"]  # the neuron's own report
+        return out
+
     @property
     def saturated(self) -> bool:
         """Every slot busy and requests waiting for one: another replica would serve
@@ -83,9 +92,7 @@ class Node:
             "name": self.name, "endpoint": self.endpoint, "healthy": self.healthy,
             "drained": self.drained, "failures": self.failures, "last_error": self.last_error,
             "devices": self.devices, "activation": self.activation.get("state"),
-            "models": [{"id": m.id, "status": m.status, "in_flight": m.in_flight,
-                        "queue_depth": m.queue_depth, "vram_mb": m.vram_mb,
-                        "last_used": m.last_used} for m in self.models.values()],
+            "models": [m.summary() for m in self.models.values()],
         }
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cortex.core.errors import ApiError
+from cortex.core.errors import ApiError, Unavailable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import ModelEntry
 from cortex.gateway.fleet import Fleet, Node
@@ -46,7 +46,8 @@ from cortex.gateway.upstream import UpstreamError
 log = logging.getLogger(__name__)
 
 UP, DOWN = "up", "down"
-SATURATED, MIN, IDLE = "saturated", "min", "idle"  # why a scale action was taken
+# Why a scale action was taken; OPERATOR: `cortex load` / `cortex unload` (the admin API).
+SATURATED, MIN, IDLE, OPERATOR = "saturated", "min", "idle", "operator"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,10 @@ class Scaler:
             if idle:
                 return Action(entry.id, DOWN, IDLE, node=min(idle)[1])
         return None
+
+    def saturated_since(self, model: str) -> float | None:
+        """Since when every replica of `model` has been saturated (None: not now)."""
+        return self._saturated_since.get(model)
 
     def max_replicas(self, entry: ModelEntry) -> int:
         return entry.replicas.max or len(self.router.feasible(entry))
@@ -227,6 +232,66 @@ class Scaler:
             self._event(action, node.name, "ok")
         else:
             self._event(action, node.name, "failed", "the neuron did not unload it")
+
+    # -- what operators ask for ------------------------------------------------------------
+    def add_replica(self, entry: ModelEntry) -> tuple[Node, bool]:
+        """One more replica of `entry` on the best routable node without one, making room
+        as a cold load does (the eviction strategy); returns (node, it was already there:
+        another caller loaded it meanwhile)."""
+        def free(n: Node) -> bool:
+            m = n.models.get(entry.load_id)
+            return n.routable and (m is None or m.status not in ("loaded", "loading"))
+
+        nodes = [n for n in self.router.feasible(entry) if free(n)]
+        if not nodes:
+            where = [n.name for n in self.fleet.nodes.values()
+                     if entry.load_id in n.models and n.models[entry.load_id].status in (
+                         "loaded", "loading")]
+            raise ApiError(f"{entry.id} is loaded or loading on every healthy node it is "
+                           f"feasible on ({', '.join(where) or 'none'}); drain or free one",
+                           status=409, code="no_node_without_replica")
+        action = Action(entry.id, UP, OPERATOR)
+        errors = []
+        for node in self.router.rank(entry, nodes):
+            try:
+                self.router._load_on(node, entry)
+            except (ApiError, UpstreamError) as exc:
+                if getattr(exc, "code", "") != "insufficient_vram" and isinstance(
+                        exc, ApiError):
+                    self._event(action, node.name, "failed", exc.message[:300])
+                    raise
+                errors.append(f"{node.name}: {exc}")
+                continue
+            self._event(action, node.name, "ok")
+            return node, False
+        self._event(action, "", "failed", "; ".join(errors)[:300])
+        raise Unavailable(f"no node could load {entry.id} now: {'; '.join(errors)}",
+                          code="insufficient_vram", retry_after=5)
+
+    def operator_did(self, model: str, action: str, node: str) -> None:
+        """Record what an operator did through the admin API, among the scale events."""
+        self._event(Action(model, action, OPERATOR), node, "ok")
+
+    def view(self) -> dict[str, Any]:
+        """The fleet as `cortex top` shows it: nodes, each catalogue model's replicas and
+        loads, and this worker's scale events (newest last)."""
+        now = self.clock()
+        models = []
+        for entry in self.catalogue.entries.values():
+            on = {n.name: n.models[entry.load_id] for n in self.fleet.nodes.values()
+                  if entry.load_id in n.models}
+            since = self.saturated_since(entry.id)
+            models.append({
+                "id": entry.id, "load_id": entry.load_id,
+                "replicas": sorted(n.name for n in self.fleet.replicas(entry.load_id)),
+                "loading": sorted(k for k, m in on.items() if m.status == "loading"),
+                "min": entry.replicas.min, "max": self.max_replicas(entry),
+                "saturated_secs": round(now - since, 1) if since is not None else None,
+                "scaling": entry.id in self.acting()})
+        return {"worker": self.identity, "at": now,
+                "nodes": [n.summary() for n in self.fleet.nodes.values()],
+                "models": models,
+                "scale_events": [e.describe() for e in list(self.events)[-50:]]}
 
     def _event(self, action: Action, node: str, result: str, detail: str = "") -> None:
         self.events.append(ScaleEvent(self.clock(), action.model, action.action,

@@ -62,7 +62,8 @@ def state(gw: Gateway, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     return {"t": round(now, 3), "health": gw.health(),
             "nodes": [_node(gw, n, now) for n in gw.fleet.nodes.values()],
-            "models": _models(gw, now)}
+            "models": _models(gw, now),
+            "scale_events": [e.describe() for e in list(gw.scaler.events)[-20:]]}
 
 
 def _ttl_left(gw: Gateway, m: ModelOnNode, now: float) -> float | None:
@@ -118,6 +119,7 @@ def _models(gw: Gateway, now: float) -> list[dict[str, Any]]:
                     "keep_alive_secs": cat.keep_alive(e) or None, "vram_mb": e.vram_mb,
                     "priority": e.residency_priority,
                     "feasible_on": [n.name for n in gw.router.feasible(e)],
+                    "replicas": _replicas(gw, e, now),
                     "locations": _locations(gw, e.load_id, now)})
     for n in gw.fleet.nodes.values():
         for m in n.models.values():
@@ -140,3 +142,12 @@ def _locations(gw: Gateway, load_id: str, now: float) -> list[dict[str, Any]]:
         locs.append({"node": n.name, "status": m.status if n.healthy else "recovering",
                      "ttl_left_secs": _ttl_left(gw, m, now), "progress": m.info.get("progress")})
     return locs
+
+
+def _replicas(gw: Gateway, e: Any, now: float) -> dict[str, Any]:
+    """Replicas serving against the model's floor and ceiling, and how long every one of
+    them has been saturated (None: not saturated)."""
+    since = gw.scaler.saturated_since(e.id)
+    return {"serving": len(gw.fleet.replicas(e.load_id)), "min": e.replicas.min,
+            "max": gw.scaler.max_replicas(e),
+            "saturated_secs": round(now - since, 1) if since is not None else None}

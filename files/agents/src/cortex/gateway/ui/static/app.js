@@ -175,6 +175,7 @@ function onState(state) {
   renderHealth(state.health);
   renderNodes(state.nodes);
   renderModels(state.models);
+  renderScaleEvents(state.scale_events || []);
 }
 
 function onTick(point) {
@@ -343,6 +344,13 @@ function renderModels(models) {
     h("td", {}, h("span", { text: m.id }), m.catalogued ? null : h("span", { class: "muted", text: " (not catalogued)" })),
     h("td", { text: m.aliases.join(", ") || "–" }),
     h("td", { text: m.pinned_on.join(", ") || "–" }),
+    h("td", {}, m.replicas
+      ? h("span", { title: `min ${m.replicas.min}, max ${m.replicas.max}` },
+          badge(`${m.replicas.serving} of ${m.replicas.min}..${m.replicas.max}`,
+                m.replicas.saturated_secs !== null ? "warn" : "ok"),
+          m.replicas.saturated_secs !== null
+            ? h("span", { class: "muted", text: ` saturated ${fmtSecs(m.replicas.saturated_secs)}` }) : null)
+      : "–"),
     h("td", {}, m.locations.length
       ? m.locations.map((l) => h("span", { class: "chip" },
           l.status === "loading" && l.progress
@@ -356,7 +364,17 @@ function renderModels(models) {
         `${fmtSecs(m.keep_alive_secs)} when idle`
       : "never" })));
   $("models").tBodies[0].replaceChildren(...(rows.length ? rows
-    : [h("tr", {}, h("td", { class: "empty", colSpan: 6, text: "no models in the catalogue or on any node" }))]));
+    : [h("tr", {}, h("td", { class: "empty", colSpan: 7, text: "no models in the catalogue or on any node" }))]));
+}
+
+function renderScaleEvents(events) {
+  const rows = events.slice().reverse().map((e) => h("tr", {},
+    h("td", { text: new Date(e.at * 1000).toLocaleTimeString() }),
+    h("td", { text: e.model }), h("td", { text: e.action }), h("td", { text: e.reason }),
+    h("td", { text: e.node || "–" }),
+    h("td", { title: e.detail || "" }, badge(e.result, { ok: "ok", failed: "bad", skipped: "warn" }[e.result]))));
+  $("scale-events").tBodies[0].replaceChildren(...(rows.length ? rows
+    : [h("tr", {}, h("td", { class: "empty", colSpan: 6, text: "none yet" }))]));
 }
 
 function renderRequests() {
