@@ -25,6 +25,7 @@ from cortex.gateway.affinity import (
     Key,
     Replica,
     affinity_key,
+    order,
     place,
     prefix_digest,
     rendezvous,
@@ -280,3 +281,14 @@ def test_the_balance_thresholds_are_settings():
     assert place(S, replicas, Balance(abs_slots=2.0))[1] == AFFINITY
     assert place(S, replicas, Balance(abs_slots=0.5, rel=10))[1] == AFFINITY
     assert place(S, replicas, Balance(abs_slots=0.5, rel=1.1))[1] == SPILL
+
+
+def test_the_order_to_try_is_the_choice_then_the_keys_preference():
+    replicas = [rep(FIRST, 6), rep(SECOND, 1), rep(THIRD, 0)]  # home full
+    assert [(r.name, why) for r, why in order(S, replicas)] == [
+        (SECOND, SPILL), (THIRD, SPILL), (FIRST, SPILL)]  # the full one last
+    idle = [rep(n, 0) for n in ORDER]
+    assert [(r.name, why) for r, why in order(S, idle)] == [
+        (FIRST, AFFINITY), (SECOND, SPILL), (THIRD, SPILL)]
+    assert [(r.name, why) for r, why in order(None, [rep("b", 2), rep("a", 1)])] == [
+        ("a", LEAST_BUSY), ("b", SPILL)]

@@ -166,6 +166,21 @@ class Balance:
                 and chosen.load > self.rel * least.load)
 
 
+def order(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance()
+          ) -> list[tuple[Replica, str]]:
+    """Every replica in the order to try them (the next when one refuses as full), each
+    with its reason: `place`'s choice first, then the key's order of preference (no key:
+    the least busy first; full ones last), as spills."""
+    chosen, reason = place(key, replicas, balance)
+    if key is None:
+        rest = sorted(replicas, key=lambda r: (r.load, r.name))
+    else:
+        by_name = {r.name: r for r in replicas}
+        rest = [by_name[n] for n in rendezvous(key.value, by_name)]
+    rest.sort(key=lambda r: r.full)  # (a stable sort: the preference stays within each)
+    return [(chosen, reason)] + [(r, SPILL) for r in rest if r is not chosen]
+
+
 def place(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance()
           ) -> tuple[Replica, str]:
     """The replica for a request with `key` (None: no key, or the least_busy policy), and

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from cortex.testing.costmodel import CostModel, Full, SimReplica
 from cortex.testing.served import Served
 
 CHAT = {"id": "chatcmpl-standin", "object": "chat.completion", "created": 0,
@@ -26,10 +27,19 @@ class StandIn:
     def __init__(self, models: tuple[str, ...] = ("file:standin",), *, loaded: bool = True,
                  chat_status: int = 200, cached_tokens: int = 0, slots: int = 0,
                  max_queue_depth: int = 4, load_secs: float = 0.0,
-                 vram_free_mb: int = 15000) -> None:
+                 vram_free_mb: int = 15000, cost: CostModel | None = None,
+                 record: bool = True, host: str = "127.0.0.1") -> None:
         """`slots`: report that many slots and `max_queue_depth` for every model (0: say
-        nothing of them); `load_secs`: a load takes this long, listed as loading."""
+        nothing of them); `load_secs`: a load takes this long, listed as loading. `cost`:
+        serve chat in simulated time (cortex.testing.costmodel), slots and queue included;
+        `record`: keep every body sent (a long simulation does not)."""
         self.loaded = {m: loaded for m in models}
+        self.cost, self.record = cost, record
+        self.sims: dict[str, SimReplica] = {}
+        if cost is not None:
+            slots, max_queue_depth = cost.slots, cost.max_queue_depth
+            load_secs = cost.load_secs / cost.speed
+            self.sims = {m: SimReplica(cost) for m, up in self.loaded.items() if up}
         self.chat_status = chat_status
         self.cached_tokens = cached_tokens
         self.slots, self.max_queue_depth = slots, max_queue_depth
@@ -41,13 +51,15 @@ class StandIn:
         self.loading: set[str] = set()
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
-        self.served = Served(self._app())
+        self.served = Served(self._app(), host=host)
         self.url = self.served.url
 
     def hits(self, path: str) -> list[dict[str, Any]]:
         return [body for p, body in self.received if p == path]
 
     def close(self) -> None:
+        for sim in self.sims.values():
+            sim.stop()
         self.served.close()
 
     def _app(self) -> Flask:
@@ -80,6 +92,8 @@ class StandIn:
                     self.loading.add(model)
             if owner:
                 time.sleep(self.load_secs)
+                if self.cost is not None:
+                    self.sims[model] = SimReplica(self.cost)
                 self.loaded[model] = True
                 self.loading.discard(model)
             while model in self.loading:  # joined a load under way
@@ -92,6 +106,9 @@ class StandIn:
             if not self.loaded.get(body["model_id"]):
                 return {"error": {"message": "not loaded", "code": "model_not_found"}}, 404
             self.loaded[body["model_id"]] = False
+            sim = self.sims.pop(body["model_id"], None)
+            if sim is not None:
+                sim.stop()
             return {"model_id": body["model_id"], "status": "unloaded"}
 
         @app.post("/tokenize")
@@ -102,6 +119,8 @@ class StandIn:
         @app.post("/v1/chat/completions")
         def chat() -> Any:
             body = self._record()
+            if self.cost is not None:
+                return self._simulated(body)
             if self.chat_status != 200:
                 return {"error": {"message": "the stand-in failed on this request",
                                   "type": "server_error", "code": "internal_error"}
@@ -137,7 +156,54 @@ class StandIn:
 
         return app
 
+    def _simulated(self, body: dict[str, Any]) -> Any:
+        """A chat request served by the model's simulated replica (cost model)."""
+        sim = self.sims.get(body["model"])
+        if sim is None:
+            return {"error": {"message": f"model {body['model']!r} is not loaded",
+                              "code": "model_not_found"}}, 404
+        try:
+            job = sim.submit(render(body), int(body.get("max_tokens") or 16))
+        except Full:
+            return Response(json.dumps({"error": {
+                "message": "the stand-in's queue is full", "type": "server_error",
+                "code": "rate_limit_exceeded"}}), status=503, mimetype="application/json",
+                headers={"Retry-After": "1"})
+        chunk = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
+                 "model": body["model"]}
+
+        def usage() -> dict[str, Any]:
+            n = job.completion_tokens
+            return {"prompt_tokens": job.prompt_tokens, "completion_tokens": n,
+                    "total_tokens": job.prompt_tokens + n,
+                    "prompt_tokens_details": {"cached_tokens": job.cached_tokens}}
+
+        if not body.get("stream"):
+            text = "".join("tok " * n for n in sim.tokens(job))
+            return dict(CHAT, id="chatcmpl-sim", model=body["model"], usage=usage(),
+                        choices=[{"index": 0, "message": {"role": "assistant",
+                                                          "content": text},
+                                  "finish_reason": "length"}])
+
+        def events() -> Any:
+            for n in sim.tokens(job):
+                delta = {"index": 0, "delta": {"content": "tok " * n}}
+                yield f"data: {json.dumps(dict(chunk, choices=[delta]))}\n\n"
+            end = {"index": 0, "delta": {}, "finish_reason": "length"}
+            yield f"data: {json.dumps(dict(chunk, choices=[end]))}\n\n"
+            yield f"data: {json.dumps(dict(chunk, choices=[], usage=usage()))}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return Response(events(), mimetype="text/event-stream")
+
     def _health(self, model: str) -> dict[str, Any]:
+        sim = self.sims.get(model)
+        if sim is not None:
+            return {"id": model, "in_flight": sim.in_flight, "queue_depth": sim.queue_depth,
+                    "last_used": sim.last_used, "queue_wait_secs": sim.queue_wait(),
+                    "slots": {"busy": sim.in_flight, "total": self.cost.slots},
+                    "max_in_flight": self.cost.slots,
+                    "max_queue_depth": self.cost.max_queue_depth}
         out = {"id": model, "in_flight": self.in_flight, "queue_depth": self.queue_depth,
                "last_used": self.last_used.get(model, time.time())}
         if self.slots:
@@ -147,6 +213,20 @@ class StandIn:
 
     def _record(self) -> dict[str, Any]:
         body = request.get_json()
+        if not self.record:
+            return body
         with self.lock:
             self.received.append((request.path, body))
         return body
+
+
+def render(body: dict[str, Any]) -> str:
+    """A chat body's prompt as text, in the order a template renders it: tools, then each
+    message with its role (what the simulated cache matches prefixes on)."""
+    parts = [json.dumps(body.get("tools") or [], sort_keys=True)]
+    for m in body.get("messages") or []:
+        content = m.get("content")
+        if not isinstance(content, str):
+            content = json.dumps(content, sort_keys=True)
+        parts.append(f"<|{m.get('role')}|>{content}")
+    return "".join(parts)
