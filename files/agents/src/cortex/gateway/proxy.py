@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from cortex.gateway.auth import Hold, Principal
 from cortex.gateway.config import ModelEntry
 from cortex.gateway.http1 import HttpError
 from cortex.gateway.http1 import Response as UpstreamResponse
+from cortex.gateway.relay.sse import DONE, Reading, Scanner, billed, data_of, events
 from cortex.gateway.reply import Closing, Reply
 from cortex.gateway.router import Target
 from cortex.gateway.upstream import UpstreamError
@@ -47,7 +47,8 @@ DRAIN_BYTES, DRAIN_S = 1 << 18, 2.0
 
 @dataclass
 class Outcome:
-    """What one proxied request did, for metrics and spend."""
+    """What one proxied request did, for metrics and spend; the tokens are what it is
+    billed, set when it finishes."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -55,6 +56,7 @@ class Outcome:
     status: int = 200
     code: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    reading: Reading = field(default_factory=Reading)  # what the neuron's answer said
 
 
 def client_headers(environ: dict[str, Any]) -> dict[str, str]:
@@ -120,8 +122,9 @@ class Exchange:
     def usage_known(self) -> None:
         """The neuron said what the request used: the key's hold shrinks to it now, before
         the client can send its next request (the spend is stored after the reply)."""
-        if self.hold is not None:
-            self.hold.known(self.outcome.prompt_tokens + self.outcome.completion_tokens)
+        usage = self.outcome.reading.usage
+        if self.hold is not None and usage is not None:
+            self.hold.known(usage.total)
 
 
 def forward(gw: Gateway, path: str, body: dict, principal: Principal,
@@ -138,7 +141,7 @@ def forward(gw: Gateway, path: str, body: dict, principal: Principal,
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
                      _relay(ex))
     data = fetch_body(ex)
-    _account_parsed(_json_reply(ex, data), ex.outcome)
+    ex.outcome.reading.chunk(_json_reply(ex, data))
     ex.usage_known()
     # The gateway's own time: before the request went out, and since the reply came in.
     overhead = ex.outcome.extra["sent_s"] + time.monotonic() - ex.outcome.first_chunk_at
@@ -214,15 +217,17 @@ def open_exchange(gw: Gateway, path: str, body: dict, principal: Principal,
             raise ApiError(f"could not reach a neuron for {name}: {failure}", status=502,
                            code="upstream_connection_error", type="api_error") from None
     gw.metrics.target(target.public_id, target.node.name).requests.inc()
-    outcome = Outcome(status=upstream.status, extra={"sent_s": sent_at - started})
+    outcome = Outcome(status=upstream.status, extra={"sent_s": sent_at - started,
+                                                     "answered": upstream.status == 200})
     return Exchange(target, upstream, outcome,
-                    _finisher(gw, target, principal, outcome, started, hold, on_done), hold)
+                    _finisher(gw, target, principal, outcome, started, hold, on_done,
+                              lambda: estimate_prompt_tokens(body)), hold)
 
 
 def read_body(ex: Exchange) -> bytes:
     """The whole (non-streaming) answer, whatever it is; accounts for it."""
     data = fetch_body(ex)
-    _account_body(data, ex.outcome)
+    ex.outcome.reading.chunk(fastjson.parse(data))
     ex.finish()
     return data
 
@@ -231,7 +236,7 @@ def read_json(ex: Exchange) -> dict[str, Any]:
     """The whole (non-streaming) answer as the neuron API's JSON object, parsed once (a 502
     if it is not); accounts for it."""
     body = _json_reply(ex, fetch_body(ex))
-    _account_parsed(body, ex.outcome)
+    ex.outcome.reading.chunk(body)
     ex.finish()
     return body
 
@@ -290,58 +295,19 @@ def _json_reply(ex: Exchange, data: bytes) -> dict[str, Any]:
                    code="upstream_bad_reply")
 
 
-def _account_body(data: bytes, outcome: Outcome) -> None:
-    try:
-        body = fastjson.loads(data)
-    except ValueError:
-        return
-    _account_parsed(body, outcome)
-
-
-def _account_parsed(body: Any, outcome: Outcome) -> None:
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if usage:
-        outcome.prompt_tokens = usage.get("prompt_tokens", 0)
-        outcome.completion_tokens = usage.get("completion_tokens", 0)
-    if isinstance(body, dict) and "error" in body:
-        err = body["error"]
-        outcome.code = err.get("code") or err.get("kind") or "upstream_error"
-
-
 def _relay(ex: Exchange) -> Iterator[bytes]:
-    """Yield the neuron's SSE bytes as they come; note usage; end with an error if cut."""
+    """Yield the neuron's SSE bytes as they come, whole events only (a cut never relays
+    half an event); note what they say; end with an error event if the stream breaks."""
     upstream, outcome = ex.response, ex.outcome
-    recent: deque[bytes] = deque(maxlen=3)  # the usage chunk comes just before [DONE]
-    edge = b""  # the last bytes seen, for a marker split across reads
-    done = accounted = False
-    first = b""
-    events = 0  # relayed: a floor on the tokens generated, if the usage never comes
+    scanner, reading = Scanner(), outcome.reading
     pieces = _raw(upstream, outcome)
-    held = b""  # the start of an event not yet whole: a cut never relays half an event
     try:
         for piece in pieces:
-            chunk = held + piece if held else piece
-            end = chunk.rfind(b"\n\n") + 2
-            if end < 2:
-                held = chunk
-                continue
-            if end < len(chunk):
-                chunk, held = chunk[:end], chunk[end:]
-            else:
-                held = b""
-            if not first and b"data: " in chunk:  # (a queued neuron's comments come first)
-                first = chunk
-            recent.append(chunk)
-            events += chunk.count(b"data: ")
-            window = edge + chunk  # only new bytes are searched, not the whole stream
-            edge = window[-11:]
-            if not done and b"data: [DONE]" in window:
-                done = True  # the usage is in: account for it before the client has the end
-                _account_stream_tail(b"".join(recent)[-8192:], outcome)
-                ex.usage_known()
-                accounted = True
-            yield chunk
-        if not done:
+            run = scanner.feed(piece)
+            if run:
+                _take(ex, reading, run)
+                yield run
+        if not reading.done:
             raise HttpError("the stream ended without [DONE]")
     except (HttpError, OSError) as exc:
         outcome.status, outcome.code = 502, "upstream_stream_error"
@@ -351,46 +317,35 @@ def _relay(ex: Exchange) -> Iterator[bytes]:
         yield sse_event(err.body())
     except GeneratorExit:  # the client went away: still bill what the neuron generated
         outcome.code = "client_closed"
-        if not done:  # (gone just as the end went out: nothing more to read)
-            done = _drain(pieces, recent, edge)
-        if not done:
-            _estimate_usage(first, events - 1, outcome)  # the first event is the role
+        _drain(pieces, scanner, reading)
         raise
     finally:
-        upstream.release() if done else upstream.close()
-        if not accounted:  # cut off, or drained after the client left
-            _account_stream_tail(b"".join(recent)[-8192:], outcome)
+        upstream.release() if reading.done else upstream.close()
         _finish_quietly(ex.finish)
 
 
-def _drain(pieces: Iterator[bytes], recent: deque[bytes], edge: bytes) -> bool:
+def _take(ex: Exchange, reading: Reading, run: bytes) -> None:
+    """Note a run of whole events; once its usage is in, the hold shrinks to it before the
+    client has the stream's end (and may send its next request)."""
+    had_usage = reading.usage is not None
+    reading.take(run)
+    if not had_usage and reading.usage is not None:
+        ex.usage_known()
+
+
+def _drain(pieces: Iterator[bytes], scanner: Scanner, reading: Reading) -> None:
     """Read a little more of a stream nobody listens to (`pieces`: where the relay left
-    off), for its usage chunk; True if its end ([DONE]) came within DRAIN_BYTES, DRAIN_S."""
+    off), for its usage; up to its end, DRAIN_BYTES or DRAIN_S, whichever comes first."""
     deadline, left = time.monotonic() + DRAIN_S, DRAIN_BYTES
     try:
-        for chunk in pieces:
-            recent.append(chunk)
-            window = edge + chunk
-            if b"data: [DONE]" in window:
-                return True
-            edge = window[-11:]
-            left -= len(chunk)
-            if left <= 0 or time.monotonic() > deadline:
+        while not reading.done and left > 0 and time.monotonic() < deadline:
+            piece = next(pieces, None)
+            if piece is None:
                 break
+            left -= len(piece)
+            reading.take(scanner.feed(piece))
     except (HttpError, OSError):
         pass
-    return False
-
-
-def _estimate_usage(first: bytes, events: int, outcome: Outcome) -> None:
-    """For a stream cut short of its usage chunk: the prompt's size from the neuron's first
-    chunk, and each content event relayed counted as at least one token."""
-    at = first.find(b'"helexa_prompt_tokens":')
-    if at >= 0:
-        digits = first[at + 23: at + 33].split(b",")[0].split(b"}")[0].strip()
-        if digits.isdigit():
-            outcome.prompt_tokens = int(digits)
-    outcome.completion_tokens = max(outcome.completion_tokens, events)
 
 
 def _finish_quietly(finish: Callable[[], None]) -> None:
@@ -406,29 +361,25 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
     """The neuron's SSE chunks, parsed, for a caller that re-shapes them; None stands for a
     keep-alive. A broken stream raises ApiError (502); spend is recorded at the end, also
     when the caller stops early (the client hung up)."""
-    done = False
-    buf = b""
-    events = 0
+    scanner, reading = Scanner(), ex.outcome.reading
     pieces = _raw(ex.response, ex.outcome)
     try:
-        for raw in pieces:
-            *lines, buf = (buf + raw).split(b"\n")
-            for line in lines:
-                if line.startswith(b":"):
+        for piece in pieces:
+            run = scanner.feed(piece)
+            for event in events(run) if run else ():
+                data = data_of(event)
+                if data is None:
                     yield None
-                elif line == b"data: [DONE]":
-                    done = True
-                elif line.startswith(b"data: "):
-                    chunk = fastjson.loads(line[6:])
-                    _account_chunk(chunk, ex.outcome)
-                    if isinstance(chunk, dict) and chunk.get("usage"):
+                elif data == DONE:
+                    reading.done = True
+                else:
+                    chunk = fastjson.loads(data)
+                    had_usage = reading.usage is not None
+                    reading.chunk(chunk)
+                    if not had_usage and reading.usage is not None:
                         ex.usage_known()
-                    if isinstance(chunk, dict):
-                        events += 1
-                        if events == 1 and isinstance(chunk.get("helexa_prompt_tokens"), int):
-                            ex.outcome.prompt_tokens = chunk["helexa_prompt_tokens"]
                     yield chunk
-        if not done:
+        if not reading.done:
             raise HttpError("the stream ended without [DONE]")
     except (HttpError, OSError, ValueError) as exc:
         ex.outcome.status, ex.outcome.code = 502, "upstream_stream_error"
@@ -437,15 +388,10 @@ def iter_chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
                        code="upstream_stream_error") from None
     except GeneratorExit:  # the client went away: still bill what the neuron generated
         ex.outcome.code = "client_closed"
-        tail: deque[bytes] = deque([buf], maxlen=3)
-        done = _drain(pieces, tail, buf[-11:])
-        if done:
-            _account_stream_tail(b"".join(tail)[-8192:], ex.outcome)
-        else:
-            ex.outcome.completion_tokens = max(ex.outcome.completion_tokens, events - 1)
+        _drain(pieces, scanner, reading)
         raise
     finally:
-        ex.response.release() if done else ex.response.close()
+        ex.response.release() if reading.done else ex.response.close()
         _finish_quietly(ex.finish)
 
 
@@ -457,37 +403,16 @@ def _raw(upstream: UpstreamResponse, outcome: Outcome) -> Iterator[bytes]:
             yield chunk
 
 
-def _account_chunk(chunk: Any, outcome: Outcome) -> None:
-    if not isinstance(chunk, dict):
-        return
-    if chunk.get("usage"):
-        outcome.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
-        outcome.completion_tokens = chunk["usage"].get("completion_tokens", 0)
-    if isinstance(chunk.get("error"), dict):  # the neuron gave up mid-stream (it said why)
-        err = chunk["error"]
-        outcome.status = 500
-        outcome.code = err.get("code") or err.get("kind") or "upstream_error"
-
-
-def _account_stream_tail(tail: bytes, outcome: Outcome) -> None:
-    at = tail.rfind(b'"usage"')
-    if at < 0:
-        return
-    start = tail.rfind(b"data: ", 0, at)
-    end = tail.find(b"\n", at)
-    try:
-        chunk = fastjson.loads(tail[start + 6: end if end > 0 else None])
-    except ValueError:
-        return
-    usage = chunk.get("usage") or {}
-    outcome.prompt_tokens = usage.get("prompt_tokens", 0)
-    outcome.completion_tokens = usage.get("completion_tokens", 0)
-
-
 def _finisher(gw: Gateway, target: Target, p: Principal, outcome: Outcome, started: float,
-              hold: Hold | None,
-              on_done: Callable[[Outcome], None] | None) -> Callable[[], None]:
+              hold: Hold | None, on_done: Callable[[Outcome], None] | None,
+              prompt_estimate: Callable[[], int]) -> Callable[[], None]:
     def finish() -> None:
+        reading = outcome.reading
+        bill = billed(reading, outcome.extra["answered"], prompt_estimate)
+        outcome.prompt_tokens, outcome.completion_tokens = bill.prompt_tokens, \
+            bill.completion_tokens
+        if reading.error is not None and outcome.status < 400:  # the neuron gave up
+            outcome.status, outcome.code = 500, reading.error
         tm = gw.metrics.target(target.public_id, target.node.name)
         now = time.monotonic()
         tm.duration.observe(now - started)

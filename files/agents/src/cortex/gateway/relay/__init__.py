@@ -1,0 +1,1 @@
+"""The relay: a request sent to a neuron and its answer back, read once and billed once."""
