@@ -21,7 +21,7 @@ from llama_cpp import _internals as internals
 from cortex.neuron import forced_tools
 from cortex.neuron.chat import Prompt
 from cortex.neuron.engines.llama_cpp import LlamaCppEngine
-from cortex.neuron.outputs import THINK_CLOSE
+from cortex.neuron.families.base import THINK_CLOSE
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "additionalProperties": False, "required": ["city"],

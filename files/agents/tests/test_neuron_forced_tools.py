@@ -18,7 +18,7 @@ import pytest
 from openai import OpenAI
 
 from cortex.neuron import chat as chatmod
-from cortex.neuron.outputs import TOOL_OPEN
+from cortex.neuron.families.hermes import TOOL_OPEN
 from cortex.testing.smollm2 import smollm2_path
 from cortex.testing.tiny_gguf import EOS, SCRIPT_HELLO, SCRIPT_TOOL, build_tiny_gguf, script_text
 

@@ -202,11 +202,17 @@ class ModelEntry:
     # Every replica saturated this long: one more; a replica past `min` idle this long: out.
     scale_up_after_secs: float = 10.0
     scale_down_after_secs: float = 300.0
+    # How the neuron reads the model's tool calls and reasoning (a family name such as
+    # "qwen3_coder"), for a chat template it does not recognise; "" = from the template.
+    chat_format: str = ""
 
     def __post_init__(self) -> None:
         if self.scale_up_after_secs < 0 or self.scale_down_after_secs < 0:
             raise ValueError(f"[[models]] {self.id}: scale_up_after_secs and "
                              "scale_down_after_secs must be >= 0")
+        if not re.fullmatch(r"[a-z0-9_]*", self.chat_format):
+            raise ValueError(f"[[models]] {self.id}: chat_format must be a format's name "
+                             "such as 'qwen3_coder' (see the neuron's /models)")
         if self.residency_priority is None:
             self.residency_priority = 1000 if self.pinned_on else 100
         if self.keep_alive is not None:

@@ -215,10 +215,11 @@ class Router:
         for attempt in range(8):
             if need and node.vram_free_mb < need:
                 self._evict_for(node, entry, need, lower_only=lower_only)
+            load = {"model_id": entry.load_id, "harness": entry.harness, "quant": entry.quant}
+            if entry.chat_format:  # (families' change: the neuron reads calls this way)
+                load["chat_format"] = entry.chat_format
             status, body = self.fleet.upstream.post_json(
-                f"{node.endpoint}/models/load",
-                {"model_id": entry.load_id, "harness": entry.harness, "quant": entry.quant},
-                read=self.load_timeout)
+                f"{node.endpoint}/models/load", load, read=self.load_timeout)
             if status == 200:
                 self.metrics.cold_starts.labels(entry.id, node.name).inc()
                 if not self._waiting.get(entry.load_id):

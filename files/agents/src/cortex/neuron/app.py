@@ -26,7 +26,7 @@ from cortex.core.http import (
     sse_response,
 )
 from cortex.core.validate import get_number, get_str, invalid
-from cortex.neuron import embeddings, inference, status
+from cortex.neuron import embeddings, families, inference, status
 from cortex.neuron.composition import Neuron
 from cortex.neuron.config import MAX_PARALLEL, NeuronConfig
 from cortex.neuron.inference import Caller
@@ -140,7 +140,8 @@ def load() -> Any:
                       tensor_parallel=get_number(body, "tensor_parallel", 1, lo=1,
                                                  integer=True),
                       devices=devices, parallel=_parallel(body),
-                      embeddings_only=_embeddings_only(body))
+                      embeddings_only=_embeddings_only(body),
+                      chat_format=_chat_format(body))
     loaded, fresh = _neuron().registry.load(req)
     return json_response({"status": "loaded", "model_id": loaded.id, "already_loaded": not fresh,
                           "model": loaded.describe()})
@@ -151,6 +152,14 @@ def _parallel(body: dict) -> int | None:
     if body.get("parallel") is None:
         return None
     return int(get_number(body, "parallel", 0, lo=0, hi=MAX_PARALLEL, integer=True))
+
+
+def _chat_format(body: dict) -> str:
+    """The model family to read the model's output as; absent or "": from its template."""
+    name = get_str(body, "chat_format", "") or ""
+    if name:
+        families.named(name)  # 400 naming the known formats
+    return name
 
 
 def _embeddings_only(body: dict) -> bool | None:

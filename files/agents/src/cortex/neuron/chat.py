@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from cortex.core.errors import BadRequest
 from cortex.core.validate import get_bool, get_number, get_stop, invalid
-from cortex.neuron import chat_template
+from cortex.neuron import chat_template, families, special_tokens
 from cortex.neuron.config import SamplingDefaults
 from cortex.neuron.engines import GenerationRequest, LoadedModel
-from cortex.neuron.outputs import THINK_OPEN, TOOL_OPEN
+from cortex.neuron.families import Family
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-
-# For models whose template knows nothing of tools: describe them the Hermes way, which
-# is also the format the output parser reads back.
-TOOLS_SYSTEM = (
-    "You may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
-    "{tools}\n</tools>\n\n"
-    "For each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n"
-    '{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
-)
 
 
 @dataclass
 class Prompt:
     text: str
     tokens: list[int]
-    in_reasoning: bool  # the template opened <think> for the model
+    in_reasoning: bool  # the template opened the model's thought (`<think>`) for it
     tools: bool
+    family: Family = field(default_factory=lambda: families.FAMILIES["generic"])
+    offered: list[dict[str, Any]] = field(default_factory=list)  # the tools, as sent
 
 
 def sampling(body: dict, *, prompt_tokens: list[int], n_ctx: int, max_prompt_tokens: int,
@@ -70,37 +62,55 @@ def stops(body: dict) -> list[str]:
     return get_stop(body)
 
 
-def chat_prompt(body: dict, model: LoadedModel) -> Prompt:
+def chat_prompt(body: dict, model: LoadedModel, family: Family | None = None) -> Prompt:
+    """The prompt of a chat request, rendered by the model's template the way its family
+    (`family`, else read off the template) expects."""
+    family = family or families.detect(model.chat_template)
+    # Special-token text in what the client sent stays text (special_tokens.py).
+    pattern = special_tokens.control_pattern(model)
+    text, offered = render(body, model.chat_template, family,
+                           bos_token=model.token_text(model.bos_token_id),
+                           eos_token=model.token_text(model.eos_token_id), pattern=pattern)
+    plain = special_tokens.plain(text)
+    bos = model.token_text(model.bos_token_id)
+    add_bos = model.add_bos and not (bos and plain.startswith(bos))
+    tokens = special_tokens.tokenize(model, text, add_bos=add_bos, pattern=pattern)
+    return Prompt(plain, tokens, in_reasoning=family.opens_reasoning(plain),
+                  tools=bool(offered), family=family, offered=offered)
+
+
+def render(body: dict, template: str | None, family: Family, *, bos_token: str = "",
+           eos_token: str = "", pattern: re.Pattern | None = None
+           ) -> tuple[str, list[dict[str, Any]]]:
+    """The chat request's prompt text (special-token text of the client's fenced, see
+    special_tokens.py) and the tools offered to the model."""
     messages = _messages(body.get("messages"))
     offered, forced = _offered(body)
     tools = [t for _, t in offered] or None
-    template = model.chat_template or ""
-    if tools and ("tools" not in template or (forced and TOOL_OPEN not in template)):
-        # The template knows no tools, or writes calls its own way where a forced call
-        # must be written the parser's way: describe them the Hermes way, and only so.
-        messages = _tools_in_system(messages, tools)
-        tools = None if forced else tools
-    kwargs: dict[str, Any] = {}
+    source = template or ""
+    if tools and not family.describes_tools(source, forced=bool(forced)):
+        # The template knows no tools (or, for a syntax we cannot read, a call is forced):
+        # describe them in the system prompt, in the syntax the family's parser reads.
+        messages = _tools_in_system(messages, tools, family)
+        tools = None
+    messages = family.prepare(messages, source)
+    kwargs: dict[str, Any] = family.template_kwargs(body)
     reasoning = thinking(body)
     if reasoning is not None:
         kwargs["enable_thinking"] = reasoning
     try:
         text = chat_template.render(
-            model.chat_template, messages, tools=tools,
-            bos_token=model.token_text(model.bos_token_id),
-            eos_token=model.token_text(model.eos_token_id), add_generation_prompt=True,
-            **kwargs)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as exc:
+            template, special_tokens.fence(messages, pattern),
+            tools=special_tokens.fence(tools, pattern), bos_token=bos_token,
+            eos_token=eos_token, add_generation_prompt=True, **kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError,
+            RecursionError) as exc:
         # The template is trusted code run on the client's data (its tool schemas, say):
         # a Python error inside it is a request it cannot render, not a server fault.
         raise BadRequest(f"the model's chat template failed on these messages or tools: "
                          f"{type(exc).__name__}: {exc}", code="chat_template_error",
                          param="messages") from None
-    bos = model.token_text(model.bos_token_id)
-    add_bos = model.add_bos and not (bos and text.startswith(bos))
-    tokens = model.tokenize(text, add_bos=add_bos, special=True)
-    return Prompt(text, tokens, in_reasoning=text.rstrip().endswith(THINK_OPEN),
-                  tools=bool(offered))
+    return text, [t for _, t in offered]
 
 
 def thinking(body: dict) -> bool | None:
@@ -251,8 +261,8 @@ def _opt_str(obj: dict, key: str, where: str) -> str:
     return value
 
 
-def _tools_in_system(messages: list[dict], tools: list[dict]) -> list[dict]:
-    block = TOOLS_SYSTEM.format(tools="\n".join(json.dumps(t["function"]) for t in tools))
+def _tools_in_system(messages: list[dict], tools: list[dict], family: Family) -> list[dict]:
+    block = family.tools_system("\n".join(json.dumps(t["function"]) for t in tools))
     if messages and messages[0]["role"] == "system":
         first = dict(messages[0], content=f"{messages[0]['content']}\n\n{block}")
         return [first, *messages[1:]]

@@ -1,7 +1,9 @@
 """Renders a model's own chat template (GGUF `tokenizer.chat_template`) safely.
 
-Templates come from model files, i.e. from strangers: they run in jinja2's immutable
-sandbox, with the few helpers Hugging Face templates expect.
+Templates come from model files, i.e. from strangers: they run in jinja2's sandbox, with
+the few helpers Hugging Face templates expect. The sandbox lets a template change lists it
+builds (Kimi K2's keep a queue of call ids with `append`/`pop`); what it is given is this
+request's own copy, so nothing it changes outlives the render.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment
 
 from cortex.core.errors import BadRequest
+from cortex.neuron import special_tokens
 
 # Used when a GGUF carries no template: ChatML is what most small instruct models expect.
 CHATML = (
@@ -33,16 +36,28 @@ def _raise(message: str) -> None:
 
 def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False,
             separators: Any = None, sort_keys: bool = False) -> str:
-    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii,
-                      separators=tuple(separators) if separators else None, sort_keys=sort_keys)
+    seps = tuple(separators) if separators else None
+    text = json.dumps(value, indent=indent, ensure_ascii=False, separators=seps,
+                      sort_keys=sort_keys)
+    if ensure_ascii and not (special_tokens.OPEN in text or special_tokens.CLOSE in text):
+        # (escaped, the fences around special-token text would be lost)
+        text = json.dumps(value, indent=indent, ensure_ascii=True, separators=seps,
+                          sort_keys=sort_keys)
+    return text
+
+
+def now() -> datetime:
+    """The date templates print (`strftime_now`); tests fix it."""
+    return datetime.now()
 
 
 @lru_cache(maxsize=32)
 def _compile(source: str):
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = SandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                               extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["strftime_now"] = lambda fmt: now().strftime(fmt)
     return env.from_string(source)
 
 

@@ -57,6 +57,7 @@ class DefaultModel:
     quant: str = ""
     harness: str = ""
     devices: list[int] = field(default_factory=list)
+    chat_format: str = ""  # a model family's name for a template we do not recognise
 
 
 @dataclass

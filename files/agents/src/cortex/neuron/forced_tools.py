@@ -1,43 +1,36 @@
 """`tool_choice` "required" or a named function: a grammar that admits tool calls alone.
 
-Calls are written the Hermes/Qwen way, `<tool_call>{"name": ..., "arguments": {...}}
-</tool_call>`, the one format OutputParser reads; the grammar is built from the parser's own
-markers so the two cannot disagree, and chat.py prompts for that format whenever the model's
-template does not. Each tool's `parameters` goes through the JSON-schema converter that
-response_format uses, and the grammar is checked lazily in the sequence's sampler chain
-(engines/llama_cpp.py), so a model that would call anyway pays one check a token.
+Calls are written in the model's family's own syntax (`Family.call_rule`: Hermes JSON in
+`<tool_call>`, Qwen3-Coder's XML, Mistral's `[TOOL_CALLS]`, Harmony's commentary channel...),
+the syntax its parser reads back. Each tool's `parameters` goes through the JSON-schema
+converter that response_format uses (for the XML families, each parameter's schema), and
+the grammar is checked lazily in the sequence's sampler chain (engines/llama_cpp.py), so a
+model that would call anyway pays one check a token.
 
 - parallel_tool_calls false: exactly one call. True or absent (OpenAI's default): one or
-  more, a newline allowed between them. After the last call only end-of-generation fits, so
+  more, as the family joins them. After the last call only end-of-generation fits, so
   finish_reason is "tool_calls" whenever max_tokens leaves room for the call.
 - A reasoning model may think first. Such models are trained to plan before they act, and
   forcing the call from the first token takes that away (llama.cpp's server admits the
   thought too). The thought goes to reasoning_content, so the reply still holds calls alone.
-  When the template opened `<think>` the reply starts inside the thought; when the template
-  knows `<think>` and the request did not turn thinking off, a `<think>` block is optional.
+  When the template opened the thought the reply starts inside it; when the model reasons
+  and the request did not turn thinking off, a thought is optional.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from typing import TYPE_CHECKING, Any
 
 from cortex.core.errors import ApiError, BadRequest
 from cortex.core.validate import get_bool
 from cortex.neuron import chat as chatmod
-from cortex.neuron.outputs import THINK_CLOSE, THINK_OPEN, TOOL_CLOSE, TOOL_OPEN
+from cortex.neuron.families.grammar import Rules
 from cortex.neuron.structured import SchemaError, schema_gbnf
 
 if TYPE_CHECKING:
     from cortex.neuron.chat import Prompt
     from cortex.neuron.engines import LoadedModel
 
-_RULE = re.compile(r"^([A-Za-z0-9-]+) ::= ", re.M)
-# A GBNF rule body's pieces: literals and character classes (never renamed), repetition
-# counts, rule names, and single characters.
-_PIECE = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|\{[\d,\s]*\}|[A-Za-z0-9-]+|.',
-                    re.S)
 _PROBE = 'root ::= "{}"'  # any engine that enforces grammars takes this one
 
 
@@ -53,26 +46,27 @@ def grammar_for(body: dict, forced: list[tuple[int, dict[str, Any]]], model: Loa
                 prompt: Prompt) -> str:
     """The grammar of the reply to `body`, which must call one of `forced`; checked against
     the model's engine (a 400 naming the tool whose schema it cannot take)."""
-    parts = [_arguments(i, tool) for i, tool in forced]
-    rules = ['space ::= " "?']
-    for n, ((_, tool), args) in enumerate(zip(forced, parts, strict=True)):
-        rules += _prefixed(args, f"t{n}-")
-        rules.append(
-            f'call-{n} ::= "{{" space "\\"name\\"" space ":" space '
-            f'{_literal(json.dumps(tool["function"]["name"], ensure_ascii=False))} space '
-            f'"," space "\\"arguments\\"" space ":" space t{n}-root "}}" space')
-    alts = " | ".join(f"call-{n}" for n in range(len(forced)))
-    rules.append(f'call ::= {_literal(TOOL_OPEN)} "\\n"? ( {alts} ) "\\n"? '
-                 f'{_literal(TOOL_CLOSE)}')
-    calls = ('call ( "\\n"? call )*' if get_bool(body, "parallel_tool_calls", True)
-             else "call")
-    rules.append(f"root ::= {_thought(body, model, prompt, rules)}{calls}")
-    grammar = "\n".join(rules)
-    _check(model, grammar, forced, parts)
+    family = prompt.family
+    r = Rules()
+    alts = []
+    for i, tool in forced:
+        params = _parameters(i, tool)
+        try:
+            alts.append(family.call_rule(r, tool["function"]["name"], params))
+        except SchemaError as exc:
+            raise _bad(f"tools[{i}].function.parameters", str(exc)) from None
+    one = r.add(" | ".join(f"( {a} )" for a in alts), "call")
+    calls = family.calls_rule(one, get_bool(body, "parallel_tool_calls", True))
+    may_think = (family.knows_reasoning(model.chat_template or "")
+                 and chatmod.thinking(body) is not False)
+    thought = family.thought_rule(r, in_reasoning=prompt.in_reasoning, may_think=may_think)
+    r.rules.append(f"root ::= {thought}{calls}")
+    grammar = r.text()
+    _check(model, grammar, forced)
     return grammar
 
 
-def _arguments(index: int, tool: dict[str, Any]) -> str:
+def _parameters(index: int, tool: dict[str, Any]) -> dict[str, Any]:
     where = f"tools[{index}].function.parameters"
     params = tool["function"].get("parameters")
     if params is None:  # no schema: any JSON object
@@ -81,40 +75,14 @@ def _arguments(index: int, tool: dict[str, Any]) -> str:
         raise _bad(where, 'expected the JSON Schema of an object: {"type": "object", '
                           '"properties": {...}}')
     try:
-        return schema_gbnf(params)
+        schema_gbnf(params)  # the whole schema must convert, whatever the family writes
     except SchemaError as exc:
         raise _bad(where, str(exc)) from None
+    return params
 
 
-def _thought(body: dict, model: LoadedModel, prompt: Prompt, rules: list[str]) -> str:
-    """The grammar's start: the rest of an opened thought, an optional one, or nothing."""
-    template = model.chat_template or ""
-    knows = THINK_OPEN in template or "enable_thinking" in template  # as /models reports it
-    if not prompt.in_reasoning and not (knows and chatmod.thinking(body) is not False):
-        return ""
-    rules += _without(THINK_CLOSE, "thought")
-    closed = f'thought-0 {_literal(THINK_CLOSE)} "\\n"{{0,2}} '
-    return closed if prompt.in_reasoning else f"( {_literal(THINK_OPEN)} {closed})? "
-
-
-def _without(marker: str, name: str) -> list[str]:
-    """Rules `name-0`.. for any text that never contains `marker`: the states of a matcher
-    that has read the first k characters of it (`marker[0]` must not recur in it)."""
-    first = marker[0]
-    rules = []
-    for k, want in enumerate(marker):
-        alts = []
-        if k + 1 < len(marker):
-            alts.append(f"{_literal(want)} {name}-{k + 1}")
-        if want != first:
-            alts.append(f"{_literal(first)} {name}-1")
-        alts.append(f"[^{_chars({want, first})}] {name}-0")
-        rules.append(f"{name}-{k} ::= ( {' | '.join(alts)} )?")
-    return rules
-
-
-def _check(model: LoadedModel, grammar: str, forced: list[tuple[int, dict[str, Any]]],
-           parts: list[str]) -> None:
+def _check(model: LoadedModel, grammar: str, forced: list[tuple[int, dict[str, Any]]]
+           ) -> None:
     try:
         model.check_grammar(grammar)
         return
@@ -126,34 +94,14 @@ def _check(model: LoadedModel, grammar: str, forced: list[tuple[int, dict[str, A
         raise BadRequest("tool_choice: this model's engine cannot force a tool call; use "
                          "tool_choice 'auto' or load the model with harness 'llama_cpp'",
                          code="invalid_tool_choice", param="tool_choice") from None
-    for (i, _), part in zip(forced, parts, strict=True):
+    for i, tool in forced:
         try:
-            model.check_grammar(part)
+            model.check_grammar(schema_gbnf(_parameters(i, tool)))
         except ApiError:
             raise _bad(f"tools[{i}].function.parameters",
                        "the schema gave a grammar llama.cpp rejects") from None
     raise BadRequest("tool_choice: llama.cpp rejects the grammar of these tools",
                      code="invalid_tool_choice", param="tool_choice")
-
-
-def _prefixed(gbnf: str, prefix: str) -> list[str]:
-    """A grammar's rules with every rule name prefixed, so that several tools' grammars
-    (each with its own `root`, `space`, property rules) live side by side."""
-    pieces = _RULE.split(gbnf)[1:]
-    rules = dict(zip(pieces[::2], pieces[1::2], strict=True))
-
-    def rename(body: str) -> str:
-        return "".join(prefix + p if p in rules else p for p in _PIECE.findall(body.strip()))
-
-    return [f"{prefix}{name} ::= {rename(body)}" for name, body in rules.items()]
-
-
-def _literal(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _chars(chars: set[str]) -> str:
-    return "".join(f"\\x{ord(c):02X}" for c in sorted(chars))
 
 
 def _bad(where: str, message: str) -> ApiError:

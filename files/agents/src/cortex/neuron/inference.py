@@ -7,6 +7,7 @@ call here holds a lease on the model, so an unload never frees it under this thr
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 import uuid
@@ -18,12 +19,15 @@ from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.wire import sse_event
 from cortex.neuron import chat as chatmod
 from cortex.neuron import forced_tools, structured
-from cortex.neuron.outputs import OutputParser, Part
+from cortex.neuron.families import Part, Tools
 from cortex.neuron.scheduler import Job
 
 if TYPE_CHECKING:
+    from cortex.neuron.chat import Prompt
     from cortex.neuron.composition import Neuron
     from cortex.neuron.registry import Loaded
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_SECS = 5.0
 
@@ -57,7 +61,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     if forced and grammar is not None:
         raise forced_tools.conflict()
     with loaded.lease() as model:
-        prompt = (chatmod.chat_prompt(body, model) if chat
+        prompt = (chatmod.chat_prompt(body, model, loaded.family) if chat
                   else chatmod.completion_prompt(body, model))
         if forced:
             grammar = forced_tools.grammar_for(body, forced, model, prompt)
@@ -82,8 +86,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
-    reply = Reply(loaded, chat=chat, in_reasoning=prompt.in_reasoning, tools=prompt.tools,
-                  prompt_tokens=len(prompt.tokens))
+    reply = Reply(loaded, chat=chat, prompt=prompt)
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:
         return _stream(neuron, reply, waiter, endpoint)
@@ -124,6 +127,7 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
                 first["helexa_cached_tokens"] = value if kind == "start" else 0
                 yield sse_event(first)
             if kind == "text":
+                reply.generated.append(value)
                 for chunk in reply.stream_parts(reply.parse(value)):
                     yield sse_event(chunk)
             elif kind == "done":
@@ -133,8 +137,11 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
                 yield sse_event(reply.usage_chunk(value))
         yield b"data: [DONE]\n\n"
     except ApiError as exc:
+        # An error mid-stream (the model unloaded, the engine failed): its envelope, then
+        # the usage of what was generated, so that every stream ends billed.
         status = str(exc.status)
         yield sse_event(exc.body())
+        yield sse_event(reply.usage_chunk(reply.partial_summary()))
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
         status = "499"  # the client went away: the finally below frees the slot
@@ -213,23 +220,54 @@ class Waiter:
 class Reply:
     """Builds OpenAI-shaped replies (whole or chunked) from the model's text."""
 
-    def __init__(self, loaded: Loaded, *, chat: bool, in_reasoning: bool, tools: bool,
-                 prompt_tokens: int = 0) -> None:
+    def __init__(self, loaded: Loaded, *, chat: bool, prompt: Prompt) -> None:
         self.loaded = loaded
         self.chat = chat
-        self.prompt_tokens = prompt_tokens
+        self.prompt_tokens = len(prompt.tokens)
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        self.parser = OutputParser(in_reasoning=in_reasoning, parse_tools=tools) if chat else None
+        # The model's family reads its content, reasoning and calls out of the text.
+        self.parser = prompt.family.parser(
+            tools=Tools.of(prompt.offered), in_reasoning=prompt.in_reasoning,
+            parse_tools=prompt.tools) if chat else None
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.calls: list[Part] = []
+        self.generated: list[str] = []  # the model's text so far, for an error's usage
 
     def parse(self, text: str) -> list[Part]:
-        return self.parser.feed(text) if self.parser else [Part("content", text=text)]
+        if self.parser is None:
+            return [Part("content", text=text)]
+        try:
+            return self.parser.feed(text)
+        except Exception:  # a parser bug: the client gets the text, never a cut stream
+            return self._parser_failed(text)
 
     def finish_parts(self) -> list[Part]:
-        return self.parser.finish() if self.parser else []
+        if self.parser is None:
+            return []
+        try:
+            return self.parser.finish()
+        except Exception:
+            return self._parser_failed("")
+
+    def _parser_failed(self, text: str) -> list[Part]:
+        log.exception("the %s output parser failed on %s's output; the rest is content",
+                      type(self.parser).__name__, self.loaded.id)
+        self.parser = None
+        return [Part("content", text=text)] if text else []
+
+    def partial_summary(self) -> dict[str, Any]:
+        """The usage of a generation that ended in an error: the tokens of its text."""
+        text = "".join(self.generated)
+        try:
+            with self.loaded.lease() as model:
+                completion = len(model.tokenize(text, add_bos=False)) if text else 0
+        except Unavailable:  # unloaded since: a fair estimate
+            completion = len(text) // 4
+        return {"finish_reason": "error", "stop": None, "completion_tokens": completion,
+                "prompt_tokens": self.prompt_tokens, "cached_tokens": 0, "prefill_ms": 0.0,
+                "decode_ms": 0.0, "prefill_tokens": self.prompt_tokens, "queue_ms": 0.0}
 
     def feed(self, text: str) -> None:
         self._collect(self.parse(text))
@@ -347,7 +385,7 @@ def count_tokens(neuron: Neuron, body: dict) -> dict[str, Any]:
     loaded = neuron.registry.find(body.get("model"))
     with loaded.lease() as model:
         if "messages" in body:
-            prompt = chatmod.chat_prompt(body, model)
+            prompt = chatmod.chat_prompt(body, model, loaded.family)
         else:
             prompt = chatmod.completion_prompt(body, model)
         return {"model": loaded.id, "tokens": len(prompt.tokens), "n_ctx": model.n_ctx}

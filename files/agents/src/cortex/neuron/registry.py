@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cortex.core.errors import ApiError, BadRequest, NotFound, PreflightError, Unavailable
-from cortex.neuron import gguf_header
+from cortex.neuron import families, gguf_header
 from cortex.neuron.config import DefaultModel, NeuronConfig
 from cortex.neuron.engines import LoadedModel, get_engine
 from cortex.neuron.gpu import Devices
@@ -44,6 +44,9 @@ class LoadRequest:
     # No generation context, only embeddings; None: so when the GGUF names a pooling and
     # has no chat template (an embedding model).
     embeddings_only: bool | None = None
+    # The model family's name (families.FAMILIES) for a template we do not recognise;
+    # "": read off the template.
+    chat_format: str = ""
 
 
 CPU_AUTO_SLOTS = 4  # parallel = 0 on a host without GPUs (issue 10: 1.77x at 4 on 2 cores)
@@ -67,6 +70,8 @@ class Loaded:
     # before the model's scheduler thread makes it on first use; at load when embeddings only.
     embeddings_mb: int = 0
     embeddings_need_mb: int = 0  # its estimate
+    family: families.Family = field(default_factory=lambda: families.FAMILIES["generic"])
+    chat_format_set: bool = False  # named by the load request, not read off the template
     _leases: int = 0
     _closing: bool = False
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -104,12 +109,17 @@ class Loaded:
         model = self.model
         chat = not self.embeddings_only
         caps = capabilities(model.chat_template or "" if chat else None,
-                            embeddings=bool(model.embedding_ctx))
+                            embeddings=bool(model.embedding_ctx), family=self.family)
         self._facts: dict[str, Any] = {
             "architecture": model.metadata.get("general.architecture"),
             "capabilities": caps,
             "tool_call": "tool_call" in caps, "reasoning": "reasoning" in caps,
             "limit": {"context": model.n_ctx, "output": model.n_ctx if chat else 0},
+            # How its tool calls and reasoning are read (families/), and whether the load
+            # request named that or the template told it.
+            "chat_format": self.family.name if chat else None,
+            "chat_format_source": ("load request" if self.chat_format_set else "template")
+            if chat else None,
         }
         if model.embedding_ctx:
             self._facts["embeddings"] = {"dimensions": model.embedding_dim,
@@ -125,14 +135,15 @@ class Loaded:
         } | self._facts
 
 
-def capabilities(template: str | None, *, embeddings: bool = False) -> list[str]:
+def capabilities(template: str | None, *, embeddings: bool = False,
+                 family: families.Family | None = None) -> list[str]:
     """What a model serves; `template` None: embeddings only, no chat."""
     caps = []
     if template is not None:
         caps += ["chat", "completion"]
         if "tools" in template:
             caps.append("tool_call")
-        if "<think>" in template or "enable_thinking" in template:
+        if (family or families.detect(template)).knows_reasoning(template):
             caps.append("reasoning")
     if embeddings:
         caps.append("embeddings")
@@ -246,6 +257,8 @@ class Registry:
 
     def _load(self, key: str, src: Any, req: LoadRequest, progress: LoadProgress) -> Loaded:
         harness = req.harness or self.cfg.harness
+        if req.chat_format:
+            families.named(req.chat_format)  # a 400 before any download
         engine = get_engine(harness, model_id=key)
         plan = plan_load(src, models_dir=self.cfg.models_path, hub=self.hub, quant=req.quant,
                          tensor_parallel=req.tensor_parallel, harness=harness)
@@ -291,13 +304,17 @@ class Registry:
                 raise PreflightError("engine_load_failed", key,
                                      f"{harness} could not load {path.name}: {exc}") from None
             seconds = time.monotonic() - t0
+            family = families.resolve(model.chat_template, req.chat_format)
+            # The family's markers are special tokens its parser must see in the output.
+            model.shown_tokens = families.marker_tokens(family, model)
             scheduler = ModelScheduler(key, model, self.cfg.admission, self.metrics)
             loaded = Loaded(id=key, harness=harness, path=path, quant=plan.quant,
                             devices=devices or [0], model=model, scheduler=scheduler,
                             vram_mb=max(model.size_mb, need), load_seconds=seconds,
                             embeddings_only=embeddings_only,
                             embeddings_mb=embed_mb if embeddings_only else 0,
-                            embeddings_need_mb=embed_mb)
+                            embeddings_need_mb=embed_mb, family=family,
+                            chat_format_set=bool(req.chat_format))
             with self._lock:
                 self.models[key] = loaded
         self.metrics.loaded.labels(key).set(1)
@@ -401,7 +418,8 @@ class Registry:
                 act.in_progress = spec.model_id
                 try:
                     self.load(LoadRequest(spec.model_id, spec.quant, spec.harness,
-                                          devices=spec.devices))
+                                          devices=spec.devices,
+                                          chat_format=spec.chat_format))
                     act.completed.append(spec.model_id)
                 except ApiError as exc:
                     log.error("pre-warm of %s failed: %s", spec.model_id, exc.message)

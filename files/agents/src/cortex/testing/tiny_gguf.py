@@ -91,7 +91,8 @@ def _build_vocab(words: Sequence[str]) -> tuple[list[str], list[int], list[float
     for word in words:
         if _is_control(word):
             add(word, TokenType.CONTROL)
-        elif re.fullmatch(r"</?[A-Za-z_]\w*>", word):
+        elif re.fullmatch(r"</?[A-Za-z_]\w*>|</?\uff5c[^\uff5c]+\uff5c\w*>", word):
+            # markup tags, and DeepSeek's markers (fullwidth bars): rendered as written
             add(word, TokenType.USER_DEFINED)
         else:
             # SPM only merges adjacent pieces that are themselves tokens, so add every
@@ -119,6 +120,7 @@ def build_tiny_gguf(
     n_head_kv: int = N_HEAD,
     context_length: int = N_CTX,
     pooling: str | None = None,
+    n_layer: int = N_LAYER,
 ) -> Path:
     """Write a tiny GGUF model to ``path`` and return the path.
 
@@ -132,6 +134,8 @@ def build_tiny_gguf(
     pooling: "none", "mean", "cls", "last" or "rank" writes ``<arch>.pooling_type``, as
         embedding models carry it; None (default) leaves it out, as chat models do. The
         hidden state at a position is rmsnorm(embd[token]), so pooled vectors are known.
+    n_layer: blocks (the script does not depend on them; one prefills a long prompt in
+        half the time of two).
     """
     import gguf
     import numpy as np
@@ -186,7 +190,7 @@ def build_tiny_gguf(
     if output is not None:
         tensors["output.weight"] = output
     tensors["output_norm.weight"] = np.ones(N_EMBD)
-    for i in range(N_LAYER):
+    for i in range(n_layer):
         small = {  # these weights only shape the (ignored) attention and FFN activations
             "attn_q.weight": (N_EMBD, N_EMBD), "attn_k.weight": (n_kv, N_EMBD),
             "attn_v.weight": (n_kv, N_EMBD), "ffn_gate.weight": (N_FF, N_EMBD),
@@ -207,7 +211,7 @@ def build_tiny_gguf(
     w.add_name(name)
     w.add_context_length(context_length)
     w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
+    w.add_block_count(n_layer)
     w.add_feed_forward_length(N_FF)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(n_head_kv)

@@ -65,6 +65,9 @@ class LoadedModel(ABC):
     embedding_ctx: int = 0  # the longest input `embed` takes; 0: this model cannot embed
     embedding_dim: int = 0
     pooling: str = ""  # how token states become one vector: mean, cls, last (or rank)
+    # Special tokens whose text the output keeps: a model family's markers (gpt-oss's
+    # <|channel|>, Mistral's [TOOL_CALLS]) that its parser reads. Others are not rendered.
+    shown_tokens: frozenset[int] = frozenset()
 
     @abstractmethod
     def tokenize(self, text: str, *, add_bos: bool, special: bool = True) -> list[int]: ...

@@ -176,7 +176,8 @@ class LlamaCppModel(LoadedModel):
         piece = self._pieces.get(token)
         if piece is None:
             buf = ctypes.create_string_buffer(256)
-            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 256, 0, False)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 256, 0,
+                                               token in self.shown_tokens)
             piece = self._pieces[token] = bytes(buf[: max(n, 0)])
         return piece
 

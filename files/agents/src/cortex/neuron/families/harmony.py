@@ -1,0 +1,203 @@
+"""gpt-oss (OpenAI's Harmony format): the reply is a run of messages, each a header and a
+body, on channels:
+
+    <|channel|>analysis<|message|>thinking…<|end|>
+    <|start|>assistant<|channel|>final<|message|>the answer
+    <|start|>assistant to=functions.NAME<|channel|>commentary <|constrain|>json<|message|>{…}
+
+`analysis` is reasoning, `final` (and `commentary` addressed to no one) is content, a
+message addressed `to=functions.NAME` is a call (the recipient may sit before or after the
+channel). Messages to the model's builtin tools (`to=python`, `to=browser.search`) are not
+for the client and are dropped, as llama.cpp does. `<|call|>` and `<|return|>` end the
+generation; the other markers are special tokens the engine must show.
+
+The template wants earlier thoughts in `thinking` and at most one call per assistant
+message: `prepare` gives it that.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cortex.neuron.families.base import Family, Malformed, Part, Tools, call, one_call_per_message
+from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
+from cortex.neuron.families.stream import MAX_BLOCK_CHARS, _first, _partial_tail
+
+START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
+CALL, RETURN, CONSTRAIN = "<|call|>", "<|return|>", "<|constrain|>"
+RECIPIENT = re.compile(r"to=([^\s<]+)")
+HEADER_STARTS = (CHANNEL, START, " to=", "to=", CONSTRAIN)
+MAX_HEADER = 512
+
+
+class HarmonyParser:
+    def __init__(self, tools: Tools, parse_tools: bool) -> None:
+        self.tools = tools
+        self.parse_tools = parse_tools
+        self.tool_calls = 0
+        self._buf = ""
+        self._state = "start"  # start | header | body | loose
+        self._kind = ""  # the body's: reasoning | content | call | drop
+        self._header = ""
+        self._name = ""
+
+    def feed(self, text: str) -> list[Part]:
+        self._buf += text
+        parts: list[Part] = []
+        while self._step(parts, final=False):
+            pass
+        return parts
+
+    def finish(self) -> list[Part]:
+        parts: list[Part] = []
+        while self._step(parts, final=True):
+            pass
+        if self._state == "body" and self._kind == "call":
+            self._end_call(parts, self._buf)
+        elif self._buf and self._kind != "drop":
+            self._emit(parts, self._kind or "content", self._buf)
+        self._buf = ""
+        return parts
+
+    def _step(self, parts: list[Part], final: bool) -> bool:
+        if self._state == "start":
+            head = self._buf.lstrip("\n")
+            if not head:
+                return False
+            if any(head.startswith(h) for h in HEADER_STARTS):
+                self._state, self._header, self._buf = "header", "", head
+                return True
+            if any(h.startswith(head) for h in HEADER_STARTS) and not final:
+                return False
+            self._state, self._kind = "loose", "content"  # words with no header at all
+            return True
+        if self._state == "header":
+            at = self._buf.find(MESSAGE)
+            if at < 0:
+                if len(self._buf) <= MAX_HEADER and not final:
+                    return False
+                # never a header after all: the words as the model wrote them (the marker
+                # that opened it is consumed, so this ends)
+                self._state, self._kind = "loose", "content"
+                self._emit(parts, "content", self._header)
+                self._header = ""
+                return True
+            self._open(self._header + self._buf[:at])
+            self._buf = self._buf[at + len(MESSAGE):]
+            self._state = "body"
+            return True
+        # body (or loose text): up to the next marker
+        ends = {END: "end", CALL: "end", RETURN: "end", START: "start", CHANNEL: "channel"}
+        at, marker = _first(self._buf, ends)
+        if marker is None:
+            if self._kind == "call":
+                if len(self._buf) > MAX_BLOCK_CHARS:
+                    self._kind = "content"
+                    self._emit(parts, "content", self._raw_header())
+                return False
+            keep = 0 if final else _partial_tail(self._buf, ends)
+            self._emit(parts, self._kind, self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep:]
+            return False
+        if self._kind == "call":
+            self._end_call(parts, self._buf[:at])
+        else:
+            self._emit(parts, self._kind, self._buf[:at])
+        rest = self._buf[at + len(marker):]
+        if ends[marker] == "end":
+            self._state, self._buf = "start", rest
+        else:
+            self._state, self._header = "header", marker if marker == CHANNEL else ""
+            self._buf = rest
+        self._kind = ""
+        return True
+
+    def _open(self, header: str) -> None:
+        """What the message after `header` is."""
+        self._header = header
+        channel = header.rsplit(CHANNEL, 1)[-1].split(" ", 1)[0].split(CONSTRAIN)[0].strip()
+        to = [r for r in RECIPIENT.findall(header) if r != "assistant"]
+        recipient = to[-1] if to else ""
+        if recipient.startswith("functions.") and self.parse_tools:
+            self._kind, self._name = "call", recipient[len("functions."):]
+        elif recipient and not recipient.startswith("functions."):
+            self._kind = "drop"  # a builtin tool of the model's own (python, browser)
+        elif channel == "analysis":
+            self._kind = "reasoning"
+        else:
+            self._kind = "content"
+
+    def _raw_header(self) -> str:
+        return self._header + MESSAGE
+
+    def _end_call(self, parts: list[Part], body: str) -> None:
+        try:
+            part = call(self.tools.check(self._name), body.strip())
+        except Malformed:
+            self._emit(parts, "content", self._raw_header() + body)
+            return
+        self.tool_calls += 1
+        parts.append(part)
+
+    @staticmethod
+    def _emit(parts: list[Part], kind: str, text: str) -> None:
+        if not text or kind == "drop":
+            return
+        if parts and parts[-1].kind == kind:
+            parts[-1].text += text
+        else:
+            parts.append(Part(kind, text=text))
+
+
+class Harmony(Family):
+    name = "harmony"
+    title = "gpt-oss"
+    reasoning = None
+    markers = (START, CHANNEL, MESSAGE, END, CONSTRAIN, CALL, RETURN)
+
+    @staticmethod
+    def detect(template: str) -> bool:
+        return CHANNEL in template
+
+    def opens_reasoning(self, prompt: str) -> bool:
+        return False
+
+    def template_kwargs(self, body: dict[str, Any]) -> dict[str, Any]:
+        effort = body.get("reasoning_effort")
+        return {"reasoning_effort": effort} if effort in ("low", "medium", "high") else {}
+
+    def prepare(self, messages: list[dict[str, Any]], template: str) -> list[dict[str, Any]]:
+        """Thoughts as `thinking` (the template takes it or content in a call's message,
+        not both); one call a message."""
+        out = []
+        for m in one_call_per_message(messages):
+            m = dict(m)
+            thinking = m.pop("reasoning_content", None)
+            if thinking and m["role"] == "assistant":
+                m["thinking"] = thinking
+                if m.get("tool_calls"):
+                    m.pop("content", None)
+            out.append(m)
+        return out
+
+    def knows_reasoning(self, template: str) -> bool:
+        return True
+
+    def call_rule(self, r: Rules, name: str, params: dict[str, Any] | None) -> str:
+        head = lit(f"{CHANNEL}commentary to=functions.{name} {CONSTRAIN}json{MESSAGE}")
+        return f"{head} {r.schema(params or ANY_OBJECT)}"
+
+    def calls_rule(self, one: str, parallel: bool) -> str:
+        return one  # a call ends the generation (<|call|>): one a turn
+
+    def thought_rule(self, r: Rules, *, in_reasoning: bool, may_think: bool) -> str:
+        if not may_think:
+            return ""
+        return (f"( {lit(CHANNEL + 'analysis' + MESSAGE)} {r.until(END)} "
+                f"{lit(END + START + 'assistant')} )? ")
+
+    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool
+               ) -> HarmonyParser:
+        return HarmonyParser(tools, parse_tools)
+

@@ -1,0 +1,399 @@
+"""The streaming parser most families share: content, reasoning between two markers, and
+blocks of tool calls, read as the model's text arrives in pieces.
+
+A marker may arrive split across tokens, so a tail of the text that could still become one
+is held back. A block (`<tool_call>…</tool_call>`, `[TOOL_CALLS]name[ARGS]{…}`) is kept
+whole until it ends, then read by its family's `parse`; what does not read as calls goes
+out as the model's own words. Every search resumes where the last one stopped, so a long
+call costs time in proportion to its length, not its square.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cortex.neuron.families.base import MAX_DEPTH, Malformed, Part
+
+MAX_BLOCK_CHARS = 4 * 2**20  # a call block longer than this is text, not a call
+MAX_HEADER_CHARS = 4096  # a name and its markers before a call's JSON arguments
+
+
+class JsonEnd:
+    """Where a JSON object or array ends, read piece by piece as it streams (the json module
+    reads only whole documents; this finds the end in one pass over the pieces)."""
+
+    _OUT = re.compile(r'["\[\]{}]')
+    _IN = re.compile(r'["\\]')
+
+    def __init__(self) -> None:
+        self.level = 0
+        self.in_string = False
+        self.escaped = False  # a backslash ended the last piece
+        self.started = False
+
+    def feed(self, piece: str) -> int | None:
+        """The index just past the value's end in `piece`, or None while it is still open;
+        Malformed when it does not start with `{` or `[`, or nests past MAX_DEPTH."""
+        pos = 0
+        if not self.started:
+            stripped = piece.lstrip()
+            if not stripped:
+                return None
+            if stripped[0] not in "[{":
+                raise Malformed("expected a JSON object or array")
+            self.started = True
+            pos = len(piece) - len(stripped)
+        if self.escaped:
+            self.escaped, pos = False, pos + 1
+        while pos < len(piece):
+            if self.in_string:
+                m = self._IN.search(piece, pos)
+                if m is None:
+                    return None
+                if m.group() == "\\":
+                    if m.end() >= len(piece):  # the escaped character is in the next piece
+                        self.escaped = True
+                        return None
+                    pos = m.end() + 1
+                    continue
+                self.in_string = False
+                pos = m.end()
+                continue
+            m = self._OUT.search(piece, pos)
+            if m is None:
+                return None
+            pos = m.end()
+            c = m.group()
+            if c == '"':
+                self.in_string = True
+            elif c in "[{":
+                self.level += 1
+                if self.level > MAX_DEPTH:
+                    raise Malformed(f"nested more than {MAX_DEPTH} levels deep")
+            else:
+                self.level -= 1
+                if self.level <= 0:
+                    return pos
+        return None
+
+
+@dataclass
+class Block:
+    """Where calls are written: from `open` to `close` (or, with close None, to the end of
+    the JSON value that follows `json_after`, or `open` itself when `keep_open`)."""
+
+    open: str
+    parse: Callable[[str], list[Part]]  # the block's text (without its markers) -> calls
+    close: str | None = None
+    json_after: tuple[str, ...] = ()  # close None: the JSON starts after one of these
+    keep_open: bool = False  # `open` belongs to the block's text (`<function=`, `{`)
+    at_start: bool = False  # only as the reply's first words (Llama's bare JSON)
+    expect: tuple[str, ...] = ()  # what must follow `open` (else it is plain text)
+    swallow: tuple[str, ...] = ()  # dropped right after the block (a stray `</tool_call>`)
+    complete_at_end: bool = True  # at the end of output an unclosed block may still read
+    to_end: bool = False  # the block runs to the end of the output (`<|python_tag|>`)
+
+
+@dataclass
+class _Open:
+    """A block being read: its text so far kept in pieces (joined once, at its end), and
+    where the search for its end stands."""
+
+    block: Block
+    pieces: list[str] = field(default_factory=list)
+    size: int = 0
+    tail: str = ""  # the last characters, where a close marker may have begun
+    head: str = ""  # close None: the text before the JSON starts (a name, `[ARGS]`)
+    json: JsonEnd | None = None
+    checked: bool = False
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def add(self, piece: str) -> None:
+        self.pieces.append(piece)
+        self.size += len(piece)
+        keep = len(self.block.close or "") - 1
+        if keep > 0:
+            self.tail = (self.tail + piece)[-keep:]
+
+
+@dataclass
+class Syntax:
+    """A family's markers, for the parser."""
+
+    reasoning: tuple[str, str] | None = None
+    blocks: list[Block] = field(default_factory=list)
+    calls_in_reasoning: bool = False
+
+
+class Parser:
+    """Feed text, get parts; `finish` at the end of output. Never raises on model text."""
+
+    def __init__(self, syntax: Syntax, *, in_reasoning: bool = False,
+                 parse_tools: bool = True) -> None:
+        self.syntax = syntax
+        self.blocks = syntax.blocks if parse_tools else []
+        self.tool_calls = 0
+        self._buf = ""
+        self._state = "reasoning" if in_reasoning and syntax.reasoning else "content"
+        self._open: _Open | None = None
+        self._said = False  # any non-blank content yet (for blocks only at the start)
+        self._after = False  # just after a block or a thought: drop blank lines, strays
+
+    # -- the interface ---------------------------------------------------------------
+    def feed(self, text: str) -> list[Part]:
+        self._buf += text
+        parts: list[Part] = []
+        while self._step(parts, final=False):
+            pass
+        return parts
+
+    def finish(self) -> list[Part]:
+        parts: list[Part] = []
+        while self._step(parts, final=True):
+            pass
+        if self._state == "block" and self._open is not None:
+            self._end_block(parts, self._open.text() + self._buf, "", at_end=True)
+        elif self._buf:
+            kind = "reasoning" if self._state == "reasoning" else "content"
+            self._emit(parts, kind, self._buf)
+        self._buf = ""
+        return parts
+
+    # -- states ----------------------------------------------------------------------
+    def _step(self, parts: list[Part], final: bool) -> bool:
+        """One move; False when the text so far is all used (or held back)."""
+        if self._state == "block":
+            return self._in_block(parts, final)
+        if self._after and not self._drop_strays(final):
+            return False
+        if self._state == "reasoning":
+            return self._in_reasoning(parts, final)
+        return self._in_content(parts, final)
+
+    def _openers(self) -> dict[str, Block | None]:
+        out: dict[str, Block | None] = {}
+        for b in self.blocks:
+            if b.at_start and self._said:
+                continue
+            out.setdefault(b.open, b)
+        if self.syntax.reasoning and self._state == "content":
+            out.setdefault(self.syntax.reasoning[0], None)
+        return out
+
+    def _in_content(self, parts: list[Part], final: bool) -> bool:
+        openers = self._openers()
+        if not self._said and any(b.at_start for b in self.blocks):
+            head = self._buf.lstrip()
+            if not head and not final:
+                return False  # leading blanks: the reply may still start with a call
+        at, marker = _first(self._buf, openers)
+        if marker is None:
+            keep = 0 if final else _partial_tail(self._buf, openers)
+            self._emit(parts, "content", self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep:]
+            return False
+        block = openers[marker]
+        if block is not None and block.at_start and self._buf[:at].strip():
+            # `{` after words is no call: let it through as text
+            self._emit(parts, "content", self._buf[: at + len(marker)])
+            self._buf = self._buf[at + len(marker):]
+            return True
+        if not (block is not None and block.at_start):  # blanks before a first call go
+            self._emit(parts, "content", self._buf[:at])
+        self._buf = self._buf[at:] if block is not None and block.keep_open else (
+            self._buf[at + len(marker):])
+        if block is None:
+            self._state = "reasoning"
+        else:
+            self._state = "block"
+            self._open = _Open(block)
+        return True
+
+    def _in_reasoning(self, parts: list[Part], final: bool) -> bool:
+        assert self.syntax.reasoning is not None
+        close = self.syntax.reasoning[1]
+        markers: dict[str, Block | None] = {close: None}
+        if self.syntax.calls_in_reasoning:
+            for b in self.blocks:
+                markers.setdefault(b.open, b)
+        at, marker = _first(self._buf, markers)
+        if marker is None:
+            keep = 0 if final else _partial_tail(self._buf, markers)
+            self._emit(parts, "reasoning", self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep:]
+            return False
+        self._emit(parts, "reasoning", self._buf[:at])
+        block = markers[marker]
+        if block is None:
+            self._buf = self._buf[at + len(marker):]
+            self._state = "content"
+            self._after = True  # "</think>\n\nAnswer" -> "Answer"
+        else:  # a call while thinking ends the thought
+            self._buf = self._buf[at:] if block.keep_open else self._buf[at + len(marker):]
+            self._state = "block"
+            self._open = _Open(block)
+        return True
+
+    def _in_block(self, parts: list[Part], final: bool) -> bool:
+        o = self._open
+        assert o is not None
+        b = o.block
+        new, self._buf = self._buf, ""
+        if b.expect and not o.checked:
+            seen = o.text() + new  # the block's first words: short
+            head = (seen[len(b.open):] if b.keep_open else seen).lstrip()
+            if not any(e.startswith(head) or head.startswith(e) for e in b.expect):
+                return self._not_a_block(parts, new)
+            if not any(head.startswith(e) for e in b.expect):
+                if final:
+                    return self._not_a_block(parts, new)
+                o.add(new)
+                return False
+            o.checked = True
+        if not new:
+            return False
+        try:
+            end = self._find_end(o, new)
+        except Malformed:
+            return self._not_a_block(parts, new)
+        if end is None:
+            o.add(new)
+            if o.size > MAX_BLOCK_CHARS:
+                return self._not_a_block(parts, "")
+            return False
+        body_end, rest_at = end  # in the block's text with `new` appended
+        whole = o.text() + new
+        self._end_block(parts, whole[:body_end], whole[body_end:rest_at])
+        self._buf = whole[rest_at:]
+        return True
+
+    def _find_end(self, o: _Open, new: str) -> tuple[int, int] | None:
+        """Where the block ends, as (end of its text, start of what follows) in its text
+        with `new` appended; None while it goes on. Only `new` is searched (with the few
+        characters before it where a marker may have begun)."""
+        b = o.block
+        if b.to_end:
+            return None
+        if b.close is not None:
+            window = o.tail + new
+            at = window.find(b.close)
+            if at < 0:
+                return None
+            body_end = o.size - len(o.tail) + at
+            return body_end, body_end + len(b.close)
+        if o.json is None:
+            o.head = o.text() + new  # short: a name and a marker or two
+            start = _json_start(o.head, b.json_after)
+            if start < 0:
+                if len(o.head) > MAX_HEADER_CHARS:
+                    raise Malformed("no JSON where a call's arguments should be")
+                return None
+            o.json = JsonEnd()
+            before = o.size + len(new) - len(o.head)  # where `head` begins in the text
+            end = o.json.feed(o.head[start:])
+            return None if end is None else (before + start + end,) * 2
+        end = o.json.feed(new)
+        return None if end is None else (o.size + end,) * 2
+
+    def _end_block(self, parts: list[Part], body: str, close: str, at_end: bool = False
+                   ) -> None:
+        o = self._open
+        assert o is not None
+        b = o.block
+        self._open = None
+        self._state = "content"
+        self._after = True
+        raw = body if b.keep_open else b.open + body
+        try:
+            if at_end and not b.complete_at_end:
+                raise Malformed("cut short")
+            calls = b.parse(body)
+            if not calls:
+                raise Malformed("no call in the block")
+        except Malformed:
+            # Not calls after all: the model's words, as it wrote them.
+            self._emit(parts, "content", raw + close)
+            return
+        except Exception:  # a parser bug must not cost the client its reply
+            self._emit(parts, "content", raw + close)
+            return
+        self.tool_calls += len(calls)
+        parts.extend(calls)
+
+    def _not_a_block(self, parts: list[Part], new: str) -> bool:
+        o = self._open
+        assert o is not None
+        text = o.text() + new
+        raw = text if o.block.keep_open else o.block.open + text
+        self._open = None
+        self._state = "content"
+        # The opener is text now; what follows it is read again (it may hold a real call).
+        self._emit(parts, "content", o.block.open)
+        self._buf = raw[len(o.block.open):]
+        return True
+
+    def _drop_strays(self, final: bool) -> bool:
+        """After a block or a thought: drop the newlines, and a stray closing marker that
+        some models repeat (`</function></tool_call>`). False: wait for more text."""
+        stripped = self._buf.lstrip("\n")
+        if self._state == "content":
+            swallow = [s for b in self.blocks for s in b.swallow]
+            for s in swallow:
+                if stripped.startswith(s):
+                    stripped = stripped[len(s):].lstrip("\n")
+                    break
+                if s.startswith(stripped) and stripped and not final:
+                    self._buf = stripped
+                    return False
+        self._buf = stripped
+        if not stripped and not final:
+            return False
+        self._after = False
+        return True
+
+    def _emit(self, parts: list[Part], kind: str, text: str) -> None:
+        if not text:
+            return
+        if kind == "content":
+            self._said = self._said or bool(text.strip())
+        if parts and parts[-1].kind == kind:
+            parts[-1].text += text
+        else:
+            parts.append(Part(kind, text=text))
+
+
+def _json_start(buf: str, after: tuple[str, ...]) -> int:
+    """Where the JSON of a block starts: right away if it opens with `[`/`{`, else after
+    the first of `after`; -1 while unknown."""
+    head = buf.lstrip()
+    if head[:1] in ("[", "{") or not after:
+        return len(buf) - len(head) if head else -1
+    hits = [(buf.find(a), a) for a in after if a in buf]
+    if not hits:
+        return -1
+    at, marker = min(hits)
+    return at + len(marker)
+
+
+def _first(buf: str, markers: Iterable[str]) -> tuple[int, str | None]:
+    best: tuple[int, str | None] = (-1, None)
+    for m in markers:
+        at = buf.find(m)
+        if at >= 0 and (best[1] is None or at < best[0] or (at == best[0] and len(m) > len(
+                best[1]))):
+            best = (at, m)
+    return best
+
+
+def _partial_tail(buf: str, markers: Iterable[str]) -> int:
+    best = 0
+    for m in markers:
+        for n in range(min(len(m) - 1, len(buf)), best, -1):
+            if buf.endswith(m[:n]):
+                best = n
+                break
+    return best
