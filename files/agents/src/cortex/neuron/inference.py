@@ -141,7 +141,7 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
         # the usage of what was generated, so that every stream ends billed.
         status = str(exc.status)
         yield sse_event(exc.body())
-        yield sse_event(reply.usage_chunk(reply.partial_summary()))
+        yield sse_event(reply.usage_chunk(reply.partial_summary(waiter.texts)))
         yield b"data: [DONE]\n\n"
     except GeneratorExit:
         status = "499"  # the client went away: the finally below frees the slot
@@ -158,6 +158,7 @@ class Waiter:
         self.loaded, self.job, self.max_wait = loaded, job, max_wait
         self.finished = False
         self._last_text = 0.0
+        self.texts = 0  # the scheduler's text events (one a token, but for held-back text)
 
     def events(self, keepalive: bool = False, coalesce: float = 0.0
                ) -> Iterator[tuple[str, Any]]:
@@ -181,6 +182,8 @@ class Waiter:
                 if keepalive:
                     yield "keepalive", None
                 continue
+            if kind == "text":
+                self.texts += 1
             if kind == "text" and coalesce > 0:
                 # Let a few tokens gather before the next write: fewer wake-ups of this
                 # thread and of the client, which compete with the model for the cores.
@@ -210,6 +213,7 @@ class Waiter:
                 return text, None
             if kind != "text":
                 return text, (kind, value)
+            self.texts += 1
             text += value
 
     def release(self) -> None:
@@ -257,14 +261,16 @@ class Reply:
         self.parser = None
         return [Part("content", text=text)] if text else []
 
-    def partial_summary(self) -> dict[str, Any]:
-        """The usage of a generation that ended in an error: the tokens of its text."""
+    def partial_summary(self, events: int) -> dict[str, Any]:
+        """The usage of a generation that ended in an error: its text events (one a token
+        but where text was held back) or the tokens of its text, whichever is more."""
         text = "".join(self.generated)
         try:
             with self.loaded.lease() as model:
-                completion = len(model.tokenize(text, add_bos=False)) if text else 0
+                counted = len(model.tokenize(text, add_bos=False)) if text else 0
         except Unavailable:  # unloaded since: a fair estimate
-            completion = len(text) // 4
+            counted = len(text) // 4
+        completion = max(events, counted)
         return {"finish_reason": "error", "stop": None, "completion_tokens": completion,
                 "prompt_tokens": self.prompt_tokens, "cached_tokens": 0, "prefill_ms": 0.0,
                 "decode_ms": 0.0, "prefill_tokens": self.prompt_tokens, "queue_ms": 0.0}
