@@ -15,12 +15,9 @@ import secrets
 import string
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cortex.neuron.families.grammar import Rules, lit
-
-if TYPE_CHECKING:
-    from cortex.neuron.families.stream import Parser
 
 MAX_DEPTH = 64  # JSON nesting a call's arguments may have; deeper is malformed, not a crash
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -198,6 +195,16 @@ def one_call_per_message(messages: list[dict[str, Any]]) -> list[dict[str, Any]]
                 out.append(messages[j])
                 placed.add(j)
     return out
+
+
+class Parser(Protocol):
+    """Reads a model's output as it streams (stream.Parser, harmony.HarmonyParser)."""
+
+    tool_calls: int  # calls read so far
+
+    def feed(self, text: str) -> list[Part]: ...
+
+    def finish(self) -> list[Part]: ...
 
 
 class Family:
