@@ -152,6 +152,18 @@ def test_chat_completions_carry_the_call(openai_client, family, stream):
     assert calls[0].id
 
 
+@pytest.mark.parametrize("family", NAMES)
+def test_a_forced_call_is_written_and_read_the_familys_way(openai_client, family):
+    """tool_choice "required": the grammar, in the family's syntax, admits the model's
+    own call token by token (a token it refused would send the model elsewhere)."""
+    choice = openai_client.chat.completions.create(
+        model=model(family, "cc"), messages=ASK, tools=[OPENAI_TOOL], max_tokens=200,
+        tool_choice="required", parallel_tool_calls=False).choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments))
+            for c in choice.message.tool_calls] == [("Bash", {"command": "ls"})]
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 @pytest.mark.parametrize("family", NAMES)
 def test_anthropic_messages_carry_the_call(anthropic_client, family, stream):

@@ -11,7 +11,6 @@ from cortex.neuron.families.grammar import Rules, lit, xml_params
 from cortex.neuron.families.hermes import TOOL_CLOSE, TOOL_OPEN
 from cortex.neuron.families.stream import Block, Parser, Syntax
 
-NL = "\n"
 ARG = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.S)
 
 
@@ -37,9 +36,12 @@ class Glm(Family):
         return "<arg_key>" in template
 
     def call_rule(self, r: Rules, name: str, params: dict[str, Any] | None) -> str:
-        args = xml_params(r, params, open_tag="<arg_key>{}</arg_key>\n<arg_value>", mid="\n",
-                          close="</arg_value>")
-        return f"{lit(TOOL_OPEN + name + NL)} {args} {lit(TOOL_CLOSE)}"
+        # GLM-4.5/4.6 put newlines between the tags, 4.7 none: either.
+        nl = r.add('"\\n"?', "nl")
+        args = xml_params(r, params, open_tag="<arg_key>{}</arg_key>", mid="",
+                          close="</arg_value>", between=f"{nl} {lit('<arg_value>')}",
+                          after=nl)
+        return f"{lit(TOOL_OPEN + name)} {nl} {args} {lit(TOOL_CLOSE)}"
 
     def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
         # A call cut short may still look whole (`<tool_call>name`): only a closed one is.

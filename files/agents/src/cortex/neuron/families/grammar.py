@@ -66,10 +66,12 @@ class Rules:
 
 
 def xml_params(r: Rules, params: dict[str, Any] | None, *, open_tag: str, mid: str,
-               close: str, string_close: str | None = None) -> str:
+               close: str, string_close: str | None = None, between: str = "",
+               after: str = "") -> str:
     """Parameters the XML-ish families write one by one with bare values: for each property
-    `open_tag.format(key) + value + close`, required ones in order and others optional.
-    String values are any text up to `close`; the others JSON of their schema."""
+    `open_tag.format(key) [between] value close [mid] [after]`, required ones in order and
+    others optional (`between`, `after`: GBNF; the others literals). String values are any
+    text up to `close`; the others JSON of their schema."""
     params = params if isinstance(params, dict) else ANY_OBJECT
     props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
     required = set(params.get("required") or [])
@@ -80,13 +82,14 @@ def xml_params(r: Rules, params: dict[str, Any] | None, *, open_tag: str, mid: s
             value = r.until(string_close or close)
         else:
             value = r.schema(schema)
-        one = f"{lit(open_tag.format(key))} {value} {lit(close)}{' ' + lit(mid) if mid else ''}"
+        tail = f"{lit(close)}{' ' + lit(mid) if mid else ''} {after}"
+        one = f"{lit(open_tag.format(key))} {between} {value} {tail}"
         pieces.append(one if key in required else f"( {one} )?")
     if not props:  # a tool with no schema: any parameters, as text
         key = r.add('[A-Za-z0-9_.-]+', "key")
         tag = open_tag.split("{}")
-        one = (f"{lit(tag[0])} {key} {lit(tag[1])} {r.until(string_close or close)} "
-               f"{lit(close)}{' ' + lit(mid) if mid else ''}")
+        one = (f"{lit(tag[0])} {key} {lit(tag[1])} {between} {r.until(string_close or close)} "
+               f"{lit(close)}{' ' + lit(mid) if mid else ''} {after}")
         return f"( {one} )*"
     return " ".join(pieces) or '""'
 

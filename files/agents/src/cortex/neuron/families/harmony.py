@@ -22,12 +22,14 @@ from typing import Any
 
 from cortex.neuron.families.base import Family, Malformed, Part, Tools, call, one_call_per_message
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
-from cortex.neuron.families.stream import MAX_BLOCK_CHARS, _first, _partial_tail
+from cortex.neuron.families.stream import MAX_BLOCK_CHARS, _partial_tail
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
 CALL, RETURN, CONSTRAIN = "<|call|>", "<|return|>", "<|constrain|>"
 RECIPIENT = re.compile(r"to=([^\s<]+)")
 HEADER_STARTS = (CHANNEL, START, " to=", "to=", CONSTRAIN)
+ENDS = {END: "end", CALL: "end", RETURN: "end", START: "start", CHANNEL: "channel"}
+LONGEST_END = max(map(len, ENDS))
 MAX_HEADER = 512
 
 
@@ -41,6 +43,7 @@ class HarmonyParser:
         self._kind = ""  # the body's: reasoning | content | call | drop
         self._header = ""
         self._name = ""
+        self._scan = 0  # where the search for the body's end resumes
 
     def feed(self, text: str) -> list[Part]:
         self._buf += text
@@ -88,15 +91,16 @@ class HarmonyParser:
             self._state = "body"
             return True
         # body (or loose text): up to the next marker
-        ends = {END: "end", CALL: "end", RETURN: "end", START: "start", CHANNEL: "channel"}
-        at, marker = _first(self._buf, ends)
+        at, marker = _first_from(self._buf, ENDS, self._scan)
         if marker is None:
             if self._kind == "call":
+                # a call's body waits whole: the next search starts where a marker may
+                self._scan = max(0, len(self._buf) - LONGEST_END + 1)
                 if len(self._buf) > MAX_BLOCK_CHARS:
                     self._kind = "content"
                     self._emit(parts, "content", self._raw_header())
                 return False
-            keep = 0 if final else _partial_tail(self._buf, ends)
+            keep = 0 if final else _partial_tail(self._buf, ENDS)
             self._emit(parts, self._kind, self._buf[: len(self._buf) - keep])
             self._buf = self._buf[len(self._buf) - keep:]
             return False
@@ -105,7 +109,8 @@ class HarmonyParser:
         else:
             self._emit(parts, self._kind, self._buf[:at])
         rest = self._buf[at + len(marker):]
-        if ends[marker] == "end":
+        self._scan = 0
+        if ENDS[marker] == "end":
             self._state, self._buf = "start", rest
         else:
             self._state, self._header = "header", marker if marker == CHANNEL else ""
@@ -185,8 +190,11 @@ class Harmony(Family):
         return True
 
     def call_rule(self, r: Rules, name: str, params: dict[str, Any] | None) -> str:
-        head = lit(f"{CHANNEL}commentary to=functions.{name} {CONSTRAIN}json{MESSAGE}")
-        return f"{head} {r.schema(params or ANY_OBJECT)}"
+        # `commentary to=functions.NAME <|constrain|>json<|message|>`; the constraint (or a
+        # bare `json`) as the model may write it
+        head = lit(f"{CHANNEL}commentary to=functions.{name}")
+        return (f'{head} ( " " {lit(CONSTRAIN)}? "json" )? {lit(MESSAGE)} '
+                f"{r.schema(params or ANY_OBJECT)}")
 
     def calls_rule(self, one: str, parallel: bool) -> str:
         return one  # a call ends the generation (<|call|>): one a turn
@@ -201,3 +209,12 @@ class Harmony(Family):
                ) -> HarmonyParser:
         return HarmonyParser(tools, parse_tools)
 
+
+
+def _first_from(buf: str, markers: dict[str, str], start: int) -> tuple[int, str | None]:
+    best: tuple[int, str | None] = (-1, None)
+    for m in markers:
+        at = buf.find(m, start)
+        if at >= 0 and (best[1] is None or at < best[0]):
+            best = (at, m)
+    return best
