@@ -251,9 +251,6 @@ class Family:
     def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
         raise NotImplementedError
 
-    def call_id(self) -> str:
-        return new_call_id()
-
     # -- forced calls (grammar.py) ----------------------------------------------------
     def call_rule(self, r: Rules, name: str, params: dict[str, Any] | None) -> str:
         """GBNF for one call of tool `name` whose arguments follow `params`."""

@@ -59,9 +59,6 @@ class Mistral(Family):
     def detect(template: str) -> bool:
         return TOOL_CALLS in template
 
-    def call_id(self) -> str:
-        return alnum_id()
-
     def prepare(self, messages: list[dict[str, Any]], template: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for i, m in enumerate(messages):
