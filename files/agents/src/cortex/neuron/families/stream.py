@@ -155,8 +155,8 @@ class Parser:
         parts: list[Part] = []
         while self._step(parts, final=True):
             pass
-        if self._state == "block" and self._open is not None:
-            self._end_block(parts, self._open.text() + self._buf, "", at_end=True)
+        if self._open is not None:
+            self._end_block(self._open, parts, self._open.text() + self._buf, "", at_end=True)
         elif self._buf:
             kind = "reasoning" if self._state == "reasoning" else "content"
             self._emit(parts, kind, self._buf)
@@ -166,12 +166,12 @@ class Parser:
     # -- states ----------------------------------------------------------------------
     def _step(self, parts: list[Part], final: bool) -> bool:
         """One move; False when the text so far is all used (or held back)."""
-        if self._state == "block":
-            return self._in_block(parts, final)
+        if self._open is not None:
+            return self._in_block(self._open, parts, final)
         if self._after and not self._drop_strays(final):
             return False
-        if self._state == "reasoning":
-            return self._in_reasoning(parts, final)
+        if self._state == "reasoning" and self.syntax.reasoning:
+            return self._in_reasoning(self.syntax.reasoning[1], parts, final)
         return self._in_content(parts, final)
 
     def _openers(self) -> dict[str, Block | None]:
@@ -213,9 +213,7 @@ class Parser:
             self._open = _Open(block)
         return True
 
-    def _in_reasoning(self, parts: list[Part], final: bool) -> bool:
-        assert self.syntax.reasoning is not None
-        close = self.syntax.reasoning[1]
+    def _in_reasoning(self, close: str, parts: list[Part], final: bool) -> bool:
         markers: dict[str, Block | None] = {close: None}
         if self.syntax.calls_in_reasoning:
             for b in self.blocks:
@@ -238,19 +236,17 @@ class Parser:
             self._open = _Open(block)
         return True
 
-    def _in_block(self, parts: list[Part], final: bool) -> bool:
-        o = self._open
-        assert o is not None
+    def _in_block(self, o: _Open, parts: list[Part], final: bool) -> bool:
         b = o.block
         new, self._buf = self._buf, ""
         if b.expect and not o.checked:
             seen = o.text() + new  # the block's first words: short
             head = (seen[len(b.open):] if b.keep_open else seen).lstrip()
             if not any(e.startswith(head) or head.startswith(e) for e in b.expect):
-                return self._not_a_block(parts, new)
+                return self._not_a_block(o, parts, new)
             if not any(head.startswith(e) for e in b.expect):
                 if final:
-                    return self._not_a_block(parts, new)
+                    return self._not_a_block(o, parts, new)
                 o.add(new)
                 return False
             o.checked = True
@@ -259,15 +255,15 @@ class Parser:
         try:
             end = self._find_end(o, new)
         except Malformed:
-            return self._not_a_block(parts, new)
+            return self._not_a_block(o, parts, new)
         if end is None:
             o.add(new)
             if o.size > MAX_BLOCK_CHARS:
-                return self._not_a_block(parts, "")
+                return self._not_a_block(o, parts, "")
             return False
         body_end, rest_at = end  # in the block's text with `new` appended
         whole = o.text() + new
-        self._end_block(parts, whole[:body_end], whole[body_end:rest_at])
+        self._end_block(o, parts, whole[:body_end], whole[body_end:rest_at])
         self._buf = whole[rest_at:]
         return True
 
@@ -299,10 +295,8 @@ class Parser:
         end = o.json.feed(new)
         return None if end is None else (o.size + end,) * 2
 
-    def _end_block(self, parts: list[Part], body: str, close: str, at_end: bool = False
-                   ) -> None:
-        o = self._open
-        assert o is not None
+    def _end_block(self, o: _Open, parts: list[Part], body: str, close: str,
+                   at_end: bool = False) -> None:
         b = o.block
         self._open = None
         self._state = "content"
@@ -324,9 +318,7 @@ class Parser:
         self.tool_calls += len(calls)
         parts.extend(calls)
 
-    def _not_a_block(self, parts: list[Part], new: str) -> bool:
-        o = self._open
-        assert o is not None
+    def _not_a_block(self, o: _Open, parts: list[Part], new: str) -> bool:
         text = o.text() + new
         raw = text if o.block.keep_open else o.block.open + text
         self._open = None
