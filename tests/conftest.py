@@ -1,10 +1,12 @@
 """The collection's tests (unit, playbooks, lab) run on the test kit's fixtures
-(cortex.testing.plugin, loaded from the agents package's pytest11 entry point).
+(cortex.testing.plugin, from the agents' source tree: `make venv` installs it editable).
 
 What they ask of it: neurons that want the test fleet's token and gateways with its admin
 key, as deployed; a models_dir of two tiny models, a repository of quants and SmolLM2
 (validate.yml asks it a real question).
 """
+
+import sys
 
 import pytest
 
@@ -12,6 +14,10 @@ pytest.importorskip("cortex.testing", reason="the agents package (make venv) is 
 
 from cortex.testing.fleet import ADMIN_KEY, TOKEN
 from cortex.testing.model_sets import ModelSet
+
+# A venv installed before the kit left the wheel still registers the plugin through its old
+# pytest11 entry point; registering it a second time would fail.
+pytest_plugins = [] if "cortex.testing.plugin" in sys.modules else ["cortex.testing.plugin"]
 
 
 @pytest.fixture(scope="session")

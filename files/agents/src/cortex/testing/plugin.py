@@ -1,8 +1,10 @@
 """The project's one fixture system: a pytest plugin every suite loads.
 
-Registered as the `pytest11` entry point `cortex` (files/agents/pyproject.toml), so any
-pytest run from the venv has it: the agents' tests, the collection's tests under
-ansible-test or plainly (tests/unit, tests/playbooks, tests/lab). Its fixtures start real
+Each suite loads it from its root conftest.py (`pytest_plugins`): the agents' tests
+(files/agents/tests) and the collection's, under ansible-test or plainly (tests/unit,
+tests/playbooks, tests/lab, through tests/conftest.py). The kit is not in the wheel hosts
+install (files/agents/pyproject.toml leaves it out): suites import it from the source tree
+(`make venv` installs the agents editable; or PYTHONPATH=src). Its fixtures start real
 servers on loopback over real GGUF files (cortex.testing.served, .processes, .fleet), build
 each suite's models_dir (cortex.testing.model_sets) and run Ansible (.ansible_cli).
 
