@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cortex.gateway.http1 import Client, HttpError
+from cortex.testing.waiting import wait_for
 
 Script = Callable[[socket.socket, bytes], bool]  # (conn, request) -> keep the connection?
 
@@ -108,17 +109,26 @@ def test_a_body_larger_than_the_socket_buffers_goes_out_whole(server):
     assert got == hashlib.sha256(body).hexdigest().encode()
 
 
+def pooled_dead(client: Client) -> bool:
+    """Every connection in the client's pool has something waiting (bytes or EOF)."""
+    idle = [c for conns in client._idle.values() for c in conns]
+    return bool(idle) and not any(c.alive() for c in idle)
+
+
 def test_a_pooled_connection_with_stray_bytes_is_not_reused_for_a_post(server):
+    pooled = threading.Event()
+
     def script(conn, req):
         conn.sendall(reply("200 OK", b"ok"))
-        time.sleep(0.05)
-        conn.sendall(b"HTTP/1.1 200 OK\r\n")  # junk, once the reply was read and pooled
+        if pooled.wait(10):
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")  # junk, once the reply was read and pooled
         return True
 
     url, accepted = server(script)
     client = Client()
     assert client.request("POST", url + "/", b"{}").read() == b"ok"
-    time.sleep(0.2)
+    pooled.set()
+    wait_for(lambda: pooled_dead(client), "the junk on the pooled connection", 10)
     assert client.request("POST", url + "/", b"{}").read() == b"ok"
     assert len(accepted) == 2  # the first connection had bytes nobody asked for
 
@@ -131,7 +141,7 @@ def test_chunked_bodies_split_anywhere_are_decoded(server):
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         for i in range(0, 210, 7):  # size lines, data and CRLFs split at odd places
             conn.sendall(wire[i:i + 7])
-            time.sleep(0.001)
+            time.sleep(0.001)  # spacing, not a wait: any split must decode the same
         conn.sendall(wire[210:])
         return True
 
@@ -175,19 +185,22 @@ def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(server):
     url, accepted = server(script)
     client = Client()
     assert client.request("POST", url + "/", b"{}").read() == b"ok"
-    time.sleep(0.05)  # the close reaches us; the pooled connection is now dead
+    wait_for(lambda: pooled_dead(client), "the server's close on the pooled connection", 10)
     assert client.request("POST", url + "/", b"{}").read() == b"ok"
     assert len(accepted) == 2
 
 
 def test_timeouts_and_refusals_are_http_errors(server):
+    answered = threading.Event()
+
     def script(conn, req):
-        time.sleep(1)
+        answered.wait(10)  # no reply until the client has given up
         return False
 
     url, _ = server(script)
     with pytest.raises(HttpError, match=r"no reply within 0\.2 s"):
         Client(read_timeout=0.2).request("GET", url + "/")
+    answered.set()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -246,7 +259,7 @@ def test_a_reply_dribbling_bytes_ends_at_its_deadline(server):
         try:
             for _ in range(400):
                 conn.sendall(b"x")
-                time.sleep(0.02)
+                time.sleep(0.02)  # a slow peer's pace, not a wait
         except OSError:
             pass
         return False
