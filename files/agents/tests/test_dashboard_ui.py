@@ -275,3 +275,39 @@ def test_with_require_auth_the_data_needs_a_client_key(neuron_factory, gateway_f
     page.locator('[data-node="n1"]').wait_for()
     assert "read-only" in page.locator("#viewer").inner_text()
     assert page.locator("[data-action]").count() == 0
+
+
+def test_recent_requests_show_the_newest_few_and_more_on_demand(fleet, page):
+    gw, _, _ = fleet
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0)
+
+    def ask() -> None:
+        client.chat.completions.create(model="hello", max_tokens=2,
+                                       messages=[{"role": "user", "content": "Hi"}])
+
+    for _ in range(25):
+        ask()
+    page.goto(gw.url + "/ui/")
+    rows = page.locator("#requests tbody tr[data-seq]")
+    more, fewer = page.locator("#requests-more"), page.locator("#requests-fewer")
+    wait_for(lambda: rows.count() == 10, "the ten newest requests", 30)
+    assert page.locator("#requests-count").inner_text() == "the newest 10 of 25"
+    seqs = [int(s) for s in rows.evaluate_all("rs => rs.map(r => r.dataset.seq)")]
+    assert seqs == sorted(seqs, reverse=True) and seqs[0] == max(
+        page.evaluate("window.cortexUi.requests.map(r => r.seq)"))
+    assert more.inner_text() == "show 10 more" and not fewer.is_visible()
+
+    more.click()
+    assert rows.count() == 20 and more.inner_text() == "show 5 more" and fewer.is_visible()
+    more.click()
+    assert rows.count() == 25 and not more.is_visible()
+    fewer.click()
+    assert rows.count() == 10 and more.is_visible() and not fewer.is_visible()
+
+    # A new request comes in live: still ten rows, the new one on top.
+    ask()
+    wait_for(lambda: page.locator("#requests-count").inner_text() == "the newest 10 of 26",
+             "the new request on the page", 30)
+    assert rows.count() == 10
+    assert int(rows.first.get_attribute("data-seq")) > seqs[0]
+    assert page.errors == []

@@ -8,6 +8,8 @@
 
 const KEY_STORE = "cortex.key"; // sessionStorage: gone when the tab closes
 const WINDOW_SECS = 300;
+const REQUESTS_KEPT = 100; // what the page holds (the server's hello sends as many)
+const REQUESTS_PAGE = 10; // rows shown at first; "show more" adds as many again
 const PALETTE = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2",
                  "#65a30d", "#db2777", "#4b5563", "#ea580c"];
 
@@ -17,6 +19,7 @@ const ui = {
   state: null,
   series: [],
   requests: [],
+  requestsShown: REQUESTS_PAGE,
   colors: new Map(),
   retryMs: 2000,
   abort: null,
@@ -187,7 +190,7 @@ function onTick(point) {
 
 function onRequest(item) {
   ui.requests.unshift(item);
-  ui.requests.length = Math.min(ui.requests.length, 100);
+  ui.requests.length = Math.min(ui.requests.length, REQUESTS_KEPT);
   renderRequests();
 }
 
@@ -377,8 +380,11 @@ function renderScaleEvents(events) {
     : [h("tr", {}, h("td", { class: "empty", colSpan: 6, text: "none yet" }))]));
 }
 
+// The newest requests only (a busy gateway would fill the page): `requestsShown` of them,
+// more on demand, the rest of the REQUESTS_KEPT behind "show more".
 function renderRequests() {
-  const rows = ui.requests.map((r) => h("tr", { "data-seq": r.seq },
+  const shown = ui.requests.slice(0, ui.requestsShown);
+  const rows = shown.map((r) => h("tr", { "data-seq": r.seq },
     h("td", { text: new Date(r.at * 1000).toLocaleTimeString() }),
     h("td", { text: r.model }), h("td", { text: r.node }),
     h("td", {}, badge(r.code ? `${r.status} ${r.code}` : String(r.status), r.status < 400 ? "ok" : "bad")),
@@ -388,6 +394,23 @@ function renderRequests() {
     h("td", { text: r.key_id })));
   $("requests").tBodies[0].replaceChildren(...(rows.length ? rows
     : [h("tr", {}, h("td", { class: "empty", colSpan: 8, text: "no requests through this worker yet" }))]));
+  const more = ui.requests.length - shown.length;
+  $("requests-count").textContent = ui.requests.length > REQUESTS_PAGE
+    ? `the newest ${shown.length} of ${ui.requests.length}` : "";
+  $("requests-more").hidden = more <= 0;
+  $("requests-more").textContent = `show ${Math.min(more, REQUESTS_PAGE)} more`;
+  $("requests-fewer").hidden = ui.requestsShown <= REQUESTS_PAGE || shown.length <= REQUESTS_PAGE;
+}
+
+function setupRequests() {
+  $("requests-more").addEventListener("click", () => {
+    ui.requestsShown = Math.min(ui.requestsShown + REQUESTS_PAGE, REQUESTS_KEPT);
+    renderRequests();
+  });
+  $("requests-fewer").addEventListener("click", () => {
+    ui.requestsShown = REQUESTS_PAGE;
+    renderRequests();
+  });
 }
 
 // -- charts (canvas) ----------------------------------------------------------------------
@@ -482,6 +505,7 @@ function setupKey() {
 window.addEventListener("resize", renderCharts);
 document.addEventListener("DOMContentLoaded", () => {
   setupKey();
+  setupRequests();
   renderRequests();
   renderCharts();
   connect();
