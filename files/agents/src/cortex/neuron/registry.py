@@ -264,10 +264,10 @@ class Registry:
                          tensor_parallel=req.tensor_parallel, harness=harness)
         path = self._fetch(plan, key, progress)
         try:
-            meta = gguf_header.read_metadata(path)
+            meta = gguf_header.read_metadata(path, check_tensors=True)
+            facts = gguf_header.describe(meta)
         except (OSError, gguf_header.GGUFError) as exc:
             raise PreflightError("invalid_gguf", key, f"{path.name}: {exc}") from None
-        facts = gguf_header.describe(meta)
         n_ctx = min(self.cfg.n_ctx, facts["context_length"] or self.cfg.n_ctx)
         embeddings_only = req.embeddings_only
         if embeddings_only is None:
