@@ -130,6 +130,34 @@ def test_bad_config_is_a_clear_error(tmp_path, cortex_toml, models_toml, fragmen
     assert r.returncode == 2 and fragment in r.stderr
 
 
+# Whether `cortex serve` starts with this cortex.toml: listening beyond loopback without
+# require_auth, anyone on the network could use the models (issue 19 item 19).
+KEYED = "[entitlements]\nrequire_auth = true\n[[entitlements.keys]]\nkey = 'k'\naccount_id = 'a'\n"
+
+
+@pytest.mark.parametrize("cortex_toml, starts", [
+    ("", False),  # the defaults: every interface, no keys
+    ("[gateway]\nlisten = '10.0.0.5:31313'\n", False),
+    ("[gateway]\nlisten = 'gw.lan:31313'\n", False),
+    ("[gateway]\nlisten = '127.0.0.1:31313'\n", True),
+    ("[gateway]\nlisten = '[::1]:31313'\n", True),
+    ("[gateway]\nallow_insecure = true\n", True),
+    (KEYED, True),
+])
+def test_a_gateway_open_to_its_network_needs_keys_or_says_so(tmp_path, cortex_toml, starts):
+    (tmp_path / "models.toml").write_text("")
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n' + cortex_toml)
+    if starts:
+        gw_config.load(tmp_path / "cortex.toml")
+        return
+    with pytest.raises(ConfigError, match=r"reachable from other hosts.*require_auth.*"
+                                          r"allow_insecure = true"):
+        gw_config.load(tmp_path / "cortex.toml")
+    r = subprocess.run([str(BIN / "cortex"), "serve", "--config", str(tmp_path / "cortex.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "reachable from other hosts" in r.stderr, r.stderr
+
+
 def test_env_overrides(tmp_path, monkeypatch):
     (tmp_path / "models.toml").write_text("")
     (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n')
@@ -214,7 +242,8 @@ def test_cli_environment_is_not_config(tmp_path, monkeypatch):
     # `cortex status` reads CORTEX_URL / CORTEX_ADMIN_KEY; `cortex serve` must not take them
     # for config overrides (unknown keys 'url' and 'admin_key').
     (tmp_path / "models.toml").write_text("")
-    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n')
+    (tmp_path / "cortex.toml").write_text('models_config = "models.toml"\n'
+                                          '[gateway]\nlisten = "127.0.0.1:31313"\n')
     monkeypatch.setenv("CORTEX_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("CORTEX_ADMIN_KEY", "adm")
     cfg, _ = gw_config.load(tmp_path / "cortex.toml")

@@ -9,7 +9,7 @@ from cortex.neuron import config as neuron_config
 
 
 def test_config_defaults_file_and_env(tmp_path, monkeypatch):
-    cfg = neuron_config.load(None)
+    cfg = neuron_config.NeuronConfig()
     assert cfg.listen == "0.0.0.0:13131" and cfg.admission.max_queue_depth == 8
     p = tmp_path / "neuron.toml"
     p.write_text('listen = "127.0.0.1:9000"\ndefault_models = ["file:a", {model_id = "hf:o/b", '
@@ -52,3 +52,49 @@ def test_check_config_cli(tmp_path, capsys):
     p.write_text("listen = 1\n")
     assert neuron_main(["check-config", str(p)]) == 2
     assert "expected a string" in capsys.readouterr().err
+
+
+# Whether `neuron serve` starts with this neuron.toml: listening beyond loopback with no
+# auth_token, anyone on the network could load and run models (issue 19 item 19).
+OPEN_OR_NOT = [
+    ("", False),  # the defaults: every interface, no token
+    ("listen = '0.0.0.0:13131'", False),
+    ("listen = '10.0.0.5:13131'", False),
+    ("listen = 'neuron1.lan:13131'", False),  # a name may resolve to anything
+    ("listen = '[::]:13131'", False),
+    ("listen = '127.0.0.1:13131'", True),
+    ("listen = '127.0.0.2:13131'", True),
+    ("listen = '[::1]:13131'", True),
+    ("listen = 'localhost:13131'", True),
+    ("auth_token = 'a-shared-token'", True),
+    ("allow_insecure = true", True),
+    ("listen = '10.0.0.5:13131'\nallow_insecure = true", True),
+]
+
+
+@pytest.mark.parametrize("text, starts", OPEN_OR_NOT)
+def test_a_neuron_open_to_its_network_needs_a_token_or_says_so(tmp_path, text, starts):
+    p = tmp_path / "neuron.toml"
+    p.write_text(text + "\n")
+    if starts:
+        neuron_config.load(p)
+        return
+    with pytest.raises(ConfigError) as exc:
+        neuron_config.load(p)
+    assert str(p) in str(exc.value) and "reachable from other hosts" in str(exc.value)
+    assert "allow_insecure = true" in str(exc.value) and "auth_token" in str(exc.value)
+
+
+def test_neuron_serve_refuses_to_start_open(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "neuron"
+    r = subprocess.run([str(exe), "serve"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and "reachable from other hosts" in r.stderr, r.stderr
+    (tmp_path / "n.toml").write_text("listen = '0.0.0.0:0'\n")
+    r = subprocess.run([str(exe), "check-config", str(tmp_path / "n.toml")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "allow_insecure" in r.stderr, r.stderr

@@ -12,6 +12,7 @@ Environment overrides use a prefix and `__` for nesting: `NEURON_HF__TOKEN=...` 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -173,3 +174,21 @@ def parse_listen(listen: str, default_port: int) -> tuple[str, int]:
     if not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"listen {listen!r}: the port must be a number from 0 to 65535")
     return host, int(port)
+
+
+def loopback_only(host: str) -> bool:
+    """Whether a listen address is reachable from this host alone (127.0.0.0/8, ::1,
+    localhost); any other name or address may be reachable from the network."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open(source: str, listen: str, missing: str, fix: str) -> ConfigError:
+    """The error for a server that would listen beyond this host with nothing guarding it."""
+    return ConfigError(f"{source}: {listen} is reachable from other hosts and {missing}: "
+                       f"{fix}, listen on 127.0.0.1, or set allow_insecure = true to run it "
+                       "open on purpose")

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cortex.core.config import build, load_config, parse_listen, read_toml
+from cortex.core.config import (
+    build,
+    load_config,
+    loopback_only,
+    parse_listen,
+    read_toml,
+    refuse_open,
+)
 from cortex.gateway.store import parse_spec
 
 DEFAULT_PORT, DEFAULT_METRICS_PORT = 31313, 31314
@@ -39,6 +46,9 @@ class GatewaySection:
     # Concurrency of one gevent worker, and connections it keeps open to each neuron.
     worker_connections: int = 4096
     upstream_pool_size: int = 1024
+    # Listening beyond loopback without [entitlements] require_auth is refused unless this
+    # says so.
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         parse_listen(self.listen, DEFAULT_PORT)
@@ -260,11 +270,21 @@ def parse_duration(value: Any, where: str = "duration") -> float:
 
 
 def load(path: str | Path) -> tuple[GatewayConfig, ModelsConfig]:
+    """cortex.toml and its models.toml; a gateway that would serve anyone on its network
+    without a key is refused (ConfigError), at start and on reload."""
     cfg = load_config(GatewayConfig, path, "CORTEX_", ignore=CLI_ENV)
     models_path = Path(cfg.models_config)
     if not models_path.is_absolute():
         models_path = Path(path).parent / models_path
-    return cfg, load_models(models_path)
+    models = load_models(models_path)
+    g = cfg.gateway
+    if not (cfg.entitlements.require_auth or g.allow_insecure
+            or loopback_only(parse_listen(g.listen, DEFAULT_PORT)[0])):
+        raise refuse_open(str(path), f"[gateway] listen = {g.listen!r}",
+                          "[entitlements] require_auth is false (anyone there could use "
+                          "the models and spend without a key)",
+                          "set require_auth = true with [[entitlements.keys]]")
+    return cfg, models
 
 
 def load_models(path: Path) -> ModelsConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cortex.core.config import load_config, parse_listen
+from cortex.core.config import load_config, loopback_only, parse_listen, refuse_open
 
 DEFAULT_PORT = 13131
 MAX_PARALLEL = 256  # llama.cpp's LLAMA_MAX_SEQ
@@ -66,6 +66,8 @@ class NeuronConfig:
     models_dir: str = "/var/lib/helexa/neuron/models"
     cache_dir: str = "/var/cache/helexa/neuron"
     auth_token: str = ""
+    # Listening beyond loopback with no auth_token is refused unless this says so.
+    allow_insecure: bool = False
     default_models: list[str | DefaultModel] = field(default_factory=list)
     harness: str = "llama_cpp"
     # Engine settings applied to every model this neuron loads.
@@ -111,4 +113,11 @@ class NeuronConfig:
 
 
 def load(path: str | Path | None) -> NeuronConfig:
-    return load_config(NeuronConfig, path, "NEURON_")
+    """The neuron's configuration from `path` (None: the defaults) and the environment; a
+    neuron that anyone on its network could drive is refused (ConfigError)."""
+    cfg = load_config(NeuronConfig, path, "NEURON_")
+    if not (cfg.auth_token or cfg.allow_insecure or loopback_only(cfg.bind[0])):
+        raise refuse_open(str(path or "<defaults>"), f"listen = {cfg.listen!r}",
+                          "auth_token is empty (anyone there could load and run models)",
+                          "set auth_token (the gateways' neuron_token)")
+    return cfg
