@@ -360,3 +360,24 @@ def test_any_malformed_chunk_size_is_an_http_error(size, read_size):
     wire = b"2\r\nok\r\n" + size + b"\r\nabc\r\n0\r\n\r\n"
     with pytest.raises(HttpError, match="chunk size"):
         decode_chunked(wire, read_size)
+
+
+@pytest.mark.parametrize("framing", ["sized", "chunked"])
+def test_a_body_over_max_body_is_refused_and_never_pooled(server, framing):
+    body = b"x" * 5000
+
+    def script(conn, req):
+        if framing == "sized":
+            conn.sendall(reply("200 OK", body))
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"".join(b"%x\r\n%s\r\n" % (1000, body[i:i + 1000])
+                                    for i in range(0, 5000, 1000)) + b"0\r\n\r\n")
+        return True
+
+    url, _ = server(script)
+    client = Client(max_body=4096)
+    with pytest.raises(HttpError, match="4096"):
+        client.request("GET", url + "/").read()
+    assert not any(client._idle.values())
+    assert Client(max_body=5000).request("GET", url + "/").read() == body

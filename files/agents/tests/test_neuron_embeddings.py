@@ -307,3 +307,53 @@ def test_any_body_is_an_answer_or_a_4xx_never_a_500(hello, inp, extra):
         assert [d["index"] for d in data] == list(range(len(data))) and data
     else:
         assert r.json()["error"]["message"]
+
+
+def test_inputs_times_dimensions_are_bounded_by_name(neuron_factory, pooled_dir):
+    # 2,048 one-token inputs are an 8 KB request; at 1,024 dimensions the reply was 45 MB
+    # and a second of the neuron's time. Here the tiny model's 64 dimensions, 3 vectors.
+    n = neuron_factory(models_dir=str(pooled_dir), max_embedding_values=3 * 64)
+    n.load("file:tiny-mean")
+    assert embed(n, "file:tiny-mean", ["a", "b", "c"]).shape == (3, 64)
+    r = n.post("/v1/embeddings", {"model": "file:tiny-mean", "input": ["a", "b", "c", "d"]})
+    e = err(r, 400, "embeddings_too_large")
+    assert e["param"] == "input" and e["max"] == 192
+    assert "4 inputs x 64 dimensions" in e["message"] and "at most 3 inputs" in e["message"]
+    assert "max_embedding_values" in e["message"]
+
+
+def test_a_reply_of_many_vectors_is_whole_and_in_order(neuron_factory, pooled_dir):
+    # Written a few vectors at a time: every piece joins into one JSON document.
+    n = neuron_factory(models_dir=str(pooled_dir))
+    n.load("file:tiny-mean")
+    texts = ["Hello", "from", "tiny", "cortex"] * 25  # 100 inputs: four pieces and a bit
+    r = n.post("/v1/embeddings", {"model": "file:tiny-mean", "input": texts})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
+    body = r.json()
+    assert [d["index"] for d in body["data"]] == list(range(100))
+    vectors = np.array([d["embedding"] for d in body["data"]])
+    assert np.allclose(vectors[:4], vectors[4:8]) and np.allclose(vectors, vectors[[
+        i % 4 for i in range(100)]])
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] > 100
+    b64 = n.post("/v1/embeddings", {"model": "file:tiny-mean", "input": texts,
+                                    "encoding_format": "base64"}).json()
+    import base64
+
+    decoded = np.array([np.frombuffer(base64.b64decode(d["embedding"]), "<f4")
+                        for d in b64["data"]])
+    assert np.allclose(decoded, vectors, atol=1e-7)
+
+
+def test_the_gateway_reads_a_reply_whole_only_up_to_max_reply_bytes(
+        neuron_factory, pooled_dir, gateway_factory):
+    from cortex.gateway.config import ModelEntry
+
+    n = neuron_factory(models_dir=str(pooled_dir))
+    n.load("file:tiny-mean")
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-mean")], max_reply_bytes=20_000)
+    ok = gw.post("/v1/embeddings", {"model": "tiny-mean", "input": ["Hello"] * 2})
+    assert ok.status_code == 200 and len(ok.content) < 20_000
+    r = gw.post("/v1/embeddings", {"model": "tiny-mean", "input": ["Hello"] * 100})
+    e = err(r, 502, "upstream_read_error")
+    assert "20000" in e["message"]

@@ -33,7 +33,7 @@ class Gateway:
         g = cfg.gateway
         self.cfg = cfg
         self.upstream = Upstream(g.neuron_token, g.connect_timeout_secs, g.read_timeout_secs,
-                                 pool=g.upstream_pool_size)
+                                 pool=g.upstream_pool_size, max_reply=g.max_reply_bytes)
         self.fleet = Fleet(cfg.neurons, self.upstream, g.poll_interval_secs)
         self.catalogue = Catalogue(models, g.default_keep_alive)
         self.metrics = metrics or GatewayMetrics()

@@ -37,6 +37,9 @@ class GatewaySection:
     neuron_token: str = ""  # sent as a bearer token on every gateway → neuron call
     admin_keys: list[str] = field(default_factory=list)
     max_body_bytes: int = 8 * 1024 * 1024
+    # The largest non-streaming reply read from a neuron (an embeddings reply at the
+    # neurons' default max_embedding_values is ~27 MB); a larger one is a 502.
+    max_reply_bytes: int = 64 * 1024 * 1024
     connect_timeout_secs: float = 3.0
     read_timeout_secs: float = 600.0
     load_timeout_secs: float = 300.0  # a cold load, including a download

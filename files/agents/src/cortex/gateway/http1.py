@@ -147,16 +147,28 @@ class Response:
         self._data: bytes | None = None
 
     def read(self) -> bytes:
-        """The whole body (kept: a second call returns it again); frees the connection."""
+        """The whole body (kept: a second call returns it again); frees the connection.
+        A body over the client's `max_body` bytes is an HttpError (the connection is
+        closed): a reply read whole is held in memory, and parsed."""
         if self._data is None:
-            conn, size = self._conn, self._remaining
+            conn, size, most = self._conn, self._remaining, self._client.max_body
+            if size is not None and size > most:
+                self.close()
+                raise HttpError(f"the reply is {size} bytes, over the {most} read whole")
             if conn is not None and size is not None and len(conn.buf) >= size:
                 # A small reply comes whole with its head: no generators to go through.
                 self._data, conn.buf = conn.buf[:size], conn.buf[size:]
                 self._remaining, self._done = 0, True
                 self.release()
             else:
-                self._data = b"".join(self.stream())
+                pieces, total = [], 0
+                for piece in self.stream():
+                    total += len(piece)
+                    if total > most:
+                        self.close()
+                        raise HttpError(f"the reply is over the {most} bytes read whole")
+                    pieces.append(piece)
+                self._data = b"".join(pieces)
         return self._data
 
     def stream(self) -> Iterator[bytes]:
@@ -277,8 +289,10 @@ class Client:
     """Pools of idle keep-alive connections, one per (scheme, host, port)."""
 
     def __init__(self, *, pool_size: int = 64, connect_timeout: float = 5.0,
-                 read_timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None) -> None:
+                 read_timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None,
+                 max_body: int = 64 * 2**20) -> None:
         self.pool_size = pool_size  # idle connections kept per neuron; more are closed
+        self.max_body = max_body  # the largest body `Response.read()` returns
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self._ssl = ssl_context
         self._idle: dict[tuple, deque[Connection]] = {}

@@ -23,9 +23,11 @@ class UpstreamError(Exception):
 
 
 class Upstream:
-    def __init__(self, token: str, connect: float, read: float, pool: int = 64) -> None:
+    def __init__(self, token: str, connect: float, read: float, pool: int = 64,
+                 max_reply: int = 64 * 2**20) -> None:
         # Kept connections per neuron: past this, extra connections are opened and dropped.
-        self.http = Client(pool_size=pool, connect_timeout=connect, read_timeout=read)
+        self.http = Client(pool_size=pool, connect_timeout=connect, read_timeout=read,
+                           max_body=max_reply)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def get_json(self, url: str, read: float = 5.0) -> Any:

@@ -241,7 +241,8 @@ def completions() -> Any:
 
 @bp.post("/v1/embeddings")
 def create_embeddings() -> Any:
-    return json_response(embeddings.handle(_neuron(), json_body(), _caller()))
+    return Response(embeddings.handle(_neuron(), json_body(), _caller()),
+                    mimetype="application/json")
 
 
 @bp.post("/tokenize")

@@ -83,6 +83,9 @@ class NeuronConfig:
     http_threads: int = 32
     max_body_bytes: int = 4 * 1024 * 1024
     max_prompt_tokens: int = 0  # 0: the model's context length
+    # Inputs x dimensions one embeddings request may ask for (the reply's size: ~13 bytes
+    # each as JSON numbers, 5.3 as base64); 2,048 inputs of 1,024 dimensions by default.
+    max_embedding_values: int = 2048 * 1024
     # Streams write at most this often (the first token goes at once); 0 writes every token.
     stream_interval_ms: int = 0
     log_level: str = "info"
@@ -96,6 +99,8 @@ class NeuronConfig:
             raise ValueError("log_level must be one of debug, info, warning, error")
         if self.n_ctx < 64:
             raise ValueError("n_ctx must be at least 64")
+        if self.max_embedding_values < 1:
+            raise ValueError("max_embedding_values must be 1 or more")
         if not 0 <= self.parallel <= MAX_PARALLEL:
             raise ValueError(f"parallel must be 0 (auto) to {MAX_PARALLEL}")
 

@@ -5,15 +5,22 @@ context's memory before its first use, and waits on an EmbedJob. The scheduler t
 it between chat steps: it already owns the model's lifetime (an unload waits for it),
 admission (the same queue limits, max_wait and 503s) and the one decode at a time the cores
 can take. Vectors are pooled as the GGUF says (mean where it says nothing) and L2-normalized.
+
+A request asks for inputs x dimensions values at most (`max_embedding_values`): 2,048 tiny
+inputs are an 8 KB request and, at 1,024 dimensions, a 26 MB reply. The reply is written
+by orjson straight from the float32 vectors, a few at a time, so that the HTTP thread hands
+the interpreter to the model's thread (and to streams) between writes.
 """
 
 from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from cortex.core.errors import ApiError, BadRequest
 from cortex.neuron.inference import Caller, Waiter, model_to_serve
@@ -25,9 +32,11 @@ if TYPE_CHECKING:
 
 MAX_INPUTS = 2048  # per request, as OpenAI's API
 ENCODINGS = ("float", "base64")
+ROWS_A_WRITE = 32  # vectors serialised between two chances for other threads to run
 
 
-def handle(neuron: Neuron, body: dict, caller: Caller) -> dict[str, Any]:
+def handle(neuron: Neuron, body: dict, caller: Caller) -> Iterator[bytes]:
+    """The reply's JSON, in pieces (it may be tens of MB); all checks are made first."""
     loaded = model_to_serve(neuron, body, caller)
     encoding = body.get("encoding_format")
     if encoding is None:
@@ -40,8 +49,9 @@ def handle(neuron: Neuron, body: dict, caller: Caller) -> dict[str, Any]:
         if not model.embedding_ctx:
             raise BadRequest(_cannot_embed(loaded.id, model), code="embeddings_unsupported",
                              param="model")
-        inputs = [_tokens(model, name, item) for name, item in items]
         dim, limit = model.embedding_dim, model.embedding_ctx
+        _check_size(len(items), dim, neuron.cfg.max_embedding_values)
+        inputs = [_tokens(model, name, item) for name, item in items]
     _check_dimensions(body, dim)
     for (name, _), tokens in zip(items, inputs, strict=True):
         if len(tokens) > limit:
@@ -58,15 +68,24 @@ def handle(neuron: Neuron, body: dict, caller: Caller) -> dict[str, Any]:
             vectors = next(v for kind, v in waiter.events() if kind == "done")
         finally:
             waiter.release()
-        data = [{"object": "embedding", "index": i, "embedding": _encode(v, encoding)}
-                for i, v in enumerate(vectors)]
+        unit = _normalized(vectors)
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, "embeddings", str(exc.status)).inc()
         raise
     neuron.metrics.requests.labels(loaded.id, "embeddings", "200").inc()
-    n = sum(map(len, inputs))
-    return {"object": "list", "model": loaded.id, "data": data,
-            "usage": {"prompt_tokens": n, "total_tokens": n}}
+    return _reply(loaded.id, unit, encoding, sum(map(len, inputs)))
+
+
+def _reply(model_id: str, unit: np.ndarray, encoding: str, tokens: int) -> Iterator[bytes]:
+    """OpenAI's list of embeddings, ROWS_A_WRITE vectors a piece."""
+    yield b'{"object":"list","model":' + orjson.dumps(model_id) + b',"data":['
+    for start in range(0, len(unit), ROWS_A_WRITE):
+        piece = b",".join(
+            orjson.dumps({"object": "embedding", "index": start + i,
+                          "embedding": _encode(row, encoding)}, option=orjson.OPT_SERIALIZE_NUMPY)
+            for i, row in enumerate(unit[start:start + ROWS_A_WRITE]))
+        yield b"," + piece if start else piece
+    yield b'],"usage":' + orjson.dumps({"prompt_tokens": tokens, "total_tokens": tokens}) + b"}"
 
 
 def _items(raw: Any) -> list[tuple[str, str | list]]:
@@ -126,16 +145,30 @@ def _cannot_embed(model_id: str, model: LoadedModel) -> str:
     return f"{model_id}'s engine cannot compute embeddings; load it with harness 'llama_cpp'"
 
 
-def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
-    v = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(v))
-    if not math.isfinite(norm):
+def _check_size(n: int, dim: int, most: int) -> None:
+    if n * dim > most:
+        raise BadRequest(
+            f"input: {n} inputs x {dim} dimensions is {n * dim:,} values, and this neuron "
+            f"answers at most {most:,} a request (max_embedding_values): send at most "
+            f"{max(1, most // dim)} inputs a request", code="embeddings_too_large",
+            param="input", max=most)
+
+
+def _normalized(vectors: list[np.ndarray]) -> np.ndarray:
+    """The vectors as rows of one float32 array, each scaled to length 1 (a zero vector
+    stays zero)."""
+    unit = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(unit, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():
         raise ApiError("the model gave a non-finite embedding", code="embedding_failed")
-    if norm > 0:
-        v = v / norm
+    np.divide(unit, norms, out=unit, where=norms > 0)
+    return unit
+
+
+def _encode(row: np.ndarray, encoding: str) -> np.ndarray | str:
     if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
-        return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
-    return v.tolist()
+        return base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")
+    return row  # orjson writes a float32 array as numbers, each as short as float32 needs
 
 
 def _bad(param: str, message: str, code: str = "invalid_input") -> BadRequest:

@@ -121,6 +121,7 @@ def build_tiny_gguf(
     context_length: int = N_CTX,
     pooling: str | None = None,
     n_layer: int = N_LAYER,
+    n_embd: int = N_EMBD,
 ) -> Path:
     """Write a tiny GGUF model to ``path`` and return the path.
 
@@ -136,6 +137,7 @@ def build_tiny_gguf(
         hidden state at a position is rmsnorm(embd[token]), so pooled vectors are known.
     n_layer: blocks (the script does not depend on them; one prefills a long prompt in
         half the time of two).
+    n_embd: the hidden size, and so the embeddings' dimensions (64 keeps the file tiny).
     """
     import gguf
     import numpy as np
@@ -158,8 +160,8 @@ def build_tiny_gguf(
         raise ValueError("script tokens must be unique (a token has only one successor)")
     if "<0x0A>" in preds or "\n" in preds:
         raise ValueError("'\\n' ends the ChatML prompt, so it cannot be in script[:-1]")
-    if len(preds) >= N_EMBD:
-        raise ValueError(f"script too long: at most {N_EMBD} tokens")
+    if len(preds) >= n_embd:
+        raise ValueError(f"script too long: at most {n_embd} tokens")
     for t in script:
         if len(t.replace("▁", " ").encode()) > _MAX_PIECE_BYTES:
             raise ValueError(f"token {t!r} is longer than {_MAX_PIECE_BYTES} bytes")
@@ -171,46 +173,46 @@ def build_tiny_gguf(
     rng = np.random.default_rng(seed)
 
     if tied:
-        embd = rng.standard_normal((n_vocab, N_EMBD))
+        embd = rng.standard_normal((n_vocab, n_embd))
         output = None
     else:
         # Columns of q are orthonormal; scale so every embedding has rms 1.
-        q, _ = np.linalg.qr(rng.standard_normal((N_EMBD, len(preds) + 1)))
-        dirs = q.T * np.sqrt(N_EMBD)
+        q, _ = np.linalg.qr(rng.standard_normal((n_embd, len(preds) + 1)))
+        dirs = q.T * np.sqrt(n_embd)
         embd = np.tile(dirs[0], (n_vocab, 1))  # default direction for every token
-        output = np.zeros((n_vocab, N_EMBD))
+        output = np.zeros((n_vocab, n_embd))
         output[index[script[0]]] += dirs[0]
         for i, tok in enumerate(preds):
             embd[index[tok]] = dirs[i + 1]
             output[index[script[i + 1]]] += dirs[i + 1]
 
-    n_head_dim = N_EMBD // N_HEAD
+    n_head_dim = n_embd // N_HEAD
     n_kv = n_head_dim * n_head_kv
     tensors: dict[str, np.ndarray] = {"token_embd.weight": embd}
     if output is not None:
         tensors["output.weight"] = output
-    tensors["output_norm.weight"] = np.ones(N_EMBD)
+    tensors["output_norm.weight"] = np.ones(n_embd)
     for i in range(n_layer):
         small = {  # these weights only shape the (ignored) attention and FFN activations
-            "attn_q.weight": (N_EMBD, N_EMBD), "attn_k.weight": (n_kv, N_EMBD),
-            "attn_v.weight": (n_kv, N_EMBD), "ffn_gate.weight": (N_FF, N_EMBD),
-            "ffn_up.weight": (N_FF, N_EMBD),
+            "attn_q.weight": (n_embd, n_embd), "attn_k.weight": (n_kv, n_embd),
+            "attn_v.weight": (n_kv, n_embd), "ffn_gate.weight": (N_FF, n_embd),
+            "ffn_up.weight": (N_FF, n_embd),
         }
         if arch == "qwen2":
-            small |= {"attn_q.bias": (N_EMBD,), "attn_k.bias": (n_kv,), "attn_v.bias": (n_kv,)}
+            small |= {"attn_q.bias": (n_embd,), "attn_k.bias": (n_kv,), "attn_v.bias": (n_kv,)}
         for key, shape in small.items():
             tensors[f"blk.{i}.{key}"] = rng.normal(0.0, 0.02, shape)
-        tensors[f"blk.{i}.attn_norm.weight"] = np.ones(N_EMBD)
-        tensors[f"blk.{i}.ffn_norm.weight"] = np.ones(N_EMBD)
+        tensors[f"blk.{i}.attn_norm.weight"] = np.ones(n_embd)
+        tensors[f"blk.{i}.ffn_norm.weight"] = np.ones(n_embd)
         # zero: the residual stream stays equal to the token embedding
-        tensors[f"blk.{i}.attn_output.weight"] = np.zeros((N_EMBD, N_EMBD))
-        tensors[f"blk.{i}.ffn_down.weight"] = np.zeros((N_EMBD, N_FF))
+        tensors[f"blk.{i}.attn_output.weight"] = np.zeros((n_embd, n_embd))
+        tensors[f"blk.{i}.ffn_down.weight"] = np.zeros((n_embd, N_FF))
 
     path = Path(path)
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name(name)
     w.add_context_length(context_length)
-    w.add_embedding_length(N_EMBD)
+    w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
     w.add_feed_forward_length(N_FF)
     w.add_head_count(N_HEAD)
