@@ -162,6 +162,10 @@ def test_unknown_model_is_404(two, gateway_factory):
      "invalid_request_body"),
     (b'model=tiny-hello', {"Content-Type": "application/x-www-form-urlencoded"}, 415,
      "unsupported_media_type"),
+    # A browser's no-cors POST: no Content-Type at all, or text/plain.
+    (b'{"model": "tiny-hello", "messages": []}', {}, 415, "unsupported_media_type"),
+    (b'{"model": "tiny-hello", "messages": []}', {"Content-Type": "text/plain"}, 415,
+     "unsupported_media_type"),
     (b'{"messages": []}', {"Content-Type": "application/json"}, 400, "missing_model_field"),
     (b'{"model": "tiny-hello", "pad": "' + b"x" * 5000 + b'"}',
      {"Content-Type": "application/json"}, 413, "request_too_large"),

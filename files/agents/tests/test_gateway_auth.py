@@ -212,6 +212,8 @@ def test_rolling_window_bounds(seconds):
 @pytest.mark.parametrize("raw, code", [
     ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
      '"temperature": NaN}', "malformed_json"),
+    ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "Hi"}], '
+     '"temperature": 1e400}', "malformed_json"),
     ('{"model": "tiny-hello", "messages": [{"role": "user", "content": "\\udc80"}]}',
      "malformed_json"),
     ('{"model": "tiny-hello", "messages": ' + "[" * 3000 + "]" * 3000 + "}",

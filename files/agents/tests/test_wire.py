@@ -81,3 +81,37 @@ def test_a_long_integer_stays_whole():
     assert body["seed"] == big and isinstance(body["seed"], int)
     assert body["n"][1] == -12345678901234567890
     assert fastjson.dumps(body) == b'{"seed":%d,"n":[1000.0,-12345678901234567890]}' % big
+
+
+def test_numbers_past_a_double_are_refused_naming_the_field():
+    # 1e400 once parsed to infinity: a sampler got garbage, and the gateway forwarded null.
+    import pytest
+
+    from cortex.core.errors import BadRequest
+    from cortex.core.wire import parse_json_object
+
+    for raw, where in [(b'{"temperature": 1e400}', "temperature"),
+                       (b'{"a": [1, {"b": -1e999}]}', "a[1].b"),
+                       (b'{"x": 1' + b"0" * 400 + b'.5}', "x"),
+                       (b'{"seed": 123456789012345678901234, "t": 1e309}', "t")]:
+        with pytest.raises(BadRequest) as exc:
+            parse_json_object(raw)
+        assert exc.value.status == 400 and exc.value.body()["error"]["param"] == where
+        assert "finite" in str(exc.value)
+    assert parse_json_object(b'{"t": 1.7e308, "u": 5e-400}') == {"t": 1.7e308, "u": 0.0}
+
+
+def test_a_body_must_say_it_is_json():
+    # A browser's no-cors POST sends no Content-Type (or text/plain) and needs no preflight.
+    import pytest
+
+    from cortex.core.errors import ApiError
+    from cortex.core.wire import check_json_type
+
+    for mimetype in ("", "text/plain", "application/x-www-form-urlencoded",
+                     "multipart/form-data"):
+        with pytest.raises(ApiError) as exc:
+            check_json_type(mimetype)
+        assert exc.value.status == 415 and "application/json" in str(exc.value)
+    check_json_type("application/json")
+    check_json_type("application/merge-patch+json")

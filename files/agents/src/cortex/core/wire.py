@@ -15,8 +15,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def check_json_type(mimetype: str) -> None:
-    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise ApiError(f"Content-Type {mimetype!r} is not supported; send application/json",
+    """Only a JSON body is read. A missing Content-Type is refused too: it is what a
+    browser's no-cors POST (which needs no preflight) sends, and a page on any site could
+    otherwise spend an open gateway's tokens from its visitors' machines."""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        got = f"Content-Type {mimetype!r} is" if mimetype else "a body without a Content-Type is"
+        raise ApiError(f"{got} not supported; send Content-Type: application/json",
                        code="unsupported_media_type", status=415,
                        type="invalid_request_error")
 
@@ -68,11 +72,20 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused where it overflows one (1e400: inf, which would
+    reach a sampler as garbage, or go out again as null)."""
+    value = float(text)
+    if value - value != 0:  # inf or -inf
+        raise _NonFinite(text)
+    return value
+
+
 def _json_loads(raw: bytes) -> Any:
+    # Only bodies orjson refused (or read a long integer of) come here: the hooks that
+    # refuse NaN, Infinity and numbers past a double's range cost nothing on the fast path.
     try:
-        # Only a body that may hold NaN or Infinity pays for the hook that refuses them.
-        return (json.loads(raw, parse_constant=_non_finite)
-                if b"NaN" in raw or b"Infinity" in raw else json.loads(raw))
+        return json.loads(raw, parse_constant=_non_finite, parse_float=_finite)
     except _NonFinite as exc:
         raise _non_finite_at(raw, str(exc)) from None
     except RecursionError:
@@ -131,22 +144,32 @@ def _check_tree(body: Any) -> None:
             _check_text(node, where)
 
 
+def _float_or_constant(text: str) -> float | _Constant:
+    value = float(text)
+    return _Constant(text) if value - value != 0 else value
+
+
 def _non_finite_at(raw: bytes, name: str) -> BadRequest:
-    """The 400 for a NaN or Infinity, naming the field that holds it where it can."""
+    """The 400 for a NaN, an Infinity or a number too large for a double, naming the field
+    that holds it where it can."""
     where = ""
     try:
-        for node, at in _walk(json.loads(raw, parse_constant=_Constant)):
+        for node, at in _walk(json.loads(raw, parse_constant=_Constant,
+                                          parse_float=_float_or_constant)):
             if isinstance(node, _Constant):
                 name, where = str(node), at
                 break
     except (ValueError, RecursionError):
         pass
+    what = (f"{name} is not a JSON number (JSON has no NaN or Infinity)"
+            if name in ("NaN", "Infinity", "-Infinity") else
+            f"{name[:40]} is past the range of a double (it would read as infinity)")
     if not where:
-        return BadRequest(f"the body is not valid JSON: {name} is not a JSON number; send a "
-                          "finite number", code="malformed_json")
+        return BadRequest(f"the body is not valid JSON: {what}; send a finite number",
+                          code="malformed_json")
     where = where.encode(errors="backslashreplace").decode()
-    return BadRequest(f"{where}: {name} is not a JSON number (JSON has no NaN or Infinity); "
-                      "send a finite number", code="malformed_json", param=where)
+    return BadRequest(f"{where}: {what}; send a finite number", code="malformed_json",
+                      param=where)
 
 
 def _check_text(text: str, where: str) -> None:
