@@ -53,12 +53,12 @@ def test_rolling_cap_is_429_with_retry_after(neuron_hello, gateway_factory, stor
                          entitlements=keys(store_spec, hard_cap=30,
                                            window=Window(kind="rolling", seconds=600)))
     client = OpenAI(base_url=gw.url + "/v1", api_key="sk-capped", max_retries=0)
-    spent = 0
-    while spent < 30:
-        r = client.chat.completions.create(model="tiny-hello", messages=MSG)
-        spent += r.usage.total_tokens
+    spent = []
     with pytest.raises(RateLimitError) as exc:
-        client.chat.completions.create(model="tiny-hello", messages=MSG)
+        for _ in range(10):
+            r = client.chat.completions.create(model="tiny-hello", messages=MSG)
+            spent.append((r.usage.prompt_tokens, r.usage.completion_tokens))
+    assert spent and sum(map(sum, spent)) <= 30  # refused before the cap, never past it
     assert exc.value.body["code"] == "rate_limit_exceeded"
     assert 0 < int(exc.value.response.headers["Retry-After"]) <= 601  # 1 s buckets
     # Another key of the same account has no cap.
@@ -75,14 +75,14 @@ def test_a_finished_request_holds_only_what_it_spent(neuron_hello, gateway_facto
                          entitlements=keys(f"sqlite://{tmp_path}/s.db", hard_cap=100,
                                            window=Window(kind="rolling", seconds=600)))
     store = gw.gw.auth.store
-    record, stored = store.record, []
+    settle, stored = store.settle, []
 
-    def slow_record(key_id, tokens, *args, **kw):
+    def slow_settle(key_id, hold_id, tokens, *args, **kw):
         time.sleep(0.5)  # a store across the network, busy
-        record(key_id, tokens, *args, **kw)
+        settle(key_id, hold_id, tokens, *args, **kw)
         stored.append(tokens)
 
-    store.record = slow_record
+    store.settle = slow_settle
     body = {"model": "tiny-hello", "messages": MSG}
     h = {"Authorization": "Bearer sk-capped", "Connection": "close"}
     spent = 0
@@ -96,7 +96,7 @@ def test_a_finished_request_holds_only_what_it_spent(neuron_hello, gateway_facto
 
 def test_balance_cap_is_insufficient_quota(neuron_hello, gateway_factory, tmp_path):
     gw = gateway_factory({"n1": neuron_hello}, [ModelEntry(id="tiny-hello")],
-                         entitlements=keys(f"sqlite://{tmp_path}/s.db", hard_cap=1))
+                         entitlements=keys(f"sqlite://{tmp_path}/s.db", hard_cap=30))
     h = {"Authorization": "Bearer sk-capped"}
     assert gw.post("/v1/chat/completions", {"model": "tiny-hello", "messages": MSG},
                    headers=h).status_code == 200
@@ -190,14 +190,11 @@ def test_week_long_rolling_window_caps(neuron_hello, gateway_factory, store_spec
                                            window=Window(kind="rolling", seconds=604800)))
     h = {"Authorization": "Bearer sk-capped"}
     body = {"model": "tiny-hello", "messages": MSG}
-    spent = 0
-    while spent < 30:
-        r = gw.post("/v1/chat/completions", body, headers=h)
-        assert r.status_code == 200, r.text
-        spent += r.json()["usage"]["total_tokens"]
-        # A reply is accounted once it is on the wire: until then its hold still counts.
-        wait_for(lambda: gw.gw.auth.held("capped") == 0, "the request's hold to settle")
     r = gw.post("/v1/chat/completions", body, headers=h)
+    assert r.status_code == 200, r.text
+    # A reply is accounted once it is on the wire: until then its hold still counts.
+    wait_for(lambda: gw.gw.auth.held("capped") == 0, "the request's hold to settle")
+    r = gw.post("/v1/chat/completions", body, headers=h)  # 26 of 30 spent: too few left
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
     # The spend leaves the window a week (one hour bucket at most) from now.
     assert 604800 - 60 < int(r.headers["Retry-After"]) <= 604800 + 3600

@@ -13,6 +13,7 @@ from typing import Any
 
 from cortex.core.errors import NotFound
 from cortex.gateway.auth import Auth
+from cortex.gateway.budget import Limits
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import GatewayConfig, ModelsConfig
 from cortex.gateway.fleet import Fleet, Node
@@ -43,6 +44,7 @@ class Gateway:
         self.scaler = Scaler(self.fleet, self.catalogue, self.router, self.metrics,
                              interval=g.poll_interval_secs)
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
+        self.limits = Limits(self.catalogue, self.fleet)  # a capped request's output bound
         self.recent = RecentRequests()  # this worker's finished requests, for /ui
         self._stop = threading.Event()
 

@@ -23,8 +23,9 @@ from typing import Any
 from cortex.core.errors import ApiError, BadRequest
 from cortex.core.wire import check_json_type, parse_bearer, parse_json_object, too_large
 from cortex.gateway.auth import Hold, Principal
+from cortex.gateway.budget import Ask, ask_for, clamp
 from cortex.gateway.composition import Gateway
-from cortex.gateway.proxy import client_headers, estimate_prompt_tokens
+from cortex.gateway.proxy import client_headers
 from cortex.gateway.reply import REASONS, Closing, Reply, json_reply
 
 log = logging.getLogger(__name__)
@@ -42,12 +43,9 @@ class Dialect:
         return json_reply(status, body, exc.headers())
 
 
-def reserve_for(body: dict[str, Any]) -> int:
-    """Tokens to hold against a capped key while the request runs: its prompt (about 4
-    characters a token) and the most it may generate."""
-    most = body.get("max_tokens") or body.get("max_completion_tokens") \
-        or body.get("max_output_tokens")
-    return estimate_prompt_tokens(body) + (most if isinstance(most, int) else 256)
+def chat_ask(body: dict[str, Any]) -> Ask:
+    """What a chat completion asks of a capped key: its input, and its output bound."""
+    return ask_for(body, ("max_tokens", "max_completion_tokens"))
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class Route:
     path: str
     dialect: Dialect
     handler: Callable[[Call], Reply]
-    # Tokens to hold against the key's cap while it runs (0: checked, nothing held).
-    reserve: Callable[[dict[str, Any]], int] = reserve_for
+    # What it asks of a capped key (budget.Ask), or tokens to hold (0: checked, none held).
+    reserve: Callable[[dict[str, Any]], Ask | int] = chat_ask
 
 
 @dataclass
@@ -144,7 +142,7 @@ class DataPlane:
         start_response(REASONS.get(reply.status, str(reply.status)),
                        list(reply.headers.items()))
         body = [reply.body] if isinstance(reply.body, bytes) else reply.body
-        if hold is None or not hold.held:
+        if hold is None or not hold.stored:
             return body
         # Whatever the handler did, the hold ends with the reply (a no-op once settled).
         return Closing(body, lambda: hold.settle(0))
@@ -164,6 +162,8 @@ class DataPlane:
         if not isinstance(model, str) or not model:
             raise BadRequest("model: field required (a model id from GET /v1/models)",
                              code="missing_model_field", param="model")
-        hold = gw.auth.admit(principal, lambda: route.reserve(body))
+        hold = gw.auth.admit(principal, lambda: gw.limits.fill(model, route.reserve(body)))
+        if hold.ask is not None:  # a capped key: the body asks no more than it may spend
+            clamp(body, hold.ask, hold.output)
         return Call(gw, route, environ, principal, body, model, hold, started)
 

@@ -14,6 +14,7 @@ from typing import Any
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
 from cortex.gateway import coldwait, proxy
+from cortex.gateway.budget import ask_for
 from cortex.gateway.dataplane import Call, Dialect, Route
 from cortex.gateway.reply import Reply
 from cortex.gateway.router import Target
@@ -43,7 +44,7 @@ def _forward(call: Call, target: Target | None) -> Reply:
 
 ROUTES = [
     Route("/v1/chat/completions", OPENAI, relay),
-    Route("/v1/completions", OPENAI, relay),
-    # Nothing is generated: the hold is the prompt alone.
-    Route("/v1/embeddings", OPENAI, relay, reserve=proxy.estimate_prompt_tokens),
+    Route("/v1/completions", OPENAI, relay, reserve=lambda body: ask_for(body, ("max_tokens",))),
+    # Nothing is generated: the hold is the input alone (token arrays included).
+    Route("/v1/embeddings", OPENAI, relay, reserve=lambda body: ask_for(body, ())),
 ]

@@ -16,6 +16,7 @@ from cortex.core.wire import SSE_HEADERS
 from cortex.gateway import coldwait, proxy
 from cortex.gateway.anthropic import errors, translate
 from cortex.gateway.anthropic.stream import Converter
+from cortex.gateway.budget import ask_for
 from cortex.gateway.composition import Gateway
 from cortex.gateway.dataplane import Call, Dialect, Route
 from cortex.gateway.neuron_calls import count_on_loaded, refusal
@@ -79,6 +80,7 @@ def count_or_zero(gw: Gateway, model: str, req: dict[str, Any]) -> int:
 
 
 ROUTES = [
-    Route("/v1/messages", ANTHROPIC, messages),
+    Route("/v1/messages", ANTHROPIC, messages,
+          reserve=lambda body: ask_for(body, ("max_tokens",))),
     Route("/v1/messages/count_tokens", ANTHROPIC, count_tokens, reserve=lambda body: 0),
 ]

@@ -8,13 +8,13 @@ once a stream has begun, as `response.failed`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
 from cortex.gateway import coldwait, proxy
-from cortex.gateway.dataplane import Call, Dialect, Route, reserve_for
+from cortex.gateway.budget import ask_for
+from cortex.gateway.dataplane import Call, Dialect, Route
 from cortex.gateway.neuron_calls import count_on_loaded, refusal
 from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.responses import errors, reply, translate
@@ -63,14 +63,8 @@ def input_tokens(call: Call) -> Reply:
                             "input_tokens": count_on_loaded(call.gw, call.model, chat)})
 
 
-def reserve(body: dict[str, Any]) -> int:
-    """Tokens to hold against a capped key: the instructions and input as JSON (about 4
-    characters a token, an upper-ish bound) and the most the model may write."""
-    prompt = json.dumps([body.get("instructions"), body.get("input")], ensure_ascii=False)
-    return len(prompt) // 4 + reserve_for({"max_output_tokens": body.get("max_output_tokens")})
-
-
 ROUTES = [
-    Route("/v1/responses", RESPONSES, create, reserve=reserve),
+    Route("/v1/responses", RESPONSES, create,
+          reserve=lambda body: ask_for(body, ("max_output_tokens",))),
     Route("/v1/responses/input_tokens", RESPONSES, input_tokens, reserve=lambda body: 0),
 ]
