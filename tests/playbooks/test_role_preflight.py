@@ -8,6 +8,7 @@ are the same as on a real host, and nothing past them runs.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,12 @@ PLAY = """\
   gather_facts: true
   roles:
     - role: helexa.cortex.{role}
+  post_tasks:
+    - name: Say where it would listen
+      ansible.builtin.debug:
+        msg: "listens on {{{{ cortex_{role}_listen }}}}, metrics on {{{{
+          cortex_{role}_metrics_listen | default('-') }}}}"
+      tags: preflight
 """
 NEURONS = [{"name": "n1", "endpoint": "http://127.0.0.1:13131"}]
 KEY = [{"key": "sk-team-key-0123456789", "account_id": "team"}]
@@ -40,6 +47,9 @@ OPEN = {
     "gateway-without-token": ("gateway", {"cortex_gateway_neuron_token": "",
                                           "cortex_gateway_api_keys": KEY},
                               "will not deploy an open gateway"),
+    "gateway-metrics-on-every-interface": ("gateway", {
+        "cortex_gateway_api_keys": KEY, "cortex_gateway_metrics_listen": "0.0.0.0:31314"},
+        "will not serve its metrics"),
     "gateway-empty-admin-key": ("gateway", {"cortex_gateway_admin_keys": [""],
                                             "cortex_gateway_api_keys": KEY},
                                 "must be a non-empty key"),
@@ -76,3 +86,8 @@ def test_a_secure_deployment_passes_preflight(ansible, tmp_path, role):
     r = preflight(ansible, tmp_path, role, settings)
     assert r.returncode == 0, r.stdout[-3000:]
     assert TOKEN not in r.stdout + r.stderr
+    if role == "gateway":
+        # The metrics (spend per key, no auth) on the private address, as a neuron listens;
+        # they were on 0.0.0.0.
+        assert "metrics on 0.0.0.0" not in r.stdout
+        assert re.search(r"metrics on \[?[0-9a-f.:]+\]?:31314", r.stdout), r.stdout[-3000:]
