@@ -18,8 +18,10 @@ STREAMS = 24
 @pytest.fixture
 def served(neuron_process, gateway_process):
     """`cortex serve` with two gevent workers over a `neuron serve` (node n1)."""
+    # (All the streams come from one anonymous address: allowed as many as it opens.)
     return gateway_process({"n1": neuron_process()}, {"models": [{"id": "tiny-hello"}]},
-                           admin_keys=["adm"], gateway={"poll_interval_secs": 0.5})
+                           admin_keys=["adm"], gateway={"poll_interval_secs": 0.5,
+                                                        "ui_max_streams_per_key": STREAMS})
 
 
 def read_events(r: requests.Response, want: set[str]) -> dict[str, dict]:

@@ -157,6 +157,26 @@ class Auth:
                         f"{cap} tokens ({left} left{why})",
                         code="insufficient_quota", status=429, type="insufficient_quota")
 
+    def count_call(self, p: Principal, address: str, now: float | None = None) -> None:
+        """Count one token-counting call of `p` (anonymous: of `address`), a 429 past
+        `count_requests_per_minute`: such calls spend nothing, but cost the neuron a
+        render and a tokenization each."""
+        limit = self.cfg.count_requests_per_minute
+        if not limit:
+            return
+        who = p.key_id if p.entry is not None else f"anonymous@{address}"
+        now = now or time.time()
+        try:
+            calls, ends = self.store.hit(f"count:{who}", 60, now)
+        except Exception:  # a rate limit fails open: counting must not die with the store
+            log.warning("counting a token-count call of %s failed", who, exc_info=True)
+            return
+        if calls > limit:
+            raise TooManyRequests(
+                f"{'key ' + p.key_id if p.entry else 'this address'} made more than {limit} "
+                "token-counting calls this minute ([entitlements] count_requests_per_minute)",
+                code="rate_limit_exceeded", retry_after=max(1, math.ceil(ends - now)))
+
     def record(self, p: Principal, tokens: int) -> None:
         if p.entry is not None and tokens > 0:
             self.store.record(p.key_id, tokens)

@@ -52,12 +52,19 @@ class GatewaySection:
     # Listening beyond loopback without [entitlements] require_auth is refused unless this
     # says so.
     allow_insecure: bool = False
+    # Dashboard event streams (/ui/events) one worker keeps open, and one key (or one
+    # anonymous address) may keep open on it; admins may always open a few more.
+    ui_max_streams: int = 256
+    ui_max_streams_per_key: int = 8
 
     def __post_init__(self) -> None:
         parse_listen(self.listen, DEFAULT_PORT)
         parse_listen(self.metrics_listen, DEFAULT_METRICS_PORT)
         if self.poll_interval_secs <= 0 or self.workers < 1:
             raise ValueError("[gateway] poll_interval_secs and workers must be positive")
+        if self.ui_max_streams < 1 or self.ui_max_streams_per_key < 1:
+            raise ValueError("[gateway] ui_max_streams and ui_max_streams_per_key must be "
+                             ">= 1")
         parse_duration(self.default_keep_alive, "[gateway] default_keep_alive")
         for i, key in enumerate(self.admin_keys):
             # An empty key would match a request with no key at all: every admin route open.
@@ -144,9 +151,16 @@ class EntitlementsSection:
     require_auth: bool = False
     store: str = ""  # "" / "sqlite" (state_dir) / "sqlite:///path" / "redis://host:port/db"
     keys: list[KeyEntry] = field(default_factory=list)
+    # Token counting (/v1/messages/count_tokens, /v1/responses/input_tokens) costs the
+    # neuron a render and a tokenization but no spend: calls a key (or an anonymous
+    # address) may make a minute, on all workers and hosts together. 0: unlimited.
+    count_requests_per_minute: int = 60
 
     def __post_init__(self) -> None:
         parse_spec(self.store)  # a bad store would make every keyed request a 500
+        if self.count_requests_per_minute < 0:
+            raise ValueError("[entitlements] count_requests_per_minute must be >= 0 "
+                             "(0 = unlimited)")
 
 
 @dataclass

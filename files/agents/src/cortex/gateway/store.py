@@ -93,6 +93,10 @@ class SpendStore(Protocol):
     def holding(self, key_id: str, now: float | None = None) -> int:
         """Tokens the live holds of ``key_id`` hold."""
 
+    def hit(self, name: str, window_s: int, now: float | None = None) -> tuple[int, float]:
+        """Count one call of ``name`` in the current fixed window of ``window_s`` seconds:
+        (calls in it so far, this one included; when it ends). A rate limit's counter."""
+
     def close(self) -> None: ...
 
 
@@ -201,6 +205,9 @@ class SQLiteStore(_Buckets):
         CREATE TABLE IF NOT EXISTS spend_hold (
             key_id TEXT NOT NULL, hold_id TEXT NOT NULL, tokens INTEGER NOT NULL,
             expires REAL NOT NULL, PRIMARY KEY (key_id, hold_id)) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS rate_hit (
+            name TEXT PRIMARY KEY, start INTEGER NOT NULL, hits INTEGER NOT NULL)
+            WITHOUT ROWID;
     """
 
     def __init__(self, path: str | Path, *, retention_s: int = DEFAULT_RETENTION_S,
@@ -348,6 +355,15 @@ class SQLiteStore(_Buckets):
                          (key_id, hold_id))
 
         self._write(txn)
+
+    def hit(self, name: str, window_s: int, now: float | None = None) -> tuple[int, float]:
+        start = math.floor((time.time() if now is None else now) / window_s) * window_s
+        hits = self._write(lambda conn: conn.execute(
+            # (SET reads the row's old values: a new window starts again at 1.)
+            "INSERT INTO rate_hit (name, start, hits) VALUES (?, ?, 1) ON CONFLICT (name) "
+            "DO UPDATE SET hits = CASE WHEN start = excluded.start THEN hits + 1 ELSE 1 END, "
+            "start = excluded.start RETURNING hits", (name, start)).fetchone()[0])
+        return hits, float(start + window_s)
 
     def holding(self, key_id: str, now: float | None = None) -> int:
         """Tokens the live holds of ``key_id`` hold."""
@@ -513,6 +529,15 @@ class RedisStore(_Buckets):
         pipe.hdel(holds, hold_id)
         pipe.zrem(expiry, hold_id)
         pipe.execute()
+
+    def hit(self, name: str, window_s: int, now: float | None = None) -> tuple[int, float]:
+        start = math.floor((time.time() if now is None else now) / window_s) * window_s
+        key = f"{self._prefix}rate:{{{name}}}:{start}"
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, window_s + 1)
+        hits, _ = pipe.execute()
+        return int(hits), float(start + window_s)
 
     def holding(self, key_id: str, now: float | None = None) -> int:
         holds, expiry = self._holds(key_id)

@@ -66,6 +66,7 @@ def messages(call: Call) -> Reply:
 
 def count_tokens(call: Call) -> Reply:
     """The prompt's size by the model's own tokenizer, on a node that has it loaded."""
+    call.gw.auth.count_call(call.principal, call.environ.get("REMOTE_ADDR", ""))
     req = translate.to_openai(call.body, count_only=True)
     return json_reply(200, {"input_tokens": count_on_loaded(call.gw, call.model, req)})
 

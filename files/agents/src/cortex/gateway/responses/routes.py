@@ -58,6 +58,7 @@ def create(call: Call) -> Reply:
 def input_tokens(call: Call) -> Reply:
     """The prompt's size by the model's own template and tokenizer, on a loaded replica
     (a count never loads or evicts a model)."""
+    call.gw.auth.count_call(call.principal, call.environ.get("REMOTE_ADDR", ""))
     chat = translate.to_chat(call.body).chat
     return json_reply(200, {"object": "response.input_tokens",
                             "input_tokens": count_on_loaded(call.gw, call.model, chat)})

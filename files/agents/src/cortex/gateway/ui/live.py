@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from cortex.core.errors import TooManyRequests
 from cortex.core.http import sse_event
 from cortex.gateway.ui import views
 
@@ -46,11 +47,32 @@ class Live:
         self._last_watched = time.monotonic()
         self.worker = {"pid": os.getpid(), "host": socket.gethostname()}
         self.closing = False
+        # Open streams cost a greenlet and a queue each: bounded per worker and per viewer.
+        g = gw.cfg.gateway
+        self.max_streams, self.max_per_viewer = g.ui_max_streams, g.ui_max_streams_per_key
+        self._by_viewer: dict[str, int] = {}
+        self._viewer_of: dict[queue.Queue, str] = {}
 
     # -- subscribers -------------------------------------------------------------------
-    def subscribe(self, sees: Sees | None = None) -> queue.Queue:
+    def subscribe(self, sees: Sees | None = None, viewer: str = "", admin: bool = False
+                  ) -> queue.Queue:
+        """A queue of this worker's events for one stream. `viewer` (a key id, or the
+        address of an anonymous one) may hold `max_per_viewer` streams; the worker holds
+        `max_streams`, admins' beside them (an admin can always watch). Past either, 429."""
         q: queue.Queue = queue.Queue(maxsize=256)
         with self._lock:
+            mine = self._by_viewer.get(viewer, 0)
+            if mine >= self.max_per_viewer or (
+                    not admin and len(self._subs) - self._by_viewer.get("admin", 0)
+                    >= self.max_streams):
+                whose = "this key" if mine >= self.max_per_viewer else "this gateway worker"
+                raise TooManyRequests(
+                    f"{whose} has the most dashboard streams open that it may "
+                    f"({self.max_per_viewer if whose == 'this key' else self.max_streams}); "
+                    "close one (another tab?) and retry", code="too_many_streams",
+                    retry_after=int(HEARTBEAT_SECS))
+            self._by_viewer[viewer] = mine + 1
+            self._viewer_of[q] = viewer
             self._subs[q] = sees
             # Heard only while watched: a record is built per request just for listeners.
             if self._on_request not in self.gw.recent.listeners:
@@ -71,6 +93,13 @@ class Live:
     def unsubscribe(self, q: queue.Queue) -> None:
         with self._lock:
             self._subs.pop(q, None)
+            viewer = self._viewer_of.pop(q, None)
+            if viewer is not None:
+                left = self._by_viewer.get(viewer, 1) - 1
+                if left > 0:
+                    self._by_viewer[viewer] = left
+                else:
+                    self._by_viewer.pop(viewer, None)
             self._last_watched = time.monotonic()
             if not self._subs and self._on_request in self.gw.recent.listeners:
                 self.gw.recent.listeners.remove(self._on_request)

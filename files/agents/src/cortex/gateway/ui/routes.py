@@ -6,7 +6,7 @@ import queue
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, send_from_directory
+from flask import Blueprint, Response, current_app, request, send_from_directory
 
 from cortex.core.errors import Unauthorized
 from cortex.core.http import SSE_HEADERS, bearer_token, json_response, sse_event
@@ -77,7 +77,10 @@ def events() -> Response:
     live = _live()
     viewer = _viewer(live)
     sees = _sees(live, viewer)
-    q = live.subscribe(sees)
+    # Streams are counted per key; anonymous viewers (an open gateway) per address.
+    who = "admin" if viewer["admin"] else (viewer["key_id"]
+                                           or f"anonymous@{request.remote_addr}")
+    q = live.subscribe(sees, who, admin=viewer["admin"])
 
     def stream() -> Iterator[bytes]:
         try:
