@@ -250,12 +250,19 @@ class Router:
         return freed
 
     def unload(self, node: Node, model_id: str, reason: str) -> bool:
+        """Unload `model_id` from `node` for an eviction or the idle reaper, only if the
+        neuron finds it idle under its own lock (`if_idle`): the poll this decision rests
+        on may be seconds old, and a request that started since must not be cut (the
+        neuron answers 409 `model_busy`, and the model stays)."""
         try:
-            status, _ = self.fleet.upstream.post_json(f"{node.endpoint}/models/unload",
-                                                      {"model_id": model_id}, read=60)
+            status, _ = self.fleet.upstream.post_json(
+                f"{node.endpoint}/models/unload", {"model_id": model_id, "if_idle": True},
+                read=60)
         except UpstreamError as exc:
             log.warning("unload of %s on %s failed: %s", model_id, node.name, exc)
             return False
+        if status == 409:
+            log.info("%s on %s is in use: not %s", model_id, node.name, reason)
         if status == 200:
             log.info("%s %s on %s", reason, model_id, node.name)
             entry = self.catalogue.by_load_id(model_id)

@@ -25,7 +25,7 @@ from cortex.core.http import (
     require_token,
     sse_response,
 )
-from cortex.core.validate import get_number, get_str, invalid
+from cortex.core.validate import get_bool, get_number, get_str, invalid
 from cortex.neuron import embeddings, families, inference, status
 from cortex.neuron.composition import Neuron
 from cortex.neuron.config import MAX_PARALLEL, NeuronConfig
@@ -174,7 +174,8 @@ def _embeddings_only(body: dict) -> bool | None:
 @bp.post("/models/unload")
 def unload() -> Any:
     body = json_body()
-    loaded = _neuron().registry.unload(body.get("model_id"))
+    loaded = _neuron().registry.unload(body.get("model_id"),
+                                       if_idle=get_bool(body, "if_idle", False))
     return json_response({"status": "unloaded", "model_id": loaded.id})
 
 

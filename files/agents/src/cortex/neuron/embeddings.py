@@ -45,7 +45,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller) -> Iterator[bytes]:
         raise BadRequest(f"encoding_format must be 'float' or 'base64', got {encoding!r:.40}",
                          code="invalid_encoding_format", param="encoding_format")
     items = _items(body.get("input"))
-    with loaded.lease() as model:
+    with loaded.lease(then_submit=True) as model:
         if not model.embedding_ctx:
             raise BadRequest(_cannot_embed(loaded.id, model), code="embeddings_unsupported",
                              param="model")

@@ -60,7 +60,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     forced = chatmod.forced_tools(body) if chat else None
     if forced and grammar is not None:
         raise forced_tools.conflict()
-    with loaded.lease() as model:
+    with loaded.lease(then_submit=True) as model:
         prompt = (chatmod.chat_prompt(body, model, loaded.family) if chat
                   else chatmod.completion_prompt(body, model))
         if forced:

@@ -51,6 +51,10 @@ class LoadRequest:
 
 CPU_AUTO_SLOTS = 4  # parallel = 0 on a host without GPUs (issue 10: 1.77x at 4 on 2 cores)
 GPU_AUTO_MAX_SLOTS = 16
+# An `if_idle` unload counts a prompt rendered with no job submitted since, this recently,
+# as a request on its way to the queue (neither leasing the model nor queued yet; a request
+# refused between the two, e.g. for a bad field, holds the model this long at most).
+IDLE_GRACE_SECS = 1.0
 
 
 @dataclass
@@ -73,12 +77,15 @@ class Loaded:
     family: families.Family = field(default_factory=lambda: families.FAMILIES["generic"])
     chat_format_set: bool = False  # named by the load request, not read off the template
     _leases: int = 0
+    _prompt_at: float = 0.0  # when a request's prompt was last rendered (monotonic)
     _closing: bool = False
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[LoadedModel]:
-        """Use the model on this thread (tokenize, templates); an unload waits for it."""
+    def lease(self, *, then_submit: bool = False) -> Iterator[LoadedModel]:
+        """Use the model on this thread (tokenize, templates); an unload waits for it.
+        `then_submit`: a request's prompt, which goes to the scheduler's queue next (an
+        if_idle unload counts it as running until it is there)."""
         with self._cond:
             if self._closing:
                 raise Unavailable(f"model {self.id} was unloaded", code="model_unloaded",
@@ -89,7 +96,23 @@ class Loaded:
         finally:
             with self._cond:
                 self._leases -= 1
+                if then_submit:
+                    self._prompt_at = time.monotonic()
                 self._cond.notify_all()
+
+    def stop_if_idle(self) -> bool:
+        """Refuse new work if no request uses the model: none running or queued, none
+        rendering its prompt (a lease), none between its prompt and the queue (rendered
+        with no job submitted since, within IDLE_GRACE_SECS). Then True (`close` frees it);
+        else False, and nothing changed."""
+        with self._cond:
+            on_its_way = (self._prompt_at > self.scheduler.submitted_at
+                          and time.monotonic() - self._prompt_at < IDLE_GRACE_SECS)
+            if (self._closing or self._leases or on_its_way
+                    or not self.scheduler.stop_if_idle()):
+                return False
+            self._closing = True
+            return True
 
     def close(self, reason: ApiError) -> None:
         """Refuse new leases, stop the scheduler (it exits), wait out the leases, free."""
@@ -387,15 +410,24 @@ class Registry:
         return wanted
 
     # -- unload --------------------------------------------------------------------------
-    def unload(self, model_id: object) -> Loaded:
+    def unload(self, model_id: object, *, if_idle: bool = False) -> Loaded:
+        """Free a model; running and queued requests end with `model_unloaded`. With
+        `if_idle` (a gateway's eviction or idle reaper, deciding on a poll that may be
+        seconds old), only if nothing uses it, checked here under the model's own locks:
+        409 `model_busy` otherwise, and nothing is cut."""
         if not isinstance(model_id, str) or not model_id:
             raise BadRequest("'model_id' is required", code="missing_model_id",
                              param="model_id")
+        reason = Unavailable(f"model {model_id} was unloaded", code="model_unloaded",
+                             retry_after=2)
         with self._lock:
             loaded = self.find(model_id)
+            if if_idle and not loaded.stop_if_idle():
+                raise ApiError(f"model {loaded.id} is in use (requests running, queued or "
+                               "being prepared); it stays loaded", code="model_busy",
+                               status=409, type="conflict_error")
             del self.models[loaded.id]
-        loaded.close(Unavailable(f"model {loaded.id} was unloaded", code="model_unloaded",
-                                 retry_after=2))
+        loaded.close(reason)
         self.metrics.forget(loaded.id)
         del loaded.model
         gc.collect()

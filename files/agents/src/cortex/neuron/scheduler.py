@@ -127,6 +127,7 @@ class ModelScheduler:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._active: dict[int, _Run] = {}  # by slot
+        self.submitted_at = 0.0  # when a job last came (monotonic)
         self._embeds: deque[EmbedJob] = deque()
         self._embedding: EmbedJob | None = None  # the one being embedded, between steps
         self._slot_used = [0.0] * self.slots  # when each slot last ended (LRU among ties)
@@ -171,6 +172,7 @@ class ModelScheduler:
 
     def submit(self, job: Job | EmbedJob) -> None:
         with self._cond:
+            self.submitted_at = time.monotonic()  # (an if_idle unload reads it)
             if self._closed:
                 raise Unavailable(f"model {self.model_id} is being unloaded",
                                   code="model_unloading", retry_after=2)
@@ -233,6 +235,15 @@ class ModelScheduler:
             except ValueError:
                 return False
             self.metrics.queue_depth.labels(self.model_id).set(self.queue_depth)
+            return True
+
+    def stop_if_idle(self) -> bool:
+        """Take no more work, if none runs or waits (checked under the lock `submit` takes,
+        so no job slips in between): then True, and `close` finishes. Else False."""
+        with self._cond:
+            if self._closed or self._jobs():
+                return False
+            self._closed = True
             return True
 
     def close(self, reason: ApiError) -> None:
