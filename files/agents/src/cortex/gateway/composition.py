@@ -75,7 +75,10 @@ class Gateway:
                            code="node_not_found")
         return node
 
-    def health(self) -> dict[str, Any]:
+    def health(self, detail: bool = True) -> dict[str, Any]:
+        """The fleet's health. `detail` (admins, logs): why each model is unservable, in
+        the neurons' own words (file paths, hub errors); the public view says which model
+        and the kind of reason only."""
         nodes = list(self.fleet.nodes.values())
         healthy = [n for n in nodes if n.healthy]
         unservable = []
@@ -89,6 +92,8 @@ class Gateway:
             for failed in n.activation.get("failed", []):
                 unservable.append({"node": n.name, "model": failed.get("model_id"),
                                    "reason": "prewarm_failed", "detail": failed.get("error")})
+        if not detail:
+            unservable = [{k: v for k, v in u.items() if k != "detail"} for u in unservable]
         if not healthy:
             status = "impaired"
         elif len(healthy) < len(nodes) or unservable:

@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app
 
 import cortex
 from cortex.core import openapi
-from cortex.core.errors import BadRequest, NotFound
+from cortex.core.errors import ApiError, BadRequest, NotFound
 from cortex.core.http import bearer_token, install_error_handlers, json_body, json_response
 from cortex.gateway.composition import Gateway
 from cortex.gateway.ui import install_ui
@@ -53,7 +53,21 @@ def index() -> Any:
 
 @bp.get("/health")
 def health() -> Any:
-    return json_response(_gw().health())
+    """Public: the state and what is unservable. Why (a neuron's own error: paths, hub
+    messages) only with an admin key, and in the log."""
+    gw = _gw()
+    return json_response(gw.health(detail=_is_admin(gw)))
+
+
+def _is_admin(gw: Gateway) -> bool:
+    key = bearer_token()
+    if not key:
+        return False
+    try:
+        gw.auth.require_admin(key)
+    except ApiError:
+        return False
+    return True
 
 
 @bp.get("/v1/models")

@@ -152,12 +152,22 @@ class Live:
                                              lambda mid: views.public_id(self.gw, mid))}
         self.series.append(point)
         if self._subs:
-            self.publish("state", self.state())
+            self._publish_state()
             self.publish("tick", point)
         return point
 
-    def state(self) -> dict[str, Any]:
-        return views.state(self.gw)
+    def _publish_state(self) -> None:
+        """Admins' streams get the state with its error text, the others without."""
+        with self._lock:
+            subs = [(q, self._viewer_of.get(q) == "admin") for q in self._subs]
+        raw = {admin: sse_event(self.state(admin=admin), "state")
+               for admin in {a for _, a in subs}}
+        for q, admin in subs:
+            with contextlib.suppress(queue.Full):  # a slow page misses this one
+                q.put_nowait(raw[admin])
+
+    def state(self, admin: bool = True) -> dict[str, Any]:
+        return views.state(self.gw, admin=admin)
 
     def hello(self, viewer: dict[str, Any], sees: Sees | None = None) -> dict[str, Any]:
         g = self.gw.cfg

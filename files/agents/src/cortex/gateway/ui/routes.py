@@ -69,7 +69,7 @@ def api_state() -> Response:
     viewer = _viewer(live)
     live.ensure_sampling()
     return json_response({"hello": live.hello(viewer, _sees(live, viewer)),
-                          "state": live.state()})
+                          "state": live.state(admin=viewer["admin"])})
 
 
 @bp.get("/events")
@@ -86,7 +86,7 @@ def events() -> Response:
         try:
             yield b"retry: 2000\n\n"
             yield sse_event(live.hello(viewer, sees), "hello")
-            yield sse_event(live.state(), "state")
+            yield sse_event(live.state(admin=viewer["admin"]), "state")
             while not live.closing:
                 try:
                     raw = q.get(timeout=HEARTBEAT_SECS)

@@ -58,12 +58,17 @@ def public_id(gw: Gateway, load_id: str) -> str:
     return entry.id if entry else load_id
 
 
-def state(gw: Gateway, now: float | None = None) -> dict[str, Any]:
+def state(gw: Gateway, now: float | None = None, *, admin: bool = True) -> dict[str, Any]:
+    """The dashboard's picture of the fleet. Not for an admin: no error text from a poll
+    or a neuron (addresses, file paths, hub errors), only that there was one."""
     now = time.time() if now is None else now
-    return {"t": round(now, 3), "health": gw.health(),
-            "nodes": [_node(gw, n, now) for n in gw.fleet.nodes.values()],
+    return {"t": round(now, 3), "health": gw.health(detail=admin),
+            "nodes": [_node(gw, n, now, admin) for n in gw.fleet.nodes.values()],
             "models": _models(gw, now),
             "scale_events": [e.describe() for e in list(gw.scaler.events)[-20:]]}
+
+
+POLL_FAILED = "the gateway could not read this node's state (details for admins)"
 
 
 def _ttl_left(gw: Gateway, m: ModelOnNode, now: float) -> float | None:
@@ -76,7 +81,7 @@ def _ttl_left(gw: Gateway, m: ModelOnNode, now: float) -> float | None:
     return round(max(0.0, ttl - (now - m.last_used)), 1)
 
 
-def _node(gw: Gateway, n: Node, now: float) -> dict[str, Any]:
+def _node(gw: Gateway, n: Node, now: float, admin: bool = True) -> dict[str, Any]:
     models = []
     for m in n.models.values():
         if m.status == "available":
@@ -91,7 +96,8 @@ def _node(gw: Gateway, n: Node, now: float) -> dict[str, Any]:
         })
     return {
         "name": n.name, "healthy": n.healthy, "drained": n.drained, "failures": n.failures,
-        "last_error": n.last_error, "polled_secs_ago": round(now - n.last_ok, 1)
+        "last_error": n.last_error if admin or not n.last_error else POLL_FAILED,
+        "polled_secs_ago": round(now - n.last_ok, 1)
         if n.last_ok else None,
         "activation": n.activation.get("state"),
         "devices": [{k: d.get(k) for k in ("index", "name", "kind", "vram_total_mb",

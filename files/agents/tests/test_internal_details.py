@@ -1,0 +1,49 @@
+"""Clients see that something failed, not the fleet's insides: neuron addresses, file paths
+and hub errors go to the log and to admins only."""
+
+from __future__ import annotations
+
+import requests
+
+from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry
+from cortex.testing.served import Served
+from cortex.testing.waiting import wait_for
+
+ADMIN, KEY = "sk-admin-details", "sk-client-details"
+
+
+def test_health_and_the_dashboard_keep_the_details_for_admins(neuron_factory,
+                                                               gateway_factory, tmp_path):
+    # A pre-warm that fails names the missing file's path; a node that cannot be polled
+    # names its address. Before, the public /health and every dashboard viewer got both.
+    n = neuron_factory(default_models=["file:no-such-model"])
+    dead = Served(lambda environ, start_response: [])  # a port nobody answers properly on
+    dead.close()
+    gw = gateway_factory({"n1": n, "gone": dead}, [ModelEntry(id="tiny-hello")],
+                         admin_keys=[ADMIN], entitlements=EntitlementsSection(
+                             require_auth=True, keys=[KeyEntry(key=KEY, account_id="a")]))
+
+    def health(key: str = "") -> dict:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.get(gw.url + "/health", headers=headers, timeout=10).json()
+
+    wait_for(lambda: any(u["reason"] == "prewarm_failed" for u in health()["unservable"]),
+             "the pre-warm failure", 30)
+    public = health()
+    assert all("detail" not in u for u in public["unservable"])
+    assert str(n.neuron.cfg.models_dir) not in str(public)
+    detailed = [u for u in health(ADMIN)["unservable"] if u["reason"] == "prewarm_failed"]
+    assert detailed and "no-such-model" in detailed[0]["detail"]
+
+    def node(key: str) -> dict:
+        state = requests.get(gw.url + "/ui/api/state", timeout=10,
+                             headers={"Authorization": f"Bearer {key}"}).json()["state"]
+        return {x["name"]: x for x in state["nodes"]}["gone"]
+
+    wait_for(lambda: node(ADMIN)["last_error"], "the failed poll", 30)
+    assert dead.url.split("//")[1] not in str(node(KEY))
+    assert node(KEY)["last_error"] and "admins" in node(KEY)["last_error"]
+    client_state = requests.get(gw.url + "/ui/api/state", timeout=10,
+                                headers={"Authorization": f"Bearer {KEY}"}).text
+    assert dead.url.split("//")[1] not in client_state
+    assert str(n.neuron.cfg.models_dir) not in client_state
