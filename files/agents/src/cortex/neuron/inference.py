@@ -11,7 +11,7 @@ import logging
 import queue
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,12 @@ class Caller:
 
     principal: str = ""  # the account a gateway sent it for: the prompt cache's partition
     routed: bool = False  # a gateway routed it (refused while drained, so it goes elsewhere)
+    # Whether the client has closed its side of the connection (the web layer peeks at the
+    # socket); None where that cannot be known.
+    hung_up: Callable[[], bool] | None = None
+
+
+HUNG_UP_CHECK_SECS = 0.25  # how often a non-streaming request looks for a gone client
 
 
 def model_to_serve(neuron: Neuron, body: dict, caller: Caller) -> Loaded:
@@ -92,18 +98,36 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
         return _stream(neuron, reply, waiter, endpoint)
     try:
         summary = None
-        for kind, value in waiter.events():
+        watch = caller.hung_up
+        check_at = time.monotonic() + HUNG_UP_CHECK_SECS
+        for kind, value in waiter.events(keepalive=watch is not None,
+                                         every=HUNG_UP_CHECK_SECS):
             if kind == "text":
                 reply.feed(value)
             elif kind == "done":
                 summary = value
-        neuron.metrics.requests.labels(loaded.id, endpoint, "200").inc()
+                continue
+            if watch is not None and not job.cancelled and time.monotonic() >= check_at:
+                check_at = time.monotonic() + HUNG_UP_CHECK_SECS
+                if watch():
+                    _client_left(loaded, job)
+        status = "499" if summary["finish_reason"] == "cancelled" else "200"
+        neuron.metrics.requests.labels(loaded.id, endpoint, status).inc()
         return reply.complete(summary)
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
     finally:
         waiter.release()
+
+
+def _client_left(loaded: Loaded, job: Job) -> None:
+    """A non-streaming client closed its side: free the slot now, as a stream's does. A job
+    that had started ends with what it generated, and that reply still goes out: a gateway
+    that half-closed (its own client left, or its deadline passed) reads it and bills it."""
+    if loaded.scheduler.withdraw(job):  # it never started: nothing was generated
+        raise ApiError("the client closed the connection before the request started",
+                       code="client_closed", status=499)
 
 
 def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iterator[bytes]:
@@ -160,12 +184,14 @@ class Waiter:
         self._last_text = 0.0
         self.texts = 0  # the scheduler's text events (one a token, but for held-back text)
 
-    def events(self, keepalive: bool = False, coalesce: float = 0.0
-               ) -> Iterator[tuple[str, Any]]:
+    def events(self, keepalive: bool = False, coalesce: float = 0.0,
+               every: float = KEEPALIVE_SECS) -> Iterator[tuple[str, Any]]:
+        """The job's events; with `keepalive`, a ("keepalive", None) after each `every`
+        seconds without one."""
         job = self.job
         deadline = job.enqueued_at + self.max_wait
         while True:
-            timeout = KEEPALIVE_SECS
+            timeout = every
             if not job.started.is_set():
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             try:
