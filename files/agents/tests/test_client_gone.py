@@ -23,12 +23,18 @@ def long_neuron(neuron_factory):
     return n
 
 
-def _send(n, body: dict) -> socket.socket:
+def _send(n, body: dict, account: str = "acme") -> socket.socket:
     data = json.dumps(body).encode()
     conn = socket.create_connection((n.host, n.port))
     conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                 f"application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+                 f"application/json\r\nX-Helexa-Account-Id: {account}\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return conn
+
+
+def _account_tokens(n, account: str, kind: str) -> float:
+    return n.neuron.metrics.registry.get_sample_value(
+        "neuron_account_tokens_total", {"account": account, "kind": kind}) or 0
 
 
 def _running(n) -> int:
@@ -43,6 +49,8 @@ def test_a_non_streaming_client_that_hangs_up_frees_its_slot(long_neuron):
     wait_for(lambda: _running(long_neuron) == 0, "the slot to be freed", 10)
     r = long_neuron.chat("file:tiny-long", max_tokens=3)  # the slot serves the next one
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+    # What it generated for nobody is still counted for its account (to reconcile spend).
+    assert 0 < _account_tokens(long_neuron, "acme", "completion") < 60000
 
 
 def test_a_half_closed_client_gets_what_was_generated(long_neuron):
@@ -63,3 +71,5 @@ def test_a_half_closed_client_gets_what_was_generated(long_neuron):
     usage = json.loads(raw.partition(b"\r\n\r\n")[2])["usage"]
     assert 0 < usage["completion_tokens"] < 60000 and usage["prompt_tokens"] > 0
     assert _running(long_neuron) == 0
+    assert _account_tokens(long_neuron, "acme", "completion") == usage["completion_tokens"]
+    assert _account_tokens(long_neuron, "acme", "prompt") == usage["prompt_tokens"]

@@ -49,18 +49,29 @@ class NeuronMetrics:
         self.rejections = Counter("neuron_rejections", "Requests refused by admission",
                                   ["model", "reason"], registry=r)
         self.loaded = Gauge("neuron_model_loaded", "1 while a model is loaded", m, registry=r)
+        # Per account a gateway named (X-Helexa-Account-Id; "" for direct callers): what the
+        # neuron read and generated for it, to reconcile with the gateways' spend. Accounts
+        # are the gateways' configured ones, a bounded set.
+        self.account_tokens = Counter("neuron_account_tokens",
+                                      "Tokens read (prompt) and generated (completion) per "
+                                      "account", ["account", "kind"], registry=r)
 
     def watch_devices(self, snapshot: Callable[[], Sequence[Any]]) -> None:
         """Device memory gauges read from `snapshot()` (Device objects) at each scrape."""
         self.registry.register(_DeviceMemory(snapshot))
 
     def observe_generation(self, model: str, *, prompt: int, completion: int, ttft: float,
-                           decode_s: float) -> None:
+                           decode_s: float, account: str = "") -> None:
+        self.account_usage(account, prompt, completion)
         self.prompt_tokens.labels(model).inc(prompt)
         self.completion_tokens.labels(model).inc(completion)
         self.ttft.labels(model).observe(ttft)
         if decode_s > 0 and completion > 1:
             self.decode_tok_s.labels(model).observe((completion - 1) / decode_s)
+
+    def account_usage(self, account: str, prompt: int, completion: int) -> None:
+        self.account_tokens.labels(account, "prompt").inc(prompt)
+        self.account_tokens.labels(account, "completion").inc(completion)
 
     def totals(self, model: str) -> dict[str, int]:
         """Requests finished and tokens generated for `model` since this process began:

@@ -473,6 +473,8 @@ class ModelScheduler:
 
     def _fail(self, run: _Run, exc: Exception) -> None:
         self._release(run)
+        self.metrics.account_usage(run.job.principal, len(run.job.request.prompt_tokens),
+                                   run.produced)
         run.job.events.put(("error", ApiError(f"generation failed: {exc}",
                                               code="generation_failed")))
 
@@ -480,6 +482,8 @@ class ModelScheduler:
         self._release(run)
         job = run.job
         if job.abort is not None:
+            self.metrics.account_usage(job.principal, len(job.request.prompt_tokens),
+                                       run.produced)
             job.events.put(("error", job.abort))
             return
         if finish != "cancelled" and job.cancelled:
@@ -499,7 +503,7 @@ class ModelScheduler:
         self.metrics.observe_generation(self.model_id, prompt=len(req.prompt_tokens),
                                         completion=run.produced,
                                         ttft=run.first_at - job.enqueued_at,
-                                        decode_s=done - run.first_at)
+                                        decode_s=done - run.first_at, account=job.principal)
         job.events.put(("done", {
             "finish_reason": finish, "stop": run.text.stopped_by,
             "completion_tokens": run.produced, "prompt_tokens": len(req.prompt_tokens),
