@@ -4,19 +4,26 @@ The real gateway (gunicorn + gevent, 2 workers) over two `neuron serve` processe
 loopback, each pre-warming the same tiny GGUF models (or SmolLM2 with `--smollm2`). n2 sits
 behind a fault proxy (cortex.testing.faults), n1 is reached directly (the gateway's pooled
 keep-alive connections meet its restarts). Clients alternate streaming and non-streaming
-requests at random, each with its own API key and a bounded timeout. Every ~`--fault-every`
-seconds one fault is injected at random:
+requests at random, each with its own API key (its own account) and a bounded timeout;
+half the keys are capped (a rolling window they run into), and a client hangs up on one
+request in ten (a stream after its first events, a non-streaming request after 0.15 s).
+Every ~`--fault-every` seconds one fault is injected at random:
 
   kill      kill -9 of a neuron's master and worker, then a restart (it pre-warms again)
   pause     SIGSTOP of a neuron for 1-3 s, then SIGCONT
   slow      n2's replies held 1-3 s by the proxy for a few seconds (under the read timeout)
+  reload    SIGHUP of the gateway (`systemctl reload`: new workers, the old ones finish)
+  evict     an admin unload of a model on a neuron, whatever runs on it (the next request
+            loads it again)
 
 An error is put down to a fault when the request overlapped the fault's window (from its
 start to a few seconds after its end, while the gateway notices); anything else is an
 error beyond the injected faults (target: none). Prints requests served, errors by kind,
 latency P50/P99 inside and outside fault windows (the fault-free share is the baseline of
-the same run), and the RSS of every process from after the warm-up to the end (target:
-growth < 5 %). Loopback only; asserts nothing.
+the same run), the RSS of every process from after the warm-up to the end (target:
+growth < 5 %), and per key what the gateway billed against what the neurons read and
+generated for it (soak_ledger.py; target: equal within one request). A capped key's 429
+and a client's own hang-up are outcomes, not errors. Loopback only; asserts nothing.
 
     .venv/bin/python bench/soak.py                    # 8 clients, 2 minutes, tiny models
     .venv/bin/python bench/soak.py --minutes 10 --clients 16 --smollm2
@@ -28,6 +35,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -37,11 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import soak_ledger
 from figures import pct
 
 from cortex.testing.faults import Delay, FaultProxy
 from cortex.testing.model_sets import ModelSet, build_models
 from cortex.testing.processes import (
+    ADMIN_KEY,
     FLEET_NEURON,
     SERVICE_ERRORS,
     GatewayServer,
@@ -53,6 +63,7 @@ from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
 from cortex.testing.waiting import wait_for
 
 GRACE_S = 4.0  # after a fault ends, while the gateway polls its way back to the truth
+HANGUP_MAX_TOKENS = 400  # a request the client will hang up on asks for this much
 
 
 @dataclass
@@ -69,6 +80,8 @@ class Result:
     stream: bool
     error: str = ""  # "" when the answer came whole and right
     node: str = ""
+    key: str = ""
+    outcome: str = ""  # "capped" (its key's cap said 429), "hung up" (by the client)
 
 
 @dataclass
@@ -93,21 +106,26 @@ class Soak:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
+    capped: set[str] = field(default_factory=set)  # keys with a cap
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
 
 # -- clients -------------------------------------------------------------------------------
-def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random) -> Result:
+def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random,
+                hangup: float) -> Result:
     model = rng.choice(s.models)
     stream = rng.random() < 0.5
-    body = {"model": model.name, "stream": stream, "max_tokens": model.max_tokens,
-            "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}
-    r = Result(s.now(), 0.0, stream)
+    hang = rng.random() < hangup
+    body = {"model": model.name, "stream": stream, "temperature": 0,
+            "max_tokens": HANGUP_MAX_TOKENS if hang else model.max_tokens,
+            "messages": [{"role": "user", "content": "Hi"}]}
+    r = Result(s.now(), 0.0, stream, key=key)
     try:
         with http.post(s.gw.url + "/v1/chat/completions", json=body, stream=stream,
-                       headers={"Authorization": f"Bearer {key}"}, timeout=(5, 30)) as resp:
+                       headers={"Authorization": f"Bearer {key}"},
+                       timeout=(5, 0.15 if hang and not stream else 30)) as resp:
             r.node = resp.headers.get("X-Cortex-Node", "")
             if resp.status_code != 200:
                 try:
@@ -115,18 +133,30 @@ def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random) -
                 except (ValueError, KeyError, TypeError, AttributeError):
                     code = "not-an-envelope"
                 r.error = f"HTTP {resp.status_code} {code}"
+                if resp.status_code == 429 and key in s.capped:
+                    r.error, r.outcome = "", "capped"
+            elif hang and stream:
+                for _ in zip(range(3), resp.iter_lines(), strict=False):
+                    pass  # a few events, then the client goes
+                r.outcome = "hung up"
             elif stream:
                 r.error = check_stream(resp, model)
             else:
                 text = resp.json()["choices"][0]["message"]["content"] or ""
                 r.error = check_text(text, model)
+                r.outcome = "hung up" if hang else ""  # (it answered before the hang-up)
     except requests.Timeout:
-        r.error = "client timeout"
+        if hang:
+            r.outcome = "hung up"
+        else:
+            r.error = "client timeout"
     except requests.RequestException as exc:
         r.error = f"connection: {type(exc).__name__}"
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         r.error = f"bad body: {type(exc).__name__}"
     r.end = s.now()
+    if hang:  # this session's connection may be the one left open: a fresh one next
+        http.close()
     return r
 
 
@@ -158,30 +188,44 @@ def check_text(text: str, model: Model) -> str:
     return ""
 
 
-def client(s: Soak, i: int, seed: int) -> None:
+def client(s: Soak, i: int, seed: int, hangup: float) -> None:
     rng = random.Random(seed * 1000 + i)
     http = requests.Session()
     while not s.stop.is_set():
-        r = one_request(s, http, f"sk-soak-{i}", rng)
+        r = one_request(s, http, f"sk-soak-{i}", rng, hangup)
         with s.lock:
             s.results.append(r)
-        if r.error:
+        if r.error or r.outcome == "capped":
             time.sleep(0.2)  # as a polite client backs off
     http.close()
 
 
 # -- faults --------------------------------------------------------------------------------
-def inject(s: Soak, rng: random.Random, every: float, deadline: float) -> None:
+def inject(s: Soak, rng: random.Random, every: float, deadline: float,
+           kinds: list[str]) -> None:
     while not s.stop.wait(rng.uniform(0.6, 1.4) * every):
         if s.now() > deadline:
             return
-        kind = rng.choice(["kill", "pause", "slow"])
-        target = "n2" if kind == "slow" else rng.choice(sorted(s.neurons))
+        kind = rng.choice(kinds)
+        target = ("n2" if kind == "slow" else "gateway" if kind == "reload"
+                  else rng.choice(sorted(s.neurons)))
         f = Fault(kind, target, s.now())
         with s.lock:
             s.faults.append(f)
-        n = s.neurons[target]
-        if kind == "kill":
+        n = s.neurons.get(target)
+        if kind == "reload":
+            os.kill(s.gw.pids()[0], signal.SIGHUP)  # the master: new workers, old ones drain
+            time.sleep(3.0)  # (the window in which an error is put down to it)
+        elif kind == "evict":
+            model = rng.choice(s.models).name
+            r = s.gw.http.post(f"{s.gw.url}/admin/nodes/{target}/models/unload",
+                               json={"model": model}, timeout=30,
+                               headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            f.kind = f"evict {model}" if r.status_code == 200 else f"evict ({r.status_code})"
+            time.sleep(1.0)
+        elif n is None:
+            pass
+        elif kind == "kill":
             n.kill()
             time.sleep(rng.uniform(0.5, 2.0))
             n.restart()
@@ -241,9 +285,10 @@ def ms(values: list[float]) -> str:
             f"  (n={len(values)})")
 
 
-def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool]) -> None:
+def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool],
+           ledger: soak_ledger.Ledger) -> None:
     res = s.results
-    ok = [r for r in res if not r.error]
+    ok = [r for r in res if not r.error and not r.outcome]
     print(f"\n== soak: {args.clients} clients, {args.minutes:g} min, models "
           f"{', '.join(m.name for m in s.models)}, gateway 2 workers, faults every "
           f"~{args.fault_every:g} s (seed {args.seed})")
@@ -251,8 +296,11 @@ def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool]) 
         Counter((f.kind, f.target) for f in s.faults).items())) or "none")
     for f in s.faults:
         print(f"  t={f.start:6.1f}-{f.end:6.1f} s  {f.kind:5s} {f.target}")
+    outcomes = Counter(r.outcome for r in res if r.outcome and not r.error)
     print(f"requests: {len(res)} ({sum(r.stream for r in res)} streams), {len(ok)} served "
-          f"whole and right, {len(res) - len(ok)} errors, "
+          f"whole and right, {outcomes['capped']} refused by their key's cap (429), "
+          f"{outcomes['hung up']} hung up on by their client, "
+          f"{sum(bool(r.error) for r in res)} errors, "
           f"{len(ok) / max(1e-9, args.minutes * 60):.1f} ok/s")
     injected: Counter = Counter()
     other: Counter = Counter()
@@ -303,9 +351,12 @@ def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool]) 
         half_pc = f"{half:+5.1f} %" if half is not None else "     -"
         print(f"  {rss.role[pid]:12s} pid {pid:7d}  {base / 1024:7.1f} -> {mid_mb} -> "
               f"{last / 1024:7.1f}  ({growth:+5.1f} %, second half {half_pc})  {life}")
+    off = soak_ledger.report(ledger, s.gw.config.parent / "state", HANGUP_MAX_TOKENS + 100,
+                             Counter(r.key for r in res), s.capped)
     print(f"verdict: {sum(other.values())} errors beyond the injected faults (target 0); "
           f"largest RSS growth of a process that ran to the end: {worst:+.1f} % since its "
-          f"warm-up, {worst_half:+.1f} % over the second half (target < 5 %)")
+          f"warm-up, {worst_half:+.1f} % over the second half (target < 5 %); {off} keys "
+          "billed off what the neurons generated by more than one request (target 0)")
     try:
         load = os.getloadavg()
         print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
@@ -334,6 +385,14 @@ def main() -> None:
                     help="seconds into a process's life before its RSS baseline")
     ap.add_argument("--smollm2", action="store_true", help="SmolLM2-135M instead of tiny")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--capped", type=float, default=0.5, help="share of keys with a cap")
+    ap.add_argument("--cap", type=int, default=1500,
+                    help="a capped key's tokens per --cap-window seconds")
+    ap.add_argument("--cap-window", type=int, default=30)
+    ap.add_argument("--hangup", type=float, default=0.1,
+                    help="share of requests the client hangs up on")
+    ap.add_argument("--faults", default="kill,pause,slow,reload,evict",
+                    help="the kinds of fault to inject, comma-separated")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cortex-soak-"))
@@ -351,13 +410,16 @@ def main() -> None:
     proxy = FaultProxy(neurons["n2"].url)
     catalogue = {"models": [{"id": m.name} for m in models]}
     keys = [{"key": f"sk-soak-{i}", "account_id": f"client-{i}"} for i in range(args.clients)]
+    for k in keys[:round(args.clients * args.capped)]:
+        k.update(hard_cap=args.cap, window={"kind": "rolling", "seconds": args.cap_window})
     gw = GatewayServer(work, {"n1": neurons["n1"].url, "n2": proxy.url}, catalogue,
                        workers=2, gateway={"poll_interval_secs": 0.5, "connect_timeout_secs": 1,
                                            "read_timeout_secs": 10, "load_timeout_secs": 60},
                        entitlements={"entitlements": {"require_auth": True, "keys": keys}})
     gw.start()
-    s = Soak(gw, neurons, proxy, models)
+    s = Soak(gw, neurons, proxy, models, capped={k["key"] for k in keys if "hard_cap" in k})
     rss = Rss([gw, *neurons.values()], args.warmup, args.minutes * 30)
+    ledger = soak_ledger.Ledger(neurons, {k["key"]: k["account_id"] for k in keys})
     alive: dict[int, bool] = {}
     try:
         gw.wait_ready(timeout=60)
@@ -366,11 +428,15 @@ def main() -> None:
         print(f"soak: work dir {work}; running {args.minutes:g} min ...", flush=True)
         s.t0 = time.monotonic()
         duration = args.minutes * 60
-        threads = [threading.Thread(target=client, args=(s, i, args.seed), daemon=True)
-                   for i in range(args.clients)]
+        threads = [threading.Thread(target=client, args=(s, i, args.seed, args.hangup),
+                                    daemon=True) for i in range(args.clients)]
         threads.append(threading.Thread(target=rss.run, args=(s,), daemon=True))
+        done = threading.Event()
+        scraper = threading.Thread(target=ledger.run, args=(done,), daemon=True)
+        scraper.start()
         faults = threading.Thread(target=inject, args=(s, random.Random(args.seed),
-                                                       args.fault_every, duration - 10),
+                                                       args.fault_every, duration - 10,
+                                                       args.faults.split(",")),
                                   daemon=True)
         for t in [*threads, faults]:
             t.start()
@@ -383,13 +449,20 @@ def main() -> None:
         for svc in [gw, *neurons.values()]:
             for pid in svc.pids():
                 alive[pid] = True
+        # Everything settles (the neurons idle, every hold stored) before the last count.
+        wait_for(lambda: all(n.busy() == 0 for n in neurons.values()), "idle neurons", 60,
+                 ignore=SERVICE_ERRORS)
+        time.sleep(2.0)  # (a reply on the wire is billed just after it)
+        done.set()
+        scraper.join(10)
+        ledger.scrape()
     finally:
         s.stop.set()
         proxy.close()
         for svc in [gw, *neurons.values()]:
             svc.http.close()
             svc.stop()
-    report(s, rss, args, alive)
+    report(s, rss, args, alive, ledger)
     print(f"logs: {work}")
 
 
