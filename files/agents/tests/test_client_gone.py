@@ -73,3 +73,23 @@ def test_a_half_closed_client_gets_what_was_generated(long_neuron):
     assert _running(long_neuron) == 0
     assert _account_tokens(long_neuron, "acme", "completion") == usage["completion_tokens"]
     assert _account_tokens(long_neuron, "acme", "prompt") == usage["prompt_tokens"]
+
+
+def test_a_half_closed_stream_ends_with_its_usage(long_neuron):
+    # The gateway's way to stop a stream and still bill it exactly: close the sending side,
+    # read on to the end. Before, the neuron wrote on to max_tokens.
+    conn = _send(long_neuron, {**LONG, "stream": True})
+    conn.settimeout(20)
+    raw = conn.recv(65536)
+    while b"data: {" not in raw:
+        raw += conn.recv(65536)
+    conn.shutdown(socket.SHUT_WR)
+    while not raw.rstrip().endswith(b"0\r\n\r\n") and (chunk := conn.recv(65536)):
+        raw += chunk
+    conn.close()
+    events = [line[6:] for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert events[-1] == b"[DONE]"
+    usage = json.loads(events[-2])["usage"]
+    assert 0 < usage["completion_tokens"] < 60000
+    assert _account_tokens(long_neuron, "acme", "completion") == usage["completion_tokens"]
+    assert _running(long_neuron) == 0

@@ -505,7 +505,7 @@ def test_full_queue_is_503_with_retry_after_never_a_hang(fleet):
 # -- the client hangs up -------------------------------------------------------------------
 def test_client_disconnect_mid_stream_frees_the_slot(fleet):
     (n1,) = fleet.neurons("n1", extra='default_models = ["file:tiny-long"]\n')
-    capped = {"key": "sk-capped", "account_id": "capped", "hard_cap": 1}
+    capped = {"key": "sk-capped", "account_id": "capped", "hard_cap": 5000}
     gw = fleet.gateway({"n1": n1}, '[[models]]\nid = "tiny-long"\n', keys=(capped,))
     gw.wait_ready()
     wait_locations(gw, "tiny-long", {"n1": "loaded"})
@@ -525,5 +525,12 @@ def test_client_disconnect_mid_stream_frees_the_slot(fleet):
         return metric(gw.metrics(), "cortex_spend_tokens_total", account="capped")
 
     wait_for(billed, "tokens billed to the key that hung up", 5, ignore=SERVICE_ERRORS)
+    # Asking for 60000 tokens, it gets what the key has left (its bound clamped).
+    left = 5000 - billed()
+    chunks = list(client(gw, "sk-capped").chat.completions.create(
+        model="tiny-long", messages=MSG, stream=True, max_tokens=LONG,
+        stream_options={"include_usage": True}))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert left - 30 < chunks[-1].usage.total_tokens <= left + 30
     r = chat(gw, "tiny-long", key="sk-capped", max_tokens=8)
     assert envelope(r, 429)["code"] == "insufficient_quota"

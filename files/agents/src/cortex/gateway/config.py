@@ -42,6 +42,9 @@ class GatewaySection:
     max_reply_bytes: int = 64 * 1024 * 1024
     connect_timeout_secs: float = 3.0
     read_timeout_secs: float = 600.0
+    # A reload (HUP) or a stop lets the old workers' requests run this long; a stream still
+    # going then is cut (an error event, billed what was relayed).
+    graceful_timeout_secs: float = 600.0
     load_timeout_secs: float = 300.0  # a cold load, including a download
     default_keep_alive: str | int = 0  # idle TTL for catalogue models; 0 = never unload
     state_dir: str = "/var/lib/helexa/gateway"
@@ -60,6 +63,8 @@ class GatewaySection:
     def __post_init__(self) -> None:
         parse_listen(self.listen, DEFAULT_PORT)
         parse_listen(self.metrics_listen, DEFAULT_METRICS_PORT)
+        if self.graceful_timeout_secs <= 0:
+            raise ValueError("[gateway] graceful_timeout_secs must be positive")
         if self.poll_interval_secs <= 0 or self.workers < 1:
             raise ValueError("[gateway] poll_interval_secs and workers must be positive")
         if self.ui_max_streams < 1 or self.ui_max_streams_per_key < 1:

@@ -6,6 +6,7 @@ Call `patch()` before anything imports ssl, urllib3 or requests (the CLI does it
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -105,7 +106,8 @@ def serve(config_path: str) -> None:
         "worker_class": "cortex.gateway.worker.GatewayWorker",  # gevent, one write a reply
         "worker_connections": g.worker_connections,
         "timeout": 60,
-        "graceful_timeout": 30,
+        # A reload's old workers finish their requests, streams included, up to this long.
+        "graceful_timeout": math.ceil(g.graceful_timeout_secs),
         # Idle keep-alive connections hold a gevent worker at shutdown: keep them short.
         "keepalive": 5,
         "loglevel": g.log_level,

@@ -95,7 +95,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     reply = Reply(loaded, chat=chat, prompt=prompt)
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:
-        return _stream(neuron, reply, waiter, endpoint)
+        return _stream(neuron, reply, waiter, endpoint, caller.hung_up)
     try:
         summary = None
         watch = caller.hung_up
@@ -130,17 +130,31 @@ def _client_left(loaded: Loaded, job: Job) -> None:
                        code="client_closed", status=499)
 
 
-def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iterator[bytes]:
+def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
+            watch: Callable[[], bool] | None = None) -> Iterator[bytes]:
     status = "200"
     coalesce = neuron.cfg.stream_interval_ms / 1000
+    job = waiter.job
     try:
         opened = not reply.chat  # a chat stream opens with its role chunk
-        if not waiter.job.started.is_set():
+        if not job.started.is_set():
             yield b": queued\n\n"  # the reply's head goes out now, not once a slot frees
-        for kind, value in waiter.events(keepalive=True, coalesce=coalesce):
+        wrote = check_at = time.monotonic()
+        every = KEEPALIVE_SECS if watch is None else HUNG_UP_CHECK_SECS
+        for kind, value in waiter.events(keepalive=True, coalesce=coalesce, every=every):
+            now = time.monotonic()
+            if watch is not None and not job.cancelled and now >= check_at:
+                # A client that closed its sending side (a gateway stopping the request)
+                # is still reading: the stream ends with what was generated, and its usage.
+                check_at = now + HUNG_UP_CHECK_SECS
+                if watch():
+                    _client_left(reply.loaded, job)
             if kind == "keepalive":
-                yield b": keep-alive\n\n"
+                if now - wrote >= KEEPALIVE_SECS:
+                    wrote = now
+                    yield b": keep-alive\n\n"
                 continue
+            wrote = now
             if not opened:
                 # Once the request has a slot (keep-alives while it queues): the prompt's
                 # size and how much of it the slot's cache held (extension fields), which
@@ -155,6 +169,8 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str) -> Iter
                 for chunk in reply.stream_parts(reply.parse(value)):
                     yield sse_event(chunk)
             elif kind == "done":
+                if value["finish_reason"] == "cancelled":
+                    status = "499"
                 for chunk in reply.stream_parts(reply.finish_parts()):
                     yield sse_event(chunk)
                 yield sse_event(reply.final_chunk(value))
