@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,14 +68,16 @@ class Fleet:
         return p
 
     def gateway(self, neurons: dict, models: str, *, name: str = "gw", workers: int = 1,
-                keys: tuple[dict, ...] = (), **gateway: float) -> GatewayServer:
+                keys: tuple[dict, ...] = (), store: str = "", **gateway: float
+                ) -> GatewayServer:
         """`cortex serve` over `neurons` (name: a NeuronServer or FaultProxy); `gateway`
-        overrides [gateway] keys of GATEWAY; `keys` are more [[entitlements.keys]] than KEY."""
+        overrides [gateway] keys of GATEWAY; `keys` are more [[entitlements.keys]] than KEY;
+        `store`: the spend store ("": its own SQLite file)."""
         urls = {k: v.url for k, v in neurons.items()}
         keys = ({"key": KEY, "account_id": "faults"}, *keys)
         gw = GatewayServer(self.workdir, urls, models, name=name, workers=workers,
                            gateway={**GATEWAY, **gateway},
-                           entitlements={"entitlements": {"require_auth": True,
+                           entitlements={"entitlements": {"require_auth": True, "store": store,
                                                           "keys": list(keys)}})
         self.services.append(gw)
         gw.start()
@@ -534,3 +537,54 @@ def test_client_disconnect_mid_stream_frees_the_slot(fleet):
     assert left - 30 < chunks[-1].usage.total_tokens <= left + 30
     r = chat(gw, "tiny-long", key="sk-capped", max_tokens=8)
     assert envelope(r, 429)["code"] == "insufficient_quota"
+
+
+# -- caps across gateway hosts, a reload mid-stream -----------------------------------------
+def test_a_cap_holds_across_gateway_hosts(fleet, tmp_path):
+    # Two gateway hosts (two workers each) share one spend store: concurrent requests of
+    # one key, spread over both, never spend past its cap by more than the prompts'
+    # estimates. Before, each worker counted only its own requests in flight.
+    (n1,) = fleet.neurons("n1", extra='default_models = ["file:tiny-long"]\n'
+                          "[admission]\nmax_queue_depth = 16\nmax_per_principal = 16\n")
+    store = f"sqlite://{tmp_path}/shared-spend.sqlite3"
+    capped = {"key": "sk-capped", "account_id": "capped", "hard_cap": 250,
+              "window": {"kind": "rolling", "seconds": 600}}
+    gws = [fleet.gateway({"n1": n1}, '[[models]]\nid = "tiny-long"\n', name=f"gw{i}",
+                         workers=2, keys=(capped,), store=store) for i in (1, 2)]
+    for gw in gws:
+        gw.wait_ready()
+    barrier = threading.Barrier(8)
+
+    def go(gw: GatewayServer) -> tuple[int, int]:
+        barrier.wait(30)
+        r = chat(gw, "tiny-long", key="sk-capped", max_tokens=100, timeout=60)
+        return r.status_code, r.json()["usage"]["total_tokens"] if r.ok else 0
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(go, [gws[i % 2] for i in range(8)], timeout=120))
+    assert {s for s, _ in results} <= {200, 429} and 429 in {s for s, _ in results}
+    spent = sum(t for _, t in results)
+    assert 0 < spent <= 250 + 3 * 20, results  # 3 admitted at most, each prompt ~20 over
+    idle(n1)
+
+
+def test_a_reload_lets_a_running_stream_finish(fleet):
+    # `systemctl reload`: fresh workers; the old ones finish what runs, streams included,
+    # for up to graceful_timeout_secs (was a fixed 30 s, whatever the docs said).
+    (n1,) = fleet.neurons("n1", extra=PREWARM_HELLO)
+    slow = fleet.proxy(n1)
+    gw = fleet.gateway({"n1": slow}, HELLO_MODEL, workers=2, graceful_timeout_secs=60)
+    gw.wait_ready()
+    wait_locations(gw, "tiny-hello", {"n1": "loaded"})
+    slow.set(Delay(6))  # the neuron takes its time: the stream is running at the reload
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(lambda: sse(chat(gw, "tiny-hello", stream=True, max_tokens=8,
+                                               timeout=(5, 30))))
+        wait_for(lambda: slow.holding == 1, "the stream under way", 15)
+        gw.proc.send_signal(signal.SIGHUP)  # reload while it runs
+        events = pending.result(60)
+    assert events[-1] == "[DONE]" and all('"error"' not in e for e in events)
+    assert "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-1] if json.loads(e)["choices"]) == HELLO
+    answered(gw)
+    idle(n1)
