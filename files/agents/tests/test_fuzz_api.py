@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from cortex.core import openapi
-from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry
+from cortex.gateway.config import EntitlementsSection, KeyEntry, ModelEntry, Window
 from cortex.testing.served import serve_gateway, serve_neuron
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
@@ -69,10 +69,14 @@ def servers(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         n.http.headers["Authorization"] = f"Bearer {TOKEN}"
         n.load("file:tiny-hello")
         neurons.append(n)
+    # The key is capped (far above what the fuzz spends): every generated body goes
+    # through the caps' input count, reservation and output clamp.
     gw = serve_gateway({"n1": neurons[1]}, tmp / "gw", [ModelEntry(id="tiny-hello")],
                        poll_interval_secs=0.5, neuron_token=TOKEN, admin_keys=[ADMIN],
-                       entitlements=EntitlementsSection(require_auth=True, keys=[
-                           KeyEntry(key=KEY, account_id="fuzz")]))
+                       entitlements=EntitlementsSection(
+                           require_auth=True, count_requests_per_minute=100_000, keys=[
+                               KeyEntry(key=KEY, account_id="fuzz", hard_cap=10**12,
+                                        window=Window(kind="rolling", seconds=3600))]))
     yield {"neuron": neurons[0], "gateway": gw}
     gw.close()
     for n in neurons:
