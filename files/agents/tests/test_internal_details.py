@@ -47,3 +47,23 @@ def test_health_and_the_dashboard_keep_the_details_for_admins(neuron_factory,
                                 headers={"Authorization": f"Bearer {KEY}"}).text
     assert dead.url.split("//")[1] not in client_state
     assert str(n.neuron.cfg.models_dir) not in client_state
+
+
+def test_a_failed_cold_load_names_the_model_not_the_neurons_files(neuron_factory,
+                                                                  gateway_factory, models_dir,
+                                                                  tmp_path, caplog):
+    broken_dir = tmp_path / "models-broken"
+    broken_dir.mkdir()
+    data = (models_dir / "tiny-hello.gguf").read_bytes()
+    (broken_dir / "tiny-broken.gguf").write_bytes(data[:len(data) * 9 // 10])
+    n = neuron_factory(models_dir=broken_dir)
+    direct = n.post("/models/load", {"model_id": "file:tiny-broken"})
+    assert direct.status_code >= 400 and str(broken_dir) in direct.text  # the neuron's words
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-broken")])
+    r = gw.chat("tiny-broken")
+    assert r.status_code == direct.status_code, r.text
+    err = r.json()["error"]
+    assert err["code"] == direct.json()["error"].get("code", err["code"])
+    assert "tiny-broken" in err["message"] and "n1" in err["message"]
+    assert str(broken_dir) not in r.text and str(tmp_path) not in r.text
+    assert str(broken_dir) in caplog.text  # for the operator, in the log

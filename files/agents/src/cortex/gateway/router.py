@@ -235,7 +235,7 @@ class Router:
                 freed = self._evict_for(node, entry, need, lower_only=lower_only)
                 if freed:
                     continue
-            raise err
+            raise load_failed(err, node, entry)
 
     def _evict_for(self, node: Node, entry: ModelEntry, need: int, *,
                    lower_only: bool = False) -> int:
@@ -311,3 +311,15 @@ class Router:
     def routed_at(self, node: str, model_id: str) -> float:
         """When this worker last sent a request for `model_id` to `node` (0: never)."""
         return self._routed.get((node, model_id), 0.0)
+
+
+def load_failed(err: ApiError, node: Node, entry: ModelEntry) -> ApiError:
+    """A load that failed on a node, as a client may see it: the model, the node and the
+    kind of failure (code, status and fields kept). The neuron's own words (file paths,
+    hub errors) go to the log; admins load through the admin API, which shows them."""
+    log.warning("loading %s on %s failed: %s %s", entry.id, node.name, err.message,
+                err.extra.get("detail", ""))
+    keep = {k: v for k, v in err.extra.items() if k != "detail"}
+    return ApiError(f"could not load {entry.id} on {node.name} ({err.code}); the gateway's "
+                    "log has the details", code=err.code, status=err.status, type=err.type,
+                    retry_after=err.retry_after, **keep)
