@@ -47,6 +47,7 @@ from pathlib import Path
 import requests
 import soak_ledger
 from figures import pct
+from soak_rss import Rss
 
 from cortex.testing.faults import Delay, FaultProxy
 from cortex.testing.model_sets import ModelSet, build_models
@@ -56,8 +57,6 @@ from cortex.testing.processes import (
     SERVICE_ERRORS,
     GatewayServer,
     NeuronServer,
-    Service,
-    rss_kb,
 )
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
 from cortex.testing.waiting import wait_for
@@ -240,43 +239,6 @@ def inject(s: Soak, rng: random.Random, every: float, deadline: float,
             time.sleep(rng.uniform(3.0, 6.0))
             s.proxy.release()
         f.end = s.now()
-
-
-# -- memory --------------------------------------------------------------------------------
-class Rss:
-    """RSS of every process, sampled every second: the first sample at least `warmup`
-    seconds into each process's life, the first one past the run's half way (`half`, s)
-    and the last one. Growth over the second half is what a leak shows; growth from the
-    warm-up on also counts a process that took on its share of the load late (a gevent
-    worker that accepted few connections at first)."""
-
-    def __init__(self, services: list[Service], warmup: float, half: float) -> None:
-        self.services, self.warmup, self.half = services, warmup, half
-        self.first_seen: dict[int, float] = {}
-        self.role: dict[int, str] = {}
-        self.base: dict[int, int] = {}
-        self.mid: dict[int, int] = {}
-        self.last: dict[int, int] = {}
-
-    def sample(self, now: float) -> None:
-        for svc in self.services:
-            pids = svc.pids()
-            for pid in pids:
-                role = f"{svc.name} {'master' if pid == pids[0] else 'worker'}"
-                self.role.setdefault(pid, role)
-                self.first_seen.setdefault(pid, now)
-                kb = rss_kb(pid)
-                if kb is None:
-                    continue
-                if pid not in self.base and now - self.first_seen[pid] >= self.warmup:
-                    self.base[pid] = kb
-                if pid in self.base and pid not in self.mid and now >= self.half:
-                    self.mid[pid] = kb
-                self.last[pid] = kb
-
-    def run(self, s: Soak) -> None:
-        while not s.stop.wait(1.0):
-            self.sample(s.now())
 
 
 # -- report --------------------------------------------------------------------------------
