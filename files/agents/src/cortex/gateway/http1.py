@@ -204,6 +204,20 @@ class Response:
         if conn is not None:
             conn.close()
 
+    def stop(self, wait: float) -> None:
+        """Ask the server to stop: close this side's sending half (a neuron reads that as
+        its client gone, and ends its reply with what it made), and let the rest of the
+        reply take `wait` seconds more at most. The connection is not reused."""
+        conn = self._conn
+        if conn is None:
+            return
+        self._keep = False
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.deadline = time.monotonic() + wait
+
     def _sized(self) -> Iterator[bytes]:
         conn = self._conn
         while self._remaining:
