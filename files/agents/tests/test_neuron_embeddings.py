@@ -271,7 +271,7 @@ def test_bad_requests_name_the_field(hello, extra, status, code, param):
 def test_non_finite_token_and_too_long_details(hello):
     raw = '{"model": "tiny-hello", "input": [1e999]}'
     e = err(hello.http.post(hello.url + "/v1/embeddings", data=raw,
-                            headers={"Content-Type": "application/json"}), 400, "invalid_input")
+                            headers={"Content-Type": "application/json"}), 400, "malformed_json")
     assert e["param"] == "input[0]" and "finite" in e["message"]
     e = err(hello.post("/v1/embeddings", {"model": "tiny-hello", "input": "word " * 600}), 400,
             "context_length_exceeded")
