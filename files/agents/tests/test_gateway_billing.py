@@ -123,7 +123,8 @@ def test_an_answer_that_writes_the_end_marker_is_billed_in_full(fleet):
     assert text.startswith("data: [DONE]? moredata: [DONE]?"), text[:80]
     assert events[-1] == (None, "[DONE]")
     usage = next(d["usage"] for _, d in events if isinstance(d, dict) and d.get("usage"))
-    assert usage["completion_tokens"] == CAP + 20
+    # It asked for more than its key had left: the bound it was sent was clamped to that.
+    assert 0 < usage["completion_tokens"] <= CAP
     # Billed what the neuron reported, not nothing at the first marker: the cap is spent.
     assert fleet.billed("capped") == (usage["prompt_tokens"], usage["completion_tokens"])
     r = requests.post(fleet.gw.url + "/v1/chat/completions", timeout=30,

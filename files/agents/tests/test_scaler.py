@@ -309,7 +309,7 @@ def test_an_extra_replica_idle_long_enough_is_unloaded_down_to_the_floor(
                                               replicas=Replicas(min=2))])
     wait_for(lambda: sum(n.hits("/models/unload") != [] for n in neurons.values()) == 1,
              "one replica to go")
-    assert neurons["n2"].hits("/models/unload") == [{"model_id": M}]
+    assert neurons["n2"].hits("/models/unload") == [{"model_id": M, "if_idle": True}]
     wait_for(lambda: len(gw.gw.fleet.replicas(M)) == 2, "the gateway to see two left")
     more_looks(gw)
     assert len(gw.gw.fleet.replicas(M)) == 2
