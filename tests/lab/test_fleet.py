@@ -6,8 +6,9 @@ import re
 from pathlib import Path
 
 import requests
-from conftest import CLIENT_KEY, GATEWAY, changed_tasks, lab, playbook, recap
 from openai import OpenAI
+
+from conftest import CLIENT_KEY, GATEWAY, changed_tasks, lab, playbook, recap
 
 
 def test_site_converges_and_second_run_changes_nothing(fleet):
