@@ -153,7 +153,7 @@ def test_a_request_naming_no_max_tokens_reserves_the_models_limit(limit, reporte
         nodes = {"n1": Node("n1", "http://n1", models={"file:m": ModelOnNode(
             "file:m", "loaded", info={"limit": {"context": reported}} if reported else {})})}
 
-    ask = Limits(cat, FleetView()).fill("m", ask_for({"model": "m", "messages": MSG},
+    ask = Limits(cat, FleetView()).fill(cat.lookup("m"), ask_for({"model": "m", "messages": MSG},
                                                      ("max_tokens",)))
     # A model's own limit is its output; a context is less the prompt (the neuron stops
     # there by itself, so that bound need not be written).

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from cortex.gateway.fleet import ModelOnNode, Node
-from cortex.gateway.proxy import Outcome
-from cortex.gateway.recent import RecentRequests
+from cortex.gateway.recent import Finished, RecentRequests
 from cortex.gateway.ui.views import Rates
 
 
@@ -38,8 +37,9 @@ def test_recent_requests_keep_the_newest_and_never_a_key():
     heard = []
     recent.listeners.append(heard.append)
     for i in range(5):
-        o = Outcome(prompt_tokens=10, completion_tokens=i + 1, first_chunk_at=100.5)
-        recent.record("tiny", "n1", "key-id-1", o, started=100.0, ended=101.5)
+        recent.record(Finished(model="tiny", node="n1", key_id="key-id-1", status=200, code="",
+                               prompt_tokens=10, completion_tokens=i + 1, started=100.0,
+                               first_chunk_at=100.5, ended=101.5))
     items = recent.items()
     assert [x["completion_tokens"] for x in items] == [5, 4, 3]  # newest first, 3 kept
     assert items[0]["ttft_ms"] == 500.0 and items[0]["tok_s"] == 5.0

@@ -104,10 +104,33 @@ def test_prewarm_progress_shows_in_activation(neuron_factory, tmp_path, small_hu
     assert len(set(seen)) >= 2 and max(seen) > 0, seen
 
 
+def route(gw, model: str):
+    """The relay's routing of a streaming request for `model`: `Waiting` ticks (0.2 s apart)
+    while a cold load runs, returning the replicas to try."""
+    from cortex.gateway.auth import ANONYMOUS
+    from cortex.gateway.relay.dispatch import Outbound
+
+    gw.dispatcher.tick = 0.2
+    req = Outbound("/v1/chat/completions", {"stream": True}, gw.catalogue.lookup(model), {},
+                   ANONYMOUS)
+    return gw.dispatcher.route(req, progress=True)
+
+
+def routed(gw, model: str) -> tuple[list, list]:
+    """(the ticks heard, the choices) of `route` run to its end."""
+    ticks, steps = [], route(gw, model)
+    while True:
+        try:
+            ticks.append(next(steps))
+        except StopIteration as end:
+            return ticks, end.value
+
+
 def test_a_router_wait_on_a_cold_load_hears_its_progress(neuron_factory, gateway_factory,
                                                           tmp_path, small_hub_chunks):
-    from cortex.gateway.coldwait import Waiting, route_waiting
-    from cortex.gateway.router import Target
+    from cortex.gateway.coldwait import comment
+    from cortex.gateway.placement import COLD, LEAST_BUSY
+    from cortex.gateway.relay.coldload import Waiting
 
     weights = build_tiny_gguf(tmp_path / "cold.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
     size = weights.stat().st_size
@@ -115,29 +138,28 @@ def test_a_router_wait_on_a_cold_load_hears_its_progress(neuron_factory, gateway
         n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
         gw = gateway_factory({"n1": n1}, [ModelEntry(id="acme/cold-GGUF", source="hf")],
                              aliases={"cold": "acme/cold-GGUF"}).gw
-        heard = list(route_waiting(gw, "cold", tick=0.2))
-        # A second wait on the loaded model: the Target at once, no thread.
-        again = list(route_waiting(gw, "cold", tick=0.2))
-    *waits, target = heard
-    assert isinstance(target, Target) and target.cold and target.node.name == "n1"
+        waits, choices = routed(gw, "cold")
+        # A second request for the loaded model: its replica at once, no wait.
+        again, loaded = routed(gw, "cold")
+    assert [(c.node.name, c.reason) for c in choices] == [("n1", COLD)]
     assert waits and all(isinstance(w, Waiting) and w.model == "acme/cold-GGUF" for w in waits)
     downloading = [w.fraction for w in waits if w.phase == "downloading"]
     assert len(set(downloading)) >= 2 and downloading == sorted(downloading), waits
     assert all(w.node == "n1" for w in waits if w.phase != "waiting")
-    assert b"loading acme/cold-GGUF: downloading" in b"".join(w.comment() for w in waits)
-    assert len(again) == 1 and isinstance(again[0], Target) and not again[0].cold
+    assert b"loading acme/cold-GGUF: downloading" in b"".join(comment(w) for w in waits)
+    assert again == [] and [(c.node.name, c.reason) for c in loaded] == [("n1", LEAST_BUSY)]
 
 
 def test_a_waiter_that_gives_up_does_not_cancel_the_load(neuron_factory, gateway_factory,
                                                           tmp_path, small_hub_chunks):
-    from cortex.gateway.coldwait import Waiting, route_waiting
+    from cortex.gateway.relay.coldload import Waiting
 
     weights = build_tiny_gguf(tmp_path / "left.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
     with FakeHub({"acme/left-GGUF": {"left.Q8_0.gguf": weights}},
                  rate=weights.stat().st_size / 2) as hub:
         n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
         gw = gateway_factory({"n1": n1}, [ModelEntry(id="acme/left-GGUF", source="hf")]).gw
-        waiting = route_waiting(gw, "acme/left-GGUF", tick=0.2)
+        waiting = route(gw, "acme/left-GGUF")
         assert isinstance(next(waiting), Waiting)
         waiting.close()  # the client went away
         wait_for(lambda: any(m["id"] == "hf:acme/left-GGUF" and m["status"] == "loaded"
@@ -145,7 +167,7 @@ def test_a_waiter_that_gives_up_does_not_cancel_the_load(neuron_factory, gateway
                  "the load to finish (not abandoned)", 60, 0.1)
     # And an unknown model fails before any wait: the caller can still answer 404.
     with pytest.raises(ApiError) as err:
-        next(route_waiting(gw, "no-such-model"))
+        next(route(gw, "no-such-model"))
     assert err.value.status == 404
 
 
@@ -178,9 +200,9 @@ COLD_STREAMS = {  # dialect: (path, body) of one streaming request for the cold 
 def test_a_stream_waiting_on_a_cold_load_hears_its_progress(dialect, neuron_factory,
                                                             gateway_factory, tmp_path,
                                                             small_hub_chunks, monkeypatch):
-    from cortex.gateway import coldwait
+    from cortex.gateway.relay import dispatch
 
-    monkeypatch.setattr(coldwait, "TICK_SECS", 0.2)
+    monkeypatch.setattr(dispatch, "TICK_SECS", 0.2)
     weights = build_tiny_gguf(tmp_path / "cold.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")
     with FakeHub({"acme/cold-GGUF": {"cold.Q8_0.gguf": weights}},
                  rate=weights.stat().st_size / 2) as hub:

@@ -10,12 +10,15 @@ and test_faults.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
-from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.catalogue import Catalogue, ModelRef
 from cortex.gateway.config import ModelEntry, ModelsConfig
 from cortex.gateway.fleet import Fleet, ModelOnNode, Node
 from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.placement import InFlight, LeastBusy
 from cortex.gateway.router import Router
 
 GB = 1024
@@ -138,13 +141,56 @@ REPLICA = [
 ]
 
 
+@dataclass
+class Probe:  # what a placement policy reads of a request
+    model: ModelRef = field(default_factory=lambda: ModelRef("file:m", None))
+    path: str = "/v1/chat/completions"
+    body: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)
+
+
+def first_choice(nodes: list[Node], exclude: set[str] = frozenset(),
+                 in_flight: InFlight | None = None) -> str | None:
+    """Where the dispatcher sends a request first: the policy's order of the replicas."""
+    fleet = Fleet([], upstream=None, interval=1.0)
+    fleet.nodes.update((n.name, n) for n in nodes)
+    replicas = [n for n in fleet.replicas("file:m") if n.name not in exclude]
+    if not replicas:
+        return None
+    return LeastBusy(in_flight or InFlight()).order(Probe(), replicas)[0].node.name
+
+
 @pytest.mark.parametrize("nodes, exclude, expected", [row[1:] for row in REPLICA],
                          ids=[row[0] for row in REPLICA])
 def test_replica(nodes, exclude, expected):
-    r = router(ModelEntry("m"))
-    r.fleet.nodes.update((n.name, n) for n in nodes)
-    target = r._least_busy("file:m", "m", None, exclude)
-    assert (target.node.name if target else None) == expected
+    assert first_choice(nodes, exclude) == expected
+
+
+# What this worker has sent and not yet seen finish counts on top of the last poll, so a
+# burst spreads over the replicas instead of herding onto the one the poll called idle.
+BURST = [
+    ("two idle replicas, four at once: 2 + 2",
+     [node("a", models=(model("file:m"),)), node("b", models=(model("file:m"),))], 4,
+     ["a", "b", "a", "b"]),
+    ("one busy by the poll: the other takes the first ones",
+     [node("a", models=(model("file:m", busy=2),)), node("b", models=(model("file:m"),))], 4,
+     ["b", "b", "a", "b"]),
+    ("three replicas, three at once: one each",
+     [node(x, models=(model("file:m"),)) for x in "cab"], 3, ["a", "b", "c"]),
+]
+
+
+@pytest.mark.parametrize("nodes, count, expected", [row[1:] for row in BURST],
+                         ids=[row[0] for row in BURST])
+def test_a_burst_spreads(nodes, count, expected):
+    in_flight, went = InFlight(), []
+    for _ in range(count):  # sent at once: none has finished
+        went.append(first_choice(nodes, in_flight=in_flight))
+        in_flight.add(went[-1], "file:m")
+    assert went == expected
+    for name in went:  # as they finish, the count goes back to the poll's
+        in_flight.done(name, "file:m")
+    assert first_choice(nodes, in_flight=in_flight) == expected[0]
 
 
 # -- victims: what may make room, least recently used first --------------------------------------

@@ -161,7 +161,7 @@ def test_scale_down(nodes, e, expected):
 def test_a_replica_this_worker_just_sent_a_request_to_is_not_idle():
     e = entry()
     s = scaler(node("a", idle()), node("b", idle(secs=2000)))
-    s.router._picked(s.router._least_busy(M, "m", e, {"a"}))  # a request routed to b now
+    s.router.routed(s.fleet.nodes["b"], M)  # a request on its way to b now
     assert s.decide(e, time.time()) == Action("m", DOWN, IDLE, node="a")
 
 

@@ -3,8 +3,12 @@ but is counted as unwanted: cortex_unwanted_loads_total{model, node}."""
 
 from __future__ import annotations
 
-from cortex.gateway.coldwait import Waiting, route_waiting
+import pytest
+
+from cortex.gateway.auth import ANONYMOUS
 from cortex.gateway.config import ModelEntry
+from cortex.gateway.relay.coldload import Waiting
+from cortex.gateway.relay.dispatch import Outbound
 from cortex.neuron.config import HubConfig
 from cortex.testing.fake_hub import FakeHub
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, build_tiny_gguf
@@ -21,6 +25,14 @@ def loaded_on(neuron, model_id: str) -> bool:
                for m in neuron.get("/models").json())
 
 
+def route(gw, model: str):
+    """The relay's routing of a streaming request: `Waiting` ticks while a cold load runs."""
+    gw.dispatcher.tick = 0.2
+    req = Outbound("/v1/chat/completions", {"stream": True}, gw.catalogue.lookup(model), {},
+                   ANONYMOUS)
+    return gw.dispatcher.route(req, progress=True)
+
+
 def test_a_load_nobody_waits_for_any_more_is_counted_unwanted(
         neuron_factory, gateway_factory, tmp_path, small_hub_chunks):
     repos = {}
@@ -33,14 +45,16 @@ def test_a_load_nobody_waits_for_any_more_is_counted_unwanted(
         n1 = neuron_factory(hf=HubConfig(endpoint=hub.url))
         gw = gateway_factory({"n1": n1}, [ModelEntry(id=r, source="hf") for r in repos]).gw
 
-        left = route_waiting(gw, "acme/left-GGUF", tick=0.2)
+        left = route(gw, "acme/left-GGUF")
         assert isinstance(next(left), Waiting)
         left.close()  # its client went away: the load goes on, wanted by nobody
         wait_for(lambda: loaded_on(n1, "hf:acme/left-GGUF"), "the abandoned load", 60)
         wait_for(lambda: unwanted(gw, "acme/left-GGUF") == 1, "the unwanted load counted")
 
-        kept = route_waiting(gw, "acme/kept-GGUF", tick=0.2)
+        kept = route(gw, "acme/kept-GGUF")
         assert isinstance(next(kept), Waiting)
-        target = [w for w in kept if not isinstance(w, Waiting)]  # waits to the end
-        assert target[0].node.name == "n1" and loaded_on(n1, "hf:acme/kept-GGUF")
+        with pytest.raises(StopIteration) as end:  # waits to the end
+            while True:
+                assert isinstance(next(kept), Waiting)
+        assert end.value.value[0].node.name == "n1" and loaded_on(n1, "hf:acme/kept-GGUF")
         assert unwanted(gw, "acme/kept-GGUF") == 0 and unwanted(gw, "acme/left-GGUF") == 1

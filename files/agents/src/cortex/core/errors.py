@@ -51,11 +51,6 @@ class BadRequest(ApiError):
     type = "invalid_request_error"
 
 
-class Unprocessable(ApiError):
-    status = 422
-    type = "invalid_request_error"
-
-
 class Unauthorized(ApiError):
     status = 401
     type = "authentication_error"
@@ -74,6 +69,20 @@ class TooManyRequests(ApiError):
 class Unavailable(ApiError):
     status = 503
     type = "service_unavailable"
+
+
+class BadGateway(ApiError):
+    """A neuron could not be reached, or its answer broke or was not its API."""
+
+    status = 502
+    type = "api_error"
+
+
+class GatewayTimeout(ApiError):
+    """A neuron had the request and gave no answer in time (it may still be running it)."""
+
+    status = 504
+    type = "api_error"
 
 
 class PreflightError(ApiError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cortex.gateway.catalogue import Catalogue
+    from cortex.gateway.catalogue import Catalogue, ModelRef
     from cortex.gateway.fleet import Fleet
 
 # Fields that never reach the prompt (ids, switches, the output bounds themselves).
@@ -117,15 +117,14 @@ class Limits:
     def __init__(self, catalogue: Catalogue, fleet: Fleet) -> None:
         self.catalogue, self.fleet = catalogue, fleet
 
-    def fill(self, model: str, ask: Ask | int) -> Ask | int:
+    def fill(self, model: ModelRef, ask: Ask | int) -> Ask | int:
         if isinstance(ask, int) or not ask.generates or ask.output is not None:
             return ask
-        entry = self.catalogue.resolve(model)
+        entry = model.entry  # (resolved once, in the data plane's prologue)
         limit = entry.limit if entry else None
         if limit and limit.output:
             return replace(ask, ceiling=limit.output, binding=True)
-        context = (limit.context if limit else None) or self._n_ctx(
-            entry.load_id if entry else model)
+        context = (limit.context if limit else None) or self._n_ctx(model.load_id)
         if context:  # the neuron stops at its context by itself
             return replace(ask, ceiling=max(1, context - ask.input), binding=False)
         return replace(ask, ceiling=DEFAULT_OUTPUT, binding=True)

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cortex.gateway.config import ModelEntry, ModelsConfig, parse_duration
 
 if TYPE_CHECKING:
     from cortex.gateway.fleet import Fleet, Node
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """The model a request names, resolved through the catalogue once (in the prologue)."""
+
+    name: str  # as the client wrote it
+    entry: ModelEntry | None  # its catalogue entry (through aliases), if it has one
+    load_id: str = field(init=False)  # the id neurons know it by
+    public_id: str = field(init=False)  # the id clients know it by (an alias resolved)
+
+    def __post_init__(self) -> None:  # worked out once: read several times a request
+        entry = self.entry
+        object.__setattr__(self, "load_id", entry.load_id if entry else self.name)
+        object.__setattr__(self, "public_id", entry.id if entry else self.name)
 
 
 class Catalogue:
@@ -23,6 +39,9 @@ class Catalogue:
     def resolve(self, name: str) -> ModelEntry | None:
         name = self.aliases.get(name, name)
         return self.entries.get(name) or self._by_load_id.get(name)
+
+    def lookup(self, name: str) -> ModelRef:
+        return ModelRef(name, self.resolve(name))
 
     def by_load_id(self, load_id: str) -> ModelEntry | None:
         return self._by_load_id.get(load_id)

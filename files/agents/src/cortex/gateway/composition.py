@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import GatewayConfig, ModelsConfig
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import FLUSH_SECS, GatewayMetrics
+from cortex.gateway.placement import InFlight, LeastBusy, Placement
 from cortex.gateway.recent import RecentRequests
+from cortex.gateway.relay.accounting import Ledger
+from cortex.gateway.relay.dispatch import Dispatcher
 from cortex.gateway.router import Router
 from cortex.gateway.scaler import Scaler
 from cortex.gateway.upstream import Upstream
@@ -30,7 +34,8 @@ class Gateway:
     """Everything one gateway worker holds (the Flask app has it as `extensions["gateway"]`)."""
 
     def __init__(self, cfg: GatewayConfig, models: ModelsConfig,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None,
+                 placement: Callable[[InFlight], Placement] = LeastBusy) -> None:
         g = cfg.gateway
         self.cfg = cfg
         self.upstream = Upstream(g.neuron_token, g.connect_timeout_secs, g.read_timeout_secs,
@@ -46,6 +51,13 @@ class Gateway:
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
         self.limits = Limits(self.catalogue, self.fleet)  # a capped request's output bound
         self.recent = RecentRequests()  # this worker's finished requests, for /ui
+        self.in_flight = InFlight()  # what this worker has sent and not seen finish
+        # Which replica first: the placement policy (placement.py) over that load.
+        self.placement = placement(self.in_flight)
+        self.dispatcher = Dispatcher(self.fleet, self.router, self.placement, self.in_flight,
+                                     self.upstream, self.metrics,
+                                     read_timeout=g.read_timeout_secs)
+        self.ledger = Ledger(self.metrics, self.recent)
         self._stop = threading.Event()
 
     def start(self) -> None:

@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from cortex.core.errors import ApiError, BadRequest
 from cortex.core.wire import check_json_type, parse_bearer, parse_json_object, too_large
-from cortex.gateway.auth import Hold, Principal
+from cortex.gateway.auth import Principal
 from cortex.gateway.budget import Ask, ask_for, clamp
+from cortex.gateway.catalogue import ModelRef
 from cortex.gateway.composition import Gateway
-from cortex.gateway.proxy import client_headers
+from cortex.gateway.relay.accounting import Tab
+from cortex.gateway.relay.coldload import Waiting
+from cortex.gateway.relay.dispatch import Outbound
+from cortex.gateway.relay.send import Exchange, client_headers
 from cortex.gateway.reply import REASONS, Closing, Reply, json_reply
 
 log = logging.getLogger(__name__)
@@ -59,16 +63,16 @@ class Route:
 
 @dataclass
 class Call:
-    """One request past the prologue: who sent it, what, and for which model."""
+    """One request past the prologue: who sent it, what, for which model (resolved through
+    the catalogue once, here), and its tab (settled when the reply is closed)."""
 
     gw: Gateway
     route: Route
     environ: dict[str, Any]
     principal: Principal
     body: dict[str, Any]
-    model: str
-    hold: Hold
-    started: float
+    model: ModelRef
+    tab: Tab
     _headers: dict[str, str] | None = field(default=None, repr=False)
 
     @property
@@ -82,6 +86,16 @@ class Call:
         if self._headers is None:
             self._headers = client_headers(self.environ)
         return self._headers
+
+    def outbound(self, path: str, body: dict[str, Any]) -> Outbound:
+        """`body` on its way to the neuron API's `path`, for this call's model and caller."""
+        return Outbound(path, body, self.model, self.headers, self.principal)
+
+    def send(self, path: str, body: dict[str, Any], *, progress: bool = False
+             ) -> Exchange | Iterator[Waiting | Exchange]:
+        """Relay `body` to a neuron (the relay's dispatch: routing, cold loads, retries):
+        its answer, or, with `progress` while a cold load runs, `Waiting` ticks first."""
+        return self.gw.dispatcher.send(self.outbound(path, body), self.tab, progress=progress)
 
 
 def read_json(environ: dict[str, Any], limit: int) -> dict[str, Any]:
@@ -127,10 +141,10 @@ class DataPlane:
         if route is None:
             return self.fallback(environ, start_response)
         started = time.monotonic()
-        hold = None
+        tab = None
         try:
             call = self.prologue(route, environ, started)
-            hold = call.hold
+            tab = call.tab
             reply = route.handler(call)
         except ApiError as exc:
             reply = route.dialect.error(exc)
@@ -142,10 +156,11 @@ class DataPlane:
         start_response(REASONS.get(reply.status, str(reply.status)),
                        list(reply.headers.items()))
         body = [reply.body] if isinstance(reply.body, bytes) else reply.body
-        if hold is None or not hold.stored:
+        if tab is None:
             return body
-        # Whatever the handler did, the hold ends with the reply (a no-op once settled).
-        return Closing(body, lambda: hold.settle(0))
+        # Whatever the handler did, the request is settled when the server closes its reply:
+        # once, after the body is sent (or the client left, or the worker is stopping).
+        return Closing(body, tab.settle)
 
     def prologue(self, route: Route, environ: dict[str, Any], started: float) -> Call:
         """What every inference route checks first, in this order."""
@@ -158,12 +173,14 @@ class DataPlane:
         principal = gw.auth.principal(presented_key(environ, x_api_key), x_api_key)
         gw.auth.check_caps(principal)  # before reading a body a spent key may not send
         body = read_json(environ, gw.cfg.gateway.max_body_bytes)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
             raise BadRequest("model: field required (a model id from GET /v1/models)",
                              code="missing_model_field", param="model")
+        model = gw.catalogue.lookup(name)
         hold = gw.auth.admit(principal, lambda: gw.limits.fill(model, route.reserve(body)))
         if hold.ask is not None:  # a capped key: the body asks no more than it may spend
             clamp(body, hold.ask, hold.output)
-        return Call(gw, route, environ, principal, body, model, hold, started)
+        tab = gw.ledger.open(route.path, principal, hold, started)
+        return Call(gw, route, environ, principal, body, model, tab)
 

@@ -209,7 +209,7 @@ class Fleet:
         return [n for n in self.nodes.values() if n.healthy]
 
     def replicas(self, model_id: str) -> list[Node]:
-        # (Router._least_busy applies this rule in one pass, on every request.)
+        """The nodes a request for `model_id` may go to now: routable, the model loaded."""
         return [n for n in self.nodes.values() if n.routable and n.loaded(model_id)]
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from cortex.gateway.internals import observe_many
 
 if TYPE_CHECKING:
     from cortex.gateway.catalogue import Catalogue
@@ -101,31 +102,14 @@ class BufferedCounter:
 
 
 class BufferedHistogram:
-    __slots__ = ("_bounds", "child", "put")
+    __slots__ = ("apply", "child", "put")
 
     def __init__(self, child: Any, put: Any) -> None:
         self.child, self.put = child, put
-        # prometheus-client keeps a histogram as a sum and a value a bucket (the bucket of
-        # an observation is the first bound it does not exceed); no public call adds many.
-        self._bounds = getattr(child, "_upper_bounds", None)
-        if not (hasattr(child, "_sum") and hasattr(child, "_buckets")):
-            self._bounds = None
+        self.apply = observe_many(child)  # no public call adds many observations
 
     def observe(self, amount: float) -> None:
         self.put((self, amount))
-
-    def apply(self, values: list[float]) -> None:
-        if self._bounds is None:  # a prometheus-client that keeps them otherwise
-            for v in values:
-                self.child.observe(v)
-            return
-        counts: dict[int, int] = {}
-        for v in values:
-            i = bisect_left(self._bounds, v)
-            counts[i] = counts.get(i, 0) + 1
-        self.child._sum.inc(sum(values))
-        for i, n in counts.items():
-            self.child._buckets[i].inc(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +163,12 @@ class GatewayMetrics:
         self.scale_events = Counter("cortex_scale_events", "Replicas added or removed by the "
                                     "scaler, by reason and result",
                                     ["model", "action", "reason", "result"], registry=r)
+        self.routed = Counter(
+            "cortex_routing", "Requests sent to a replica, by the rule that chose it: "
+            "affinity, prefix, spill (the ones before refused as full), least_busy, cold (a "
+            "cold load made it)", ["model", "reason"], registry=r)
+        self.all_full = Counter("cortex_replicas_full", "Requests refused because every "
+                                "replica of the model was full", ["model"], registry=r)
         ak = ["account", "key"]
         self.spend = Counter("cortex_spend_tokens", "Tokens spent per key", ak, registry=r)
         self.spend_prompt = Counter("cortex_spend_prompt_tokens", "Prompt tokens per key", ak,
@@ -191,6 +181,7 @@ class GatewayMetrics:
         self._targets: dict[tuple[str, str], TargetMetrics] = {}
         self._keys: dict[tuple[str, str], KeyMetrics] = {}
         self._overhead: dict[str, Any] = {}
+        self._routed: dict[tuple[str, str], Any] = {}
 
     def target(self, model: str, node: str) -> TargetMetrics:
         t = self._targets.get((model, node))
@@ -218,6 +209,16 @@ class GatewayMetrics:
             h = self._overhead[endpoint] = self.buffer.histogram(
                 self.overhead.labels(endpoint))
         return h
+
+    def routing(self, model: str, reason: str) -> Any:
+        c = self._routed.get((model, reason))
+        if c is None:
+            c = self._routed[(model, reason)] = self.buffer.counter(
+                self.routed.labels(model, reason))
+        return c
+
+    def replicas_full(self, model: str) -> Any:
+        return self.all_full.labels(model)  # (rare: not worth a buffered child)
 
     def flush(self) -> None:
         self.buffer.flush()

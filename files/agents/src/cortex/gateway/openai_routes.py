@@ -9,15 +9,17 @@ decoding to it. Embeddings are routed like chat and billed by their prompt token
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
-from cortex.gateway import coldwait, proxy
+from cortex.gateway import coldwait
 from cortex.gateway.budget import ask_for
 from cortex.gateway.dataplane import Call, Dialect, Route
+from cortex.gateway.relay import streams
+from cortex.gateway.relay.send import Exchange, read_json
 from cortex.gateway.reply import Reply
-from cortex.gateway.router import Target
 
 
 def _render(exc: ApiError) -> tuple[int, dict[str, Any]]:
@@ -28,18 +30,28 @@ OPENAI = Dialect("openai", _render)
 
 
 def relay(call: Call) -> Reply:
-    target = None
-    if call.body.get("stream") is True:
-        target, waits = coldwait.route_or_wait(call.gw, call.body)
-        if waits is not None:  # a cold load under way: SSE comments say how it goes
-            return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
-                         coldwait.relay_after_load(waits, lambda t: _forward(call, t)))
-    return _forward(call, target)
+    """The neuron's answer, as it is: a stream relayed event by event, or the whole reply
+    (its own status: a neuron's refusal goes back as the neuron wrote it)."""
+    stream = call.body.get("stream") is True
+    sent = call.send(call.path, call.body, progress=stream)
+    if not isinstance(sent, Exchange):  # a cold load under way: SSE comments say how it goes
+        return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
+                     coldwait.relay_after_load(sent, lambda ex: _answer(call, ex)))
+    return _answer(call, sent)
 
 
-def _forward(call: Call, target: Target | None) -> Reply:
-    return proxy.forward(call.gw, call.path, call.body, call.principal, call.headers,
-                         started=call.started, hold=call.hold, target=target)
+def _answer(call: Call, ex: Exchange) -> Reply:
+    node = {"X-Cortex-Node": ex.node.name}
+    if call.body.get("stream") is True and ex.status == 200:
+        # Of a stream, what the gateway adds is the work before the neuron gets the request.
+        call.tab.overhead = ex.sent_s
+        return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
+                     streams.relay(ex))
+    data, _ = read_json(ex)
+    # The gateway's own time: before the request went out, and since the reply came in.
+    overhead = call.tab.overhead = ex.sent_s + time.monotonic() - ex.first_chunk_at
+    return Reply(ex.status, {**ex.pass_back(), **node, "Content-Length": str(len(data)),
+                             "X-Cortex-Overhead-Ms": f"{overhead * 1000:.2f}"}, data)
 
 
 ROUTES = [

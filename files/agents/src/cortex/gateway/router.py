@@ -1,9 +1,11 @@
-"""Where a request goes: a loaded replica, or a node that loads the model (after evicting).
+"""Cold loads, eviction and the idle reaper.
 
-The rule (docs/architecture.md): (1) loaded → least in_flight + queue_depth, ties by name;
-(2) recovering → 503; (3) catalogued → rank feasible nodes (pinned > fits free > fits after
-eviction > most free > name), evict, load; (4) otherwise 404. Concurrent requests for one
-cold model share one load: the first plans and loads, the others wait for it.
+Which replica of a loaded model a request goes to is the relay's dispatch's
+(relay/dispatch.py, asking the placement policy, placement.py). Here, a model loaded
+nowhere: rank the feasible nodes (pinned > fits free > fits after eviction > most free >
+name), evict, load (`Router.load`); recovering → 503; neither catalogued nor loaded → 404.
+Concurrent requests for one cold model share one load: the first plans and loads, the
+others wait for it.
 """
 
 from __future__ import annotations
@@ -12,26 +14,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
 
 from cortex.core.errors import ApiError, NotFound, Unavailable
-from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.catalogue import Catalogue, ModelRef
 from cortex.gateway.config import ModelEntry
 from cortex.gateway.fleet import Fleet, ModelOnNode, Node
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.upstream import UpstreamError, neuron_error
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Target:
-    node: Node
-    model_id: str  # the id the neuron knows (load id)
-    public_id: str  # what the client asked for, resolved through aliases
-    entry: ModelEntry | None
-    cold: bool = False
 
 
 class Router:
@@ -51,32 +43,21 @@ class Router:
         self._routed: dict[tuple[str, str], float] = {}  # (node, model) → last routed at
         self._lock = threading.Lock()
 
-    # -- choosing ------------------------------------------------------------------------
-    def route(self, name: str, exclude: set[str] = frozenset(), *, counted: bool = True
-              ) -> Target:
-        """Where to send a request for `name`, cold-loading it if need be. `counted`: the
-        caller is the request itself (not a helper thread that counts its caller with
-        `waiting_for`), and is waiting for the model until this returns."""
-        entry = self.catalogue.resolve(name)
-        model_id = entry.load_id if entry else name
-        public = entry.id if entry else name
-        loaded = self._least_busy(model_id, public, entry, exclude)
-        if loaded is not None or not counted:  # (the common case: served at once)
-            return loaded or self._route(name, entry, model_id, public, exclude)
-        with self.waiting_for(model_id):
-            return self._route(name, entry, model_id, public, exclude)
-
-    def _least_busy(self, model_id: str, public: str, entry: ModelEntry | None,
-                    exclude: set[str]) -> Target | None:
-        # Fleet.replicas' rule (routable, the model loaded) in one pass, as this runs for
-        # every request: 1.0 us over two replicas, where its list and a min() took 1.7.
-        best, node = None, None
-        for n in self.fleet.nodes.values():
-            m = n.loaded(model_id)
-            if m is not None and n.routable and n.name not in exclude and (
-                    best is None or (m.busy, n.name) < best):
-                best, node = (m.busy, n.name), n
-        return None if node is None else self._picked(Target(node, model_id, public, entry))
+    # -- cold loads ----------------------------------------------------------------------
+    def load(self, model: ModelRef, exclude: Collection[str] = frozenset(), *,
+             counted: bool = True) -> Node | None:
+        """Get `model` loaded on a node not in `exclude`, for a request that found no
+        replica. Concurrent requests share one load: the first plans and loads (returning
+        the node), the others wait for it and get None (look for a replica again; a load
+        that failed makes the next caller lead). Raises 404 for a model neither catalogued
+        nor loaded, 503 when no node can load it now. `counted`: the caller is the request
+        itself (not a helper thread whose caller counts itself with `waiting_for`)."""
+        if model.entry is None:
+            self._not_found(model.name)
+        if not counted:
+            return self._load(model.entry, exclude)
+        with self.waiting_for(model.load_id):
+            return self._load(model.entry, exclude)
 
     @contextlib.contextmanager
     def waiting_for(self, model_id: str) -> Iterator[None]:
@@ -92,36 +73,30 @@ class Router:
                 if left:
                     self._waiting[model_id] = left
 
-    def _route(self, name: str, entry: ModelEntry | None, model_id: str, public: str,
-               exclude: set[str]) -> Target:
-        deadline = time.monotonic() + self.load_timeout
-        while True:
-            target = self._least_busy(model_id, public, entry, exclude)
-            if target is not None:
-                return target
-            if entry is None:
-                self._not_found(name)
-            with self._lock:
-                event = self._loads.get(model_id)
-                leader = event is None
-                if leader:
-                    event = self._loads[model_id] = threading.Event()
+    def _load(self, entry: ModelEntry, exclude: Collection[str]) -> Node | None:
+        with self._lock:
+            event = self._loads.get(entry.load_id)
+            leader = event is None
             if leader:
-                try:
-                    return self._picked(self._cold_load(entry, exclude))
-                finally:
-                    with self._lock:
-                        self._loads.pop(model_id, None)
-                    event.set()
-            if not event.wait(max(0.0, deadline - time.monotonic())):
-                raise Unavailable(f"{public} is still loading; retry shortly",
-                                  code="service_unavailable", retry_after=5)
-            # The leader finished (or failed): look again; a failure makes us lead next.
+                event = self._loads[entry.load_id] = threading.Event()
+        if leader:
+            try:
+                if any(n.name not in exclude for n in self.fleet.replicas(entry.load_id)):
+                    return None  # a load that ended since the caller looked
+                return self._cold_load(entry, exclude)
+            finally:
+                with self._lock:
+                    self._loads.pop(entry.load_id, None)
+                event.set()
+        if not event.wait(self.load_timeout):
+            raise Unavailable(f"{entry.id} is still loading; retry shortly",
+                              code="service_unavailable", retry_after=5)
+        return None
 
-    def _picked(self, target: Target) -> Target:
-        # Counts as use for the idle reaper before the neuron has even seen the request.
-        self._routed[(target.node.name, target.model_id)] = time.time()
-        return target
+    def routed(self, node: Node, load_id: str) -> None:
+        """A request is on its way to `node`: use, for the idle reaper, before the neuron
+        has even seen it."""
+        self._routed[(node.name, load_id)] = time.time()
 
     def _not_found(self, name: str) -> None:
         known = sorted(self.catalogue.public_ids())
@@ -141,7 +116,7 @@ class Router:
             out.append(n)
         return out
 
-    def _cold_load(self, entry: ModelEntry, exclude: set[str]) -> Target:
+    def _cold_load(self, entry: ModelEntry, exclude: Collection[str]) -> Node:
         candidates = [n for n in self.feasible(entry) if n.name not in exclude]
         routable = [n for n in candidates if n.routable]
         if not routable:
@@ -166,7 +141,7 @@ class Router:
             except UpstreamError as exc:
                 log.warning("load of %s on %s failed: %s", entry.id, node.name, exc)
                 continue
-            return Target(node, entry.load_id, entry.id, entry, cold=True)
+            return node
         raise Unavailable(f"no node could load {entry.id} now (not enough free memory after "
                           "eviction); retry shortly", code="insufficient_vram", retry_after=5)
 

@@ -25,103 +25,120 @@ def patch() -> None:
 
 
 def serve(config_path: str) -> None:
-    # Workers add their counters up through files in this folder (prometheus multiprocess).
-    mp_dir = tempfile.mkdtemp(prefix="cortex-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+    Master(config_path).run()
 
-    from cortex.core.config import parse_listen
-    from cortex.core.serving import Server
-    from cortex.gateway import config as gw_config
-    from cortex.gateway.config import DEFAULT_METRICS_PORT, DEFAULT_PORT
 
-    cfg, models = gw_config.load(config_path)
-    g = cfg.gateway
-    host, port = parse_listen(g.listen, DEFAULT_PORT)
-    Path(g.state_dir).mkdir(parents=True, exist_ok=True)
-    # The last configuration that loaded, kept in the master: workers are forked from it,
-    # so every worker (after a reload, or replacing one that died) serves exactly this.
-    good = {"cfg": cfg, "models": models, "at": time.strftime("%Y-%m-%d %H:%M:%S")}
-    metrics: dict[str, MetricsServer] = {}
+class Master:
+    """The gunicorn master of `cortex serve` and its hooks: the configuration (the last one
+    that loaded, which every worker is forked from), the metrics listener, and what each
+    worker needs set up or flushed around its fork and exit."""
 
-    def factory() -> Any:
+    def __init__(self, config_path: str) -> None:
+        from cortex.gateway import config as gw_config
+
+        self.config_path = config_path
+        # Workers add their counters up through files in this folder (prometheus multiprocess).
+        self.mp_dir = tempfile.mkdtemp(prefix="cortex-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.mp_dir
+        self.cfg, self.models = gw_config.load(config_path)
+        self.loaded_at = time.strftime("%Y-%m-%d %H:%M:%S")
+        Path(self.cfg.gateway.state_dir).mkdir(parents=True, exist_ok=True)
+        self.metrics: MetricsServer | None = None
+        self.threads: dict[int, threading.Thread] = {}  # the master's, at the last fork
+
+    def run(self) -> None:
+        from cortex.core.config import parse_listen
+        from cortex.core.serving import Server
+        from cortex.gateway.config import DEFAULT_PORT
+
+        g = self.cfg.gateway
+        host, port = parse_listen(g.listen, DEFAULT_PORT)
+        Server(self.app, {
+            "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "workers": g.workers,
+            "worker_class": "cortex.gateway.worker.GatewayWorker",  # gevent, one write a reply
+            "worker_connections": g.worker_connections,
+            "timeout": 60,
+            # A reload's old workers finish their requests, streams included, up to this long.
+            "graceful_timeout": math.ceil(g.graceful_timeout_secs),
+            # Idle keep-alive connections hold a gevent worker at shutdown: keep them short.
+            "keepalive": 5,
+            "loglevel": g.log_level,
+            "errorlog": "-",
+            "proc_name": "helexa-cortex",
+            "control_socket_disable": True,
+            "when_ready": self.when_ready,
+            "on_reload": self.on_reload,
+            "pre_fork": self.pre_fork,
+            "post_fork": self.post_fork,
+            "worker_exit": self.worker_exit,
+            "child_exit": self.child_exit,
+            "on_exit": self.on_exit,
+        }).run()
+
+    def app(self) -> Any:
+        """In each worker (no preload): the app over the configuration it was forked with."""
         from cortex.gateway.app import create_app
 
-        return create_app(good["cfg"], good["models"])
+        return create_app(self.cfg, self.models)
 
-    def on_reload(server: Any) -> None:
-        # HUP (`systemctl reload`): read the files again here, before gunicorn forks the new
-        # workers. A broken file keeps the last good configuration, never the start-up one
-        # (that would bring revoked keys back).
+    # -- gunicorn's hooks, in the master ---------------------------------------------------
+    def when_ready(self, server: Any) -> None:
+        from cortex.core.config import parse_listen
+        from cortex.gateway.config import DEFAULT_METRICS_PORT
+
+        host, port = parse_listen(self.cfg.gateway.metrics_listen, DEFAULT_METRICS_PORT)
+        self.metrics = MetricsServer(self.cfg, self.models, host, port)
+        log.info("metrics on http://%s:%d/metrics", host, self.metrics.port)
+
+    def on_reload(self, server: Any) -> None:
+        """HUP (`systemctl reload`): read the files again here, before gunicorn forks the new
+        workers. A broken file keeps the last good configuration, never the start-up one
+        (that would bring revoked keys back)."""
+        from cortex.gateway import config as gw_config
+
         try:
-            new_cfg, new_models = gw_config.load(config_path)
+            cfg, models = gw_config.load(self.config_path)
         except Exception as exc:  # a ConfigError names the file and key, never a secret
             log.error("%s: reload failed, keeping the last good configuration (loaded %s): %s",
-                      config_path, good["at"], exc)
+                      self.config_path, self.loaded_at, exc)
             return
-        good.update(cfg=new_cfg, models=new_models, at=time.strftime("%Y-%m-%d %H:%M:%S"))
-        log.info("%s: reloaded (%d neurons, %d models, %d keys)", config_path,
-                 len(new_cfg.neurons), len(new_models.models), len(new_cfg.entitlements.keys))
-        if "server" in metrics:
-            metrics["server"].reconfigure(new_cfg, new_models)
+        self.cfg, self.models = cfg, models
+        self.loaded_at = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.info("%s: reloaded (%d neurons, %d models, %d keys)", self.config_path,
+                 len(cfg.neurons), len(models.models), len(cfg.entitlements.keys))
+        if self.metrics is not None:
+            self.metrics.reconfigure(cfg, models)
 
-    def when_ready(server: Any) -> None:
-        metrics["server"] = start_metrics_server(
-            cfg, models, *parse_listen(g.metrics_listen, DEFAULT_METRICS_PORT))
+    def pre_fork(self, server: Any, worker: Any) -> None:
+        from cortex.gateway.internals import forked_threads
 
-    threads: dict[int, threading.Thread] = {}
+        self.threads = forked_threads()
 
-    def pre_fork(server: Any, worker: Any) -> None:
-        threads.clear()
-        threads.update(threading._active)  # the master's threads, greenlets under gevent
-
-    def post_fork(server: Any, worker: Any) -> None:
-        # In the new worker. gevent forks the master's greenlets too: this copy of the
-        # metrics server and its poller must stop here, or the worker would poll the
-        # neurons on the master's sockets and answer scrapes on the master's port.
-        # threading forgot those threads at the fork, yet they still run here and end by
-        # removing themselves from its table: a KeyError traceback in each new worker's
-        # log (gevent/gevent#2130) unless they are put back for that.
-        for ident, thread in threads.items():
-            threading._active.setdefault(ident, thread)
-        if "server" in metrics:
-            metrics["server"].forget()
-
-    def worker_exit(server: Any, worker: Any) -> None:
-        # In the worker, as it ends: what its metrics buffer still holds goes to the files.
-        gw = getattr(worker.wsgi, "extensions", {}).get("gateway")
-        if gw is not None:
-            gw.metrics.flush()
-
-    def child_exit(server: Any, worker: Any) -> None:
+    def child_exit(self, server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
 
-    def on_exit(server: Any) -> None:
-        shutil.rmtree(mp_dir, ignore_errors=True)
+    def on_exit(self, server: Any) -> None:
+        shutil.rmtree(self.mp_dir, ignore_errors=True)
 
-    Server(factory, {
-        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
-        "workers": g.workers,
-        "worker_class": "cortex.gateway.worker.GatewayWorker",  # gevent, one write a reply
-        "worker_connections": g.worker_connections,
-        "timeout": 60,
-        # A reload's old workers finish their requests, streams included, up to this long.
-        "graceful_timeout": math.ceil(g.graceful_timeout_secs),
-        # Idle keep-alive connections hold a gevent worker at shutdown: keep them short.
-        "keepalive": 5,
-        "loglevel": g.log_level,
-        "errorlog": "-",
-        "proc_name": "helexa-cortex",
-        "control_socket_disable": True,
-        "when_ready": when_ready,
-        "on_reload": on_reload,
-        "pre_fork": pre_fork,
-        "post_fork": post_fork,
-        "worker_exit": worker_exit,
-        "child_exit": child_exit,
-        "on_exit": on_exit,
-    }).run()
+    # -- ... and in a worker ---------------------------------------------------------------
+    def post_fork(self, server: Any, worker: Any) -> None:
+        """In the new worker. gevent forks the master's greenlets too: this copy of the
+        metrics server and its poller must stop here, or the worker would poll the neurons
+        on the master's sockets and answer scrapes on the master's port."""
+        from cortex.gateway.internals import keep_forked_threads
+
+        keep_forked_threads(self.threads)
+        if self.metrics is not None:
+            self.metrics.forget()
+
+    def worker_exit(self, server: Any, worker: Any) -> None:
+        """As a worker ends: what its metrics buffer still holds goes to the files."""
+        gw = getattr(worker.wsgi, "extensions", {}).get("gateway")
+        if gw is not None:
+            gw.metrics.flush()
 
 
 class MetricsServer:
@@ -171,12 +188,8 @@ class MetricsServer:
 
     def forget(self) -> None:
         """In a forked worker: end this process's copy without touching the master's
-        sockets (no shutdown, no close of shared connections; the loops just end)."""
+        sockets: the poller and the serving loop just end (`shutdown` waits for the loop's
+        next tick, so it runs beside the worker's start; nothing is closed)."""
         self.fleet.stop()
-        self.server._BaseServer__shutdown_request = True  # serve_forever ends at its next tick
-
-
-def start_metrics_server(cfg: Any, models: Any, host: str, port: int) -> MetricsServer:
-    server = MetricsServer(cfg, models, host, port)
-    log.info("metrics on http://%s:%d/metrics", host, server.port)
-    return server
+        threading.Thread(target=self.server.shutdown, name="metrics-copy-stop",
+                         daemon=True).start()

@@ -45,6 +45,10 @@ class StandIn:
         self.slots, self.max_queue_depth = slots, max_queue_depth
         self.load_secs = load_secs
         self.vram_free_mb = vram_free_mb
+        # Cleared, chat requests wait for it once recorded (requests held in flight).
+        self.gate = threading.Event()
+        self.gate.set()
+        self.full = False  # refuse chat requests as a neuron whose queue is full does
         self.in_flight = 0
         self.queue_depth = 0  # what /health says of every loaded model (set by a test)
         self.last_used: dict[str, float] = {}  # a model's last use (absent: just now)
@@ -121,6 +125,13 @@ class StandIn:
             body = self._record()
             if self.cost is not None:
                 return self._simulated(body)
+            if self.full:
+                return Response(json.dumps({"error": {
+                    "message": "model file:standin is busy: 2 running, 2 queued "
+                               "(max_queue_depth=2); retry shortly",
+                    "type": "service_unavailable", "code": "rate_limit_exceeded"}}),
+                    status=503, mimetype="application/json", headers={"Retry-After": "3"})
+            self.gate.wait(30)
             if self.chat_status != 200:
                 return {"error": {"message": "the stand-in failed on this request",
                                   "type": "server_error", "code": "internal_error"}

@@ -13,18 +13,17 @@ from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
-from cortex.gateway import coldwait, proxy
+from cortex.gateway import coldwait
 from cortex.gateway.anthropic import errors, translate
 from cortex.gateway.anthropic.stream import Converter
 from cortex.gateway.budget import ask_for
-from cortex.gateway.composition import Gateway
 from cortex.gateway.dataplane import Call, Dialect, Route
-from cortex.gateway.neuron_calls import count_on_loaded, refusal
+from cortex.gateway.neuron_calls import CHAT, count_on_loaded
+from cortex.gateway.relay import streams
+from cortex.gateway.relay.send import Exchange, read_json, refusal
 from cortex.gateway.reply import Reply, json_reply
-from cortex.gateway.router import Target
 
 log = logging.getLogger(__name__)
-CHAT = "/v1/chat/completions"
 
 
 def _render(exc: ApiError) -> tuple[int, dict[str, Any]]:
@@ -35,32 +34,21 @@ ANTHROPIC = Dialect("anthropic", _render, x_api_key=True)
 
 
 def messages(call: Call) -> Reply:
-    gw, body = call.gw, call.body
-    req = translate.to_openai(body)
-    model, thinking = body["model"], req["enable_thinking"]
-
-    def open_(target: Target | None) -> proxy.Exchange:
-        return proxy.open_exchange(gw, CHAT, req, call.principal, call.headers,
-                                   started=call.started, hold=call.hold, target=target)
-
-    target = None
-    if req.get("stream"):
-        target, waits = coldwait.route_or_wait(gw, req)
-        if waits is not None:  # a cold load under way: `ping` events until it is done
-            conv = Converter(model, thinking=thinking,
-                             count=lambda: count_or_zero(gw, model, req))
-            return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
-                         conv.events(coldwait.chunks_after_load(waits, open_)))
-    ex = open_(target)
-    node = {"X-Cortex-Node": ex.target.node.name}
-    if ex.response.status != 200:
-        raise refusal(ex)
-    if req.get("stream"):
-        conv = Converter(model, thinking=thinking,
-                         count=lambda: count_or_zero(gw, model, req))
+    req = translate.to_openai(call.body)
+    model, thinking, stream = call.body["model"], req["enable_thinking"], bool(req.get("stream"))
+    sent = call.send(CHAT, req, progress=stream)
+    if not isinstance(sent, Exchange):  # a cold load under way: `ping` events until it is done
+        conv = Converter(model, thinking=thinking, count=lambda: count_or_zero(call, req))
+        return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
+                     conv.events(coldwait.chunks_after_load(sent)))
+    node = {"X-Cortex-Node": sent.node.name}
+    if sent.status != 200:
+        raise refusal(sent)
+    if stream:
+        conv = Converter(model, thinking=thinking, count=lambda: count_or_zero(call, req))
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
-                     conv.events(proxy.iter_chunks(ex)))
-    reply = proxy.read_json(ex)
+                     conv.events(streams.chunks(sent)))
+    _, reply = read_json(sent)
     return json_reply(200, translate.to_anthropic(reply, model, thinking=thinking), node)
 
 
@@ -68,13 +56,13 @@ def count_tokens(call: Call) -> Reply:
     """The prompt's size by the model's own tokenizer, on a node that has it loaded."""
     call.gw.auth.count_call(call.principal, call.environ.get("REMOTE_ADDR", ""))
     req = translate.to_openai(call.body, count_only=True)
-    return json_reply(200, {"input_tokens": count_on_loaded(call.gw, call.model, req)})
+    return json_reply(200, {"input_tokens": count_on_loaded(call, req)})
 
 
-def count_or_zero(gw: Gateway, model: str, req: dict[str, Any]) -> int:
+def count_or_zero(call: Call, req: dict[str, Any]) -> int:
     """The prompt's size on a loaded replica (after a cold load: the one just loaded)."""
     try:
-        return count_on_loaded(gw, model, req)
+        return count_on_loaded(call, req)
     except (ApiError, KeyError, ValueError) as exc:
         log.warning("could not count the prompt for message_start: %s", exc)
         return 0

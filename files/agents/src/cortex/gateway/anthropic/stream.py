@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cortex.core.errors import ApiError
+from cortex.core.errors import ApiError, BadGateway
 from cortex.core.wire import sse_event
 from cortex.gateway.anthropic import errors, translate
 
@@ -104,8 +104,8 @@ class Converter:
 
     def _end(self) -> Iterator[bytes]:
         if not self.started:
-            raise ApiError("the neuron's stream ended before it began", status=502,
-                           code="upstream_stream_error", type="api_error")
+            raise BadGateway("the neuron's stream ended before it began",
+                             code="upstream_stream_error")
         if self.open == "text" and self.held:  # the answer's own end, e.g. before a stop
             yield self._delta({"type": "text_delta", "text": self.held})
         yield from self._close()

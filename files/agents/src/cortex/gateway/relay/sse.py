@@ -13,6 +13,7 @@ the bytes as they came and a boundary check, about two `find`s an event on its h
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,8 @@ from typing import Any
 from cortex.core import fastjson
 
 DONE = b"[DONE]"
-# Only an event whose data holds one of these as a JSON key is parsed on the relay's fast
-# path (a key of a JSON object, quoted: inside a string the quotes would be escaped).
-_PROMPT, _USAGE, _ERROR = b'"helexa_prompt_tokens"', b'"usage"', b'"error"'
+_DONE_EVENT = b"data: [DONE]\n\n"
+TAIL = 4  # the last chunks a stream's reading keeps unparsed: its usage and error are there
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,49 +110,112 @@ class Reading:
     """What a neuron's stream has said so far, for billing: whether it ended ([DONE]), its
     usage, the prompt's size from its first chunk (`helexa_prompt_tokens`), the content
     events relayed (a floor on the tokens generated: the neuron may merge several tokens
-    into one event), and the error it ended with."""
+    into one event), and the error it ended with. `on_usage` hears the usage's total as
+    soon as it is read (the key's hold shrinks to it before the client has the end, and
+    may send its next request).
 
-    __slots__ = ("done", "error", "events", "prompt_tokens", "seen", "usage")
+    On the relay's path (`take`) no event is parsed as it passes: the neuron sends its
+    usage and its error last, just before [DONE], so the first event and the last `TAIL`
+    are kept as they came and parsed when the end comes or a figure is asked for (an event
+    parsed per token cost more than the rest of the relay's work on it). A converter,
+    which parses every chunk anyway, hands them over parsed (`chunk`).
+    """
+
+    __slots__ = ("_content", "_error", "_opening", "_prompt", "_tail", "_usage", "done",
+                 "on_usage", "seen")
 
     def __init__(self) -> None:
+        self.on_usage: Callable[[int], None] | None = None
         self.done = False
-        self.usage: Usage | None = None
-        self.prompt_tokens: int | None = None
         self.seen = 0  # chunks with data, of any kind
-        self.events = 0  # of which content
-        self.error: str | None = None
+        self._content = 0  # of which content, among those read
+        self._usage: Usage | None = None
+        self._prompt: int | None = None
+        self._error: str | None = None
+        self._opening: bytes | None = None  # the first chunk's data, not read yet
+        self._tail: deque[bytes] = deque()  # the last chunks' data, not read yet
+
+    @property
+    def usage(self) -> Usage | None:
+        self._read()
+        return self._usage
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """The prompt's size as the neuron's first chunk said it (None if it did not)."""
+        self._read()
+        return self._prompt
+
+    @property
+    def events(self) -> int:
+        self._read()
+        return self._content
+
+    @property
+    def error(self) -> str | None:
+        self._read()
+        return self._error
 
     def take(self, run: bytes) -> None:
-        """Note the events of a run of whole events (the relay's bytes): only an event that
-        may carry the prompt's size, usage or an error is parsed."""
+        """Note the events of a run of whole events (the relay's bytes)."""
+        if run.startswith(b"data: ") and run.find(b"\n") == len(run) - 2:
+            # One event of one data line, as the neuron writes them.
+            if run == _DONE_EVENT:
+                self._done()
+            else:
+                self._keep(run[6:-2])
+            return
         for event in events(run):
             data = data_of(event)
-            if data is None:
-                continue
             if data == DONE:
-                self.done = True
-            elif _PROMPT in data or _USAGE in data or _ERROR in data:
-                self.chunk(fastjson.parse(data))
-            else:
-                self.seen += 1
-                self.events += 1
+                self._done()
+            elif data is not None:
+                self._keep(data)
 
     def chunk(self, chunk: Any) -> None:
-        """Note one parsed chunk (what a converter gets, an event `take` parsed, or a
-        whole reply)."""
+        """Note one parsed chunk (what a converter gets, or a whole reply)."""
         self.seen += 1
+        self._note(chunk)
+
+    def _keep(self, data: bytes) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self._opening = data
+            return
+        tail = self._tail
+        if len(tail) == TAIL:  # older than the last few: content, by the neuron's order
+            tail.popleft()
+            self._content += 1
+        tail.append(data)
+
+    def _done(self) -> None:
+        self.done = True
+        self._read()  # the usage, before the client has the end
+
+    def _read(self) -> None:
+        """Parse what `take` kept: the first chunk, and the last few."""
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            self._note(fastjson.parse(opening))
+        while self._tail:
+            self._note(fastjson.parse(self._tail.popleft()))
+
+    def _note(self, chunk: Any) -> None:
         if not isinstance(chunk, dict):
+            self._content += 1  # (not the neuron API's: counted, as relayed)
             return
         prompt = chunk.get("helexa_prompt_tokens")
         usage, error = usage_of(chunk), error_code_of(chunk)
         if type(prompt) is int and prompt >= 0:
-            self.prompt_tokens = prompt
+            self._prompt = prompt
         if usage is not None:
-            self.usage = usage
+            first, self._usage = self._usage is None, usage
+            if first and self.on_usage is not None:
+                self.on_usage(usage.total)
         if error is not None:
-            self.error = error
+            self._error = error
         if prompt is None and usage is None and error is None:
-            self.events += 1
+            self._content += 1
 
 
 def billed(reading: Reading, answered: bool, prompt_estimate: Callable[[], int]) -> Usage:

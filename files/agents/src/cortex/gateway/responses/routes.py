@@ -12,16 +12,15 @@ from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.core.wire import SSE_HEADERS
-from cortex.gateway import coldwait, proxy
+from cortex.gateway import coldwait
 from cortex.gateway.budget import ask_for
 from cortex.gateway.dataplane import Call, Dialect, Route
-from cortex.gateway.neuron_calls import count_on_loaded, refusal
+from cortex.gateway.neuron_calls import CHAT, count_on_loaded
+from cortex.gateway.relay import streams
+from cortex.gateway.relay.send import Exchange, read_json, refusal
 from cortex.gateway.reply import Reply, json_reply
 from cortex.gateway.responses import errors, reply, translate
 from cortex.gateway.responses.stream import Converter
-from cortex.gateway.router import Target
-
-CHAT = "/v1/chat/completions"
 
 
 def _render(exc: ApiError) -> tuple[int, dict[str, Any]]:
@@ -33,25 +32,17 @@ RESPONSES = Dialect("responses", _render)
 
 def create(call: Call) -> Reply:
     plan = translate.to_chat(call.body)
-
-    def open_(target: Target | None) -> proxy.Exchange:
-        return proxy.open_exchange(call.gw, CHAT, plan.chat, call.principal, call.headers,
-                                   started=call.started, hold=call.hold, target=target)
-
-    target = None
-    if plan.stream:
-        target, waits = coldwait.route_or_wait(call.gw, plan.chat)
-        if waits is not None:  # a cold load under way: `response.in_progress` each tick
-            return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
-                         Converter(plan).events(coldwait.chunks_after_load(waits, open_)))
-    ex = open_(target)
-    node = {"X-Cortex-Node": ex.target.node.name}
-    if ex.response.status != 200:
-        raise refusal(ex, keep_param=True)
+    sent = call.send(CHAT, plan.chat, progress=plan.stream)
+    if not isinstance(sent, Exchange):  # a cold load under way: `response.in_progress` ticks
+        return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS},
+                     Converter(plan).events(coldwait.chunks_after_load(sent)))
+    node = {"X-Cortex-Node": sent.node.name}
+    if sent.status != 200:
+        raise refusal(sent, keep_param=True)
     if plan.stream:
         return Reply(200, {"Content-Type": "text/event-stream", **SSE_HEADERS, **node},
-                     Converter(plan).events(proxy.iter_chunks(ex)))
-    completion = proxy.read_json(ex)
+                     Converter(plan).events(streams.chunks(sent)))
+    _, completion = read_json(sent)
     return json_reply(200, reply.to_response(completion, plan), node)
 
 
@@ -61,7 +52,7 @@ def input_tokens(call: Call) -> Reply:
     call.gw.auth.count_call(call.principal, call.environ.get("REMOTE_ADDR", ""))
     chat = translate.to_chat(call.body).chat
     return json_reply(200, {"object": "response.input_tokens",
-                            "input_tokens": count_on_loaded(call.gw, call.model, chat)})
+                            "input_tokens": count_on_loaded(call, chat)})
 
 
 ROUTES = [

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cortex.core.errors import ApiError
+from cortex.core.errors import ApiError, BadGateway
 from cortex.gateway.responses import errors, reply
 from cortex.gateway.responses.translate import Plan
 
@@ -76,8 +76,8 @@ class Converter:
                 self.chunks += 1
                 yield from self._chunk(chunk)
             if not self.chunks:
-                raise ApiError("the neuron's stream ended before it began", status=502,
-                               code="upstream_stream_error", type="api_error")
+                raise BadGateway("the neuron's stream ended before it began",
+                             code="upstream_stream_error")
             yield from self._end()
         except ApiError as exc:
             yield self._failed(exc)
