@@ -194,6 +194,8 @@ class ModelScheduler:
                     f"{self.queue_depth} queued (max_queue_depth="
                     f"{self.limits.max_queue_depth}); retry shortly",
                     code="rate_limit_exceeded", retry_after=self._retry_after())
+            if isinstance(job, Job):  # the cache partition: the caller's account
+                job.request.partition = job.principal
             if job.principal:
                 held = sum(1 for j in self._jobs() if j.principal == job.principal)
                 if held >= self.limits.max_per_principal:
@@ -336,7 +338,7 @@ class ModelScheduler:
             job = self._queue.popleft()
             if job.cancelled:
                 continue
-            slot = self._pick_slot(job.request.prompt_tokens)
+            slot = self._pick_slot(job.request.prompt_tokens, job.request.partition)
             run = self._active[slot] = _Run(job, slot)
             admitted.append(run)
         if admitted:
@@ -344,7 +346,7 @@ class ModelScheduler:
             self._busy_changed()
         return admitted
 
-    def _pick_slot(self, prompt: list[int]) -> int:
+    def _pick_slot(self, prompt: list[int], partition: str = "") -> int:
         """The free slot whose cache shares the longest prefix with the prompt, unless taking
         it would drop more cached tokens than half of those it reuses (a chat template's
         shared header must not evict another conversation); else one next to the running
@@ -352,7 +354,7 @@ class ModelScheduler:
         free = [s for s in range(self.slots) if s not in self._active]
 
         def reuse(s: int) -> int:
-            match = self.model.prefix_match(s, prompt)
+            match = self.model.prefix_match(s, prompt, partition)
             lost = self.model.cached_len(s) - match
             return match if lost * 2 <= match else 0
 

@@ -31,6 +31,9 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     seed: int | None = None
     grammar: str | None = None  # GBNF the output must match (response_format)
+    # Whose cache this prompt may reuse and fill: the account (X-Helexa-Account-Id), "" for
+    # the anonymous partition. A cached prefix is never shared between partitions.
+    partition: str = ""
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -77,8 +80,9 @@ class LoadedModel(ABC):
         raise NotImplementedError
 
     # -- slots (the default: one slot, stepped through `generate`) -----------------------
-    def prefix_match(self, slot: int, tokens: list[int]) -> int:
-        """How many leading `tokens` the slot's cache already holds."""
+    def prefix_match(self, slot: int, tokens: list[int], partition: str = "") -> int:
+        """How many leading `tokens` the slot's cache holds for `partition` (0 where the
+        slot holds another partition's tokens)."""
         return 0
 
     def check_grammar(self, grammar: str) -> None:

@@ -141,6 +141,7 @@ class LlamaCppModel(LoadedModel):
             self._n_batch = int(llama_cpp.llama_n_batch(ctx.ctx))
             self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._cache: list[list[int]] = [[] for _ in range(n_slots)]  # tokens in each slot's KV
+        self._owner: list[str] = [""] * n_slots  # the partition whose tokens those are
         # Candidate buffers for grammar-constrained sampling (the scheduler thread's alone).
         self._cur = internals.LlamaTokenDataArray(n_vocab=self._n_vocab)
         self._one_data = (llama_cpp.llama_token_data * 1)()
@@ -188,7 +189,9 @@ class LlamaCppModel(LoadedModel):
         return eog
 
     # -- slots ---------------------------------------------------------------------------
-    def prefix_match(self, slot: int, tokens: list[int]) -> int:
+    def prefix_match(self, slot: int, tokens: list[int], partition: str = "") -> int:
+        if self._owner[slot] != partition:
+            return 0
         return _common_prefix(self._cache[slot], tokens)
 
     def cached_len(self, slot: int) -> int:
@@ -199,9 +202,10 @@ class LlamaCppModel(LoadedModel):
         if not prompt:
             raise ValueError("an empty prompt has nothing to generate from")
         cache = self._cache[slot]
-        # Keep the longest common prefix in the KV; the last prompt token is always evaluated
-        # again, for its logits.
-        common = min(_common_prefix(cache, prompt), len(prompt) - 1)
+        # Keep the longest common prefix in the KV (only the same partition's); the last
+        # prompt token is always evaluated again, for its logits.
+        common = min(self.prefix_match(slot, prompt, req.partition), len(prompt) - 1)
+        self._owner[slot] = req.partition
         if common < len(cache) and not llama_cpp.llama_memory_seq_rm(
                 self._mem, slot, common, -1):
             llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
