@@ -41,14 +41,15 @@ class AdmissionConfig:
 
 @dataclass
 class SamplingDefaults:
-    """Used where a request does not say. repeat_penalty 1.1 (as Ollama) keeps small
-    quantised models from looping at temperature 0."""
+    """Used where a request does not say: llama-cpp-python's own defaults. No repeat penalty,
+    as llama-server, vLLM and llama-cpp-python (OpenAI has none): at 1.1, over a window that
+    holds the prompt's chat markup, greedy answers rambled where the engine's stopped."""
 
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
     min_p: float = 0.05
-    repeat_penalty: float = 1.1
+    repeat_penalty: float = 1.0
 
 
 @dataclass
