@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.wire import sse_event
 from cortex.neuron import chat as chatmod
-from cortex.neuron import forced_tools, structured
+from cortex.neuron import forced_tools, session_cache, structured
 from cortex.neuron.families import Part, Tools
 from cortex.neuron.scheduler import Job
 
@@ -81,6 +81,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
                            max_prompt_tokens=neuron.cfg.max_prompt_tokens,
                            defaults=neuron.cfg.sampling)
     gen.grammar = grammar
+    gen.cache_ttl = session_cache.requested_ttl(body)  # (Anthropic cache_control)
     stop = chatmod.stops(body)
     # A forced call ends where its grammar does: a stop string met inside the arguments
     # would cut the promised call in two.

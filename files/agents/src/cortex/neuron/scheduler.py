@@ -505,7 +505,8 @@ class ModelScheduler:
         self.metrics.observe_generation(self.model_id, prompt=len(req.prompt_tokens),
                                         completion=run.produced,
                                         ttft=run.first_at - job.enqueued_at,
-                                        decode_s=done - run.first_at, account=job.principal)
+                                        decode_s=done - run.first_at, account=job.principal,
+                                        cached=cached)
         job.events.put(("done", {
             "finish_reason": finish, "stop": run.text.stopped_by,
             "completion_tokens": run.produced, "prompt_tokens": len(req.prompt_tokens),

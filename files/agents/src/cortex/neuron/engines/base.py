@@ -34,6 +34,9 @@ class GenerationRequest:
     # Whose cache this prompt may reuse and fill: the account (X-Helexa-Account-Id), "" for
     # the anonymous partition. A cached prefix is never shared between partitions.
     partition: str = ""
+    # Anthropic cache_control ttl: keep this prompt's cached blocks at least this many
+    # seconds where the session cache's budget allows (0: least recently used goes first).
+    cache_ttl: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -96,6 +99,16 @@ class LoadedModel(ABC):
     def cached_len(self, slot: int) -> int:
         """Tokens the slot's cache holds."""
         return 0
+
+    # -- the session cache (engines that cannot save a slot's KV state keep the defaults) --
+    def cache_identity(self) -> dict[str, Any] | None:
+        """What a saved KV state of this model is valid under beside its file (load
+        parameters, KV layout), or None: this model's slots cannot be saved."""
+        return None
+
+    def attach_cache(self, view: Any) -> None:
+        """Save slots to, and restore prompts from, this view of the session cache."""
+        return None
 
     def begin(self, slot: int, req: GenerationRequest) -> Sequence:
         seq = Sequence(slot, req, 0)
