@@ -359,6 +359,12 @@ class SessionCache:
             spill = self._evict_ram()
         self._spill(spill)
 
+    def record(self, **add: float) -> None:
+        """Add to the counters (a model's scheduler thread: lookups, restores)."""
+        with self._lock:
+            for name, value in add.items():
+                setattr(self.counters, name, getattr(self.counters, name) + value)
+
     def snapshot(self) -> dict[str, Any]:
         """For /health."""
         with self._lock:
@@ -401,14 +407,7 @@ class CacheView:
         return out
 
     def record_lookup(self, hit: bool) -> None:
-        with self.cache._lock:
-            c = self.cache.counters
-            c.lookups += 1
-            c.hits += hit
+        self.cache.record(lookups=1, hits=int(hit))
 
     def record_restore(self, tokens: int, seconds: float) -> None:
-        with self.cache._lock:
-            c = self.cache.counters
-            c.restores += 1
-            c.restored_tokens += tokens
-            c.restore_seconds += seconds
+        self.cache.record(restores=1, restored_tokens=tokens, restore_seconds=seconds)

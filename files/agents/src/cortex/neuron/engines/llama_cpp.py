@@ -23,9 +23,8 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp import _internals as internals
-from llama_cpp._logger import set_verbose
 
+from cortex.neuron import fence
 from cortex.neuron.engines import llama_progress, llama_sessions
 from cortex.neuron.engines.base import (
     Engine,
@@ -49,7 +48,7 @@ _backend_ready = False
 def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        set_verbose(False)
+        fence.set_verbose(False)
         llama_cpp.llama_backend_init()
         _backend_ready = True
 
@@ -87,7 +86,7 @@ class LlamaCppEngine(Engine):
         reporter = llama_progress.callback(progress)
         if reporter is not None:
             mp.progress_callback = reporter
-        model = internals.LlamaModel(path_model=str(path), params=mp, verbose=False)
+        model = fence.LlamaModel(path_model=str(path), params=mp, verbose=False)
         del reporter  # the load is over: llama.cpp calls it no more
         threads = n_threads or len(os.sched_getaffinity(0))
         if embeddings_only:
@@ -104,7 +103,7 @@ class LlamaCppEngine(Engine):
         cp.kv_unified = False
         cp.n_threads = cp.n_threads_batch = threads
         try:
-            ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
+            ctx = fence.LlamaContext(model=model, params=cp, verbose=False)
         except Exception:
             model.close()
             raise
@@ -127,7 +126,7 @@ class _Seq(Sequence):
 
 
 class LlamaCppModel(LoadedModel):
-    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext | None,
+    def __init__(self, model: fence.LlamaModel, ctx: fence.LlamaContext | None,
                  n_slots: int, keep: object = None, *, threads: int, n_ctx: int = 0) -> None:
         """`ctx` None: embeddings alone, `n_ctx` tokens an input (the context made now)."""
         self._model = model
@@ -160,7 +159,7 @@ class LlamaCppModel(LoadedModel):
         self._states: llama_sessions.SlotStates | None = None
         self.load_params: dict[str, Any] = {}
         # Candidate buffers for grammar-constrained sampling (the scheduler thread's alone).
-        self._cur = internals.LlamaTokenDataArray(n_vocab=self._n_vocab)
+        self._cur = fence.LlamaTokenDataArray(n_vocab=self._n_vocab)
         self._one_data = (llama_cpp.llama_token_data * 1)()
         self._one = llama_cpp.llama_token_data_array(data=self._one_data, size=1,
                                                      selected=-1, sorted=False)
