@@ -35,8 +35,12 @@ def _greedy(model, slot: int, prompt: list[int], n: int = 12, partition: str = "
 
 
 @pytest.fixture(params=["flash", "no-flash"])
-def model(request, smollm2_file: Path, monkeypatch):
-    if request.param == "no-flash":  # V is stored transposed: the other layout branch
+def model(request, smollm2_file: Path, models_dir: Path, monkeypatch):
+    """SmolLM2 with flash attention (V rows); the tiny model without it (V transposed: the
+    other layout branch, checked to the byte against llama.cpp's own blob, fast)."""
+    path = smollm2_file
+    if request.param == "no-flash":
+        path = models_dir / "tiny-long.gguf"
         params = llama_cpp.llama_context_default_params
 
         def no_flash():
@@ -45,7 +49,7 @@ def model(request, smollm2_file: Path, monkeypatch):
             return cp
 
         monkeypatch.setattr(llama_cpp, "llama_context_default_params", no_flash)
-    m = LlamaCppEngine().load(smollm2_file, n_ctx=512, n_threads=2, n_gpu_layers=0,
+    m = LlamaCppEngine().load(path, n_ctx=512, n_threads=1, n_gpu_layers=0,
                               devices=[], has_gpu=False, n_slots=3)
     yield m
     m.close()
@@ -69,6 +73,8 @@ def test_blocks_put_back_into_another_slot_continue_as_the_cold_prompt(model):
     _greedy(model, 1, prompt)
     state = llama_state.parse(_get(model._ctx.ctx, 1), 1)
     assert state.cells == len(model._cache[1])
+    no_flash = model.load_params["flash_attn"] == llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    assert state.layout.v_trans == no_flash  # (each branch of the layout is exercised)
     blocks = (len(prompt) - 1) // B
     cold = _cold_split(model, 0, prompt, blocks * B)
     blob = llama_state.assemble(state.layout, [state.block(i * B, (i + 1) * B)

@@ -69,7 +69,8 @@ def test_many_sessions_over_few_slots_stay_warm_under_concurrency(neuron_factory
             prompt_tokens[i] = reply["usage"]["prompt_tokens"]
             sessions[i].append(reply["choices"][0]["message"])
     health = n.get("/health").json()["cache"]
-    assert health["restores"] >= 10 and health["hits"] >= 10, health
+    # Of each round's six later turns, at most two find their session still in its slot.
+    assert health["restores"] >= 8 and health["hits"] >= 8, health
     assert health["ram"]["used_mb"] <= health["ram"]["budget_mb"]
     metrics = n.get("/metrics").text
     assert "neuron_session_cache_restored_tokens_total" in metrics
@@ -242,3 +243,26 @@ def test_anthropic_cache_control_keeps_a_prompt_longer(neuron_factory, gateway_f
     sessions = n.neuron.registry.sessions
     pinned = [b.keep_until for b in sessions._ram.values() if b.keep_until]
     assert pinned and min(pinned) > time.time() + 3000
+
+
+def test_cache_control_ttls_reach_the_neuron_and_bad_ones_are_refused(neuron_factory):
+    from cortex.gateway.anthropic.translate import to_openai
+
+    def ttl(**body) -> object:
+        base = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+        return to_openai(base | body).get("helexa_cache_ttl")
+
+    block = {"type": "text", "text": "x"}
+    assert ttl() is None
+    assert ttl(system=[dict(block, cache_control={"type": "ephemeral"})]) == 300
+    assert ttl(system=[dict(block, cache_control={"type": "ephemeral", "ttl": "5m"})],
+               tools=[{"name": "t", "input_schema": {"type": "object"},
+                       "cache_control": {"type": "ephemeral", "ttl": "1h"}}]) == 3600
+    assert ttl(messages=[{"role": "user", "content": [
+        dict(block, cache_control={"type": "ephemeral", "ttl": "1h"})]}]) == 3600
+    n = neuron_factory(parallel=1)
+    n.load(HELLO)
+    for bad in (-1, "1h", 86401):
+        r = n.post("/v1/chat/completions", {"model": HELLO, "helexa_cache_ttl": bad,
+                                            "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "helexa_cache_ttl", r.text

@@ -146,8 +146,9 @@ class SessionCache:
                 if key in self._disk.files:
                     self._disk.files.move_to_end(key)
 
-    def _evict_ram(self) -> list[tuple[bytes, bytes]]:
-        """Drop blocks until within budget; return those to spill to disk (under the lock).
+    def _evict_ram(self) -> list[tuple[bytes, bytes | None]]:
+        """Drop blocks until within budget; return those to spill to disk (under the lock),
+        with None for a payload the disk holds already (its file's age is renewed).
         Unpinned blocks go first, least recently used first; pinned ones only when nothing
         else is left."""
         spill = []
@@ -158,8 +159,8 @@ class SessionCache:
             block = self._ram.pop(victim)
             self.ram_used -= len(block.payload)
             self.counters.ram_evictions += 1
-            if self._disk is not None and victim not in self._disk.files:
-                spill.append((victim, block.payload))
+            if self._disk is not None:
+                spill.append((victim, None if victim in self._disk.files else block.payload))
         return spill
 
     def shrink(self, need_mb: int) -> int:
@@ -216,13 +217,17 @@ class SessionCache:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    def _spill(self, blocks: list[tuple[bytes, bytes]]) -> None:
+    def _spill(self, blocks: list[tuple[bytes, bytes | None]]) -> None:
         """Write evicted blocks to disk (outside the lock: a file write takes a while)."""
         disk = self._disk
         if disk is None:
             return
         for key, payload in blocks:
             path = self._path(disk, key)
+            if payload is None:  # on disk already: used until now, so not to expire yet
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+                continue
             tmp = path.with_suffix(".tmp")
             head = _HEAD.pack(_MAGIC, _VERSION, len(payload),
                               hashlib.blake2b(payload, digest_size=16).digest())
@@ -277,6 +282,8 @@ class SessionCache:
                         problem = "checksum mismatch"
                     else:
                         os.utime(path)
+        except FileNotFoundError:  # evicted meanwhile by another model's thread
+            problem = "expired"
         except OSError as exc:
             problem = f"unreadable ({exc.strerror})"
         if problem:
