@@ -167,6 +167,23 @@ def test_the_dashboard_shows_the_fleet_and_acts_on_it(fleet, page, tmp_path):
     assert page.errors == []
 
 
+def test_the_dashboard_shows_each_neurons_session_cache(fleet, page):
+    gw, _, _ = fleet
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0)
+    system = {"role": "system", "content": "the capital of France is Paris " * 30}
+    for _ in range(2):  # the second turn reuses the first one's prompt
+        client.chat.completions.create(model="hello", max_tokens=3,
+                                       messages=[system, {"role": "user", "content": "Hi"}])
+    page.goto(gw.url + "/ui/")
+    line = page.locator('[data-node="n1"] [data-cache]')
+    line.wait_for()
+    assert "session cache · RAM" in line.inner_text() and "disk" in line.inner_text()
+    wait_for(lambda: "% of prompt tokens reused" in line.inner_text()
+             and "% reused" in page.locator("#cache-ratio").inner_text(),
+             "the hit ratios from the neurons' counters", 30)
+    assert page.errors == []
+
+
 def test_a_load_shows_its_progress_bar(neuron_factory, gateway_factory, page, tmp_path,
                                       small_hub_chunks):
     weights = build_tiny_gguf(tmp_path / "slow.Q8_0.gguf", script=SCRIPT_HELLO, ftype="Q8_0")

@@ -18,7 +18,7 @@ from cortex.testing.waiting import wait_for
 
 LONG = "file:tiny-long"
 MSG = [{"role": "user", "content": "Hi"}]
-QUESTIONS = ["What is the capital of France?", "Name a colour of the sky.",
+QUESTIONS = ["What is the capital of France? Answer in one word.", "Name a colour of the sky.",
              "What is 2 + 2?", "Say hello in Spanish."]
 
 

@@ -48,14 +48,25 @@ def get_str(body: dict, key: str, default: str | None = None) -> str | None:
     return value
 
 
-def get_stop(body: dict, key: str = "stop", limit: int = 16) -> list[str]:
+# Stop strings are matched on a model's scheduler thread for every token: bounded, so one
+# request cannot slow every sequence batched with it (OpenAI takes 4 stops).
+MAX_STOPS = 16
+MAX_STOP_CHARS = 500
+
+
+def get_stop(body: dict, key: str = "stop") -> list[str]:
     value = body.get(key)
     if value is None:
         return []
     if isinstance(value, str):
-        return [value] if value else []
+        value = [value]
     if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        if len(value) > limit:
-            raise invalid(key, f"at most {limit} stop sequences")
+        if len(value) > MAX_STOPS:
+            raise invalid(key, f"at most {MAX_STOPS} stop sequences of at most "
+                          f"{MAX_STOP_CHARS} characters each (got {len(value)} sequences)")
+        for i, s in enumerate(value):
+            if len(s) > MAX_STOP_CHARS:
+                raise invalid(key, f"at most {MAX_STOPS} stop sequences of at most "
+                              f"{MAX_STOP_CHARS} characters each ({key}[{i}] has {len(s)})")
         return [s for s in value if s]
     raise invalid(key, "expected a string or a list of strings")

@@ -70,6 +70,9 @@ class Node:
     devices: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, ModelOnNode] = field(default_factory=dict)
     activation: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # /health's session cache figures
+    prompt_tokens: int = 0  # since the neuron started, all models: its cache's hit ratio
+    cached_tokens: int = 0
     last_ok: float = 0.0
     # Polls overlap (the poller's and a refresh after a load): the one started last wins.
     polls_started: int = 0
@@ -181,6 +184,10 @@ class Fleet:
         node.models = fresh
         node.devices = devices
         node.activation = activation
+        cache = health.get("cache")
+        node.cache = cache if isinstance(cache, dict) else {}
+        node.prompt_tokens = sum(int(h.get("prompt_tokens_total", 0)) for h in live.values())
+        node.cached_tokens = sum(int(h.get("cached_tokens_total", 0)) for h in live.values())
         node.drained = bool(health.get("drained"))
         node.healthy = health.get("status", "ok") == "ok"
         node.failures = 0

@@ -41,14 +41,33 @@ class AdmissionConfig:
 
 @dataclass
 class SamplingDefaults:
-    """Used where a request does not say. repeat_penalty 1.1 (as Ollama) keeps small
-    quantised models from looping at temperature 0."""
+    """Used where a request does not say: llama-cpp-python's own defaults. No repeat penalty,
+    as llama-server, vLLM and llama-cpp-python (OpenAI has none): at 1.1, over a window that
+    holds the prompt's chat markup, greedy answers rambled where the engine's stopped."""
 
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 40
     min_p: float = 0.05
-    repeat_penalty: float = 1.1
+    repeat_penalty: float = 1.0
+
+
+@dataclass
+class CacheConfig:
+    """The session cache (`[cache]`): KV blocks of earlier prompts kept per account, in host
+    RAM and on disk, restored instead of prefilled again (neuron/session_cache.py)."""
+
+    enabled: bool = True
+    ram_mb: int = 0  # 0: an eighth of the host's memory, at most 8192
+    disk_dir: str = ""  # "": <cache_dir>/kv
+    disk_mb: int = 4096  # 0: no disk tier
+    disk_ttl_secs: int = 86400  # a block file unused this long is removed
+
+    def __post_init__(self) -> None:
+        if self.ram_mb < 0 or self.disk_mb < 0:
+            raise ValueError("cache.ram_mb and cache.disk_mb must be 0 or more")
+        if self.disk_ttl_secs < 60:
+            raise ValueError("cache.disk_ttl_secs must be at least 60")
 
 
 @dataclass
@@ -92,6 +111,7 @@ class NeuronConfig:
     hf: HubConfig = field(default_factory=HubConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         parse_listen(self.listen, DEFAULT_PORT)  # raises with the key's name

@@ -23,8 +23,9 @@ import numpy as np
 import orjson
 
 from cortex.core.errors import ApiError, BadRequest
-from cortex.neuron.inference import Caller, Waiter, model_to_serve
-from cortex.neuron.scheduler import EmbedJob
+from cortex.neuron.inference import Caller, model_to_serve
+from cortex.neuron.jobs import Embedded, EmbedJob
+from cortex.neuron.waiter import Waiter
 
 if TYPE_CHECKING:
     from cortex.neuron.composition import Neuron
@@ -65,7 +66,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller) -> Iterator[bytes]:
         loaded.scheduler.submit(job)
         waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
         try:
-            vectors = next(v for kind, v in waiter.events() if kind == "done")
+            vectors = next(ev.vectors for ev in waiter.events() if isinstance(ev, Embedded))
         finally:
             waiter.release()
         unit = _normalized(vectors)

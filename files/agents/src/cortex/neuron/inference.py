@@ -8,7 +8,6 @@ call here holds a lease on the model, so an unload never frees it under this thr
 from __future__ import annotations
 
 import logging
-import queue
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from cortex.core.errors import ApiError, BadRequest, Unavailable
 from cortex.core.wire import sse_event
 from cortex.neuron import chat as chatmod
-from cortex.neuron import forced_tools, structured
+from cortex.neuron import forced_tools, session_cache, structured
 from cortex.neuron.families import Part, Tools
-from cortex.neuron.scheduler import Job
+from cortex.neuron.jobs import Done, Job, Started, Text
+from cortex.neuron.waiter import KeepAlive, Waiter
 
 if TYPE_CHECKING:
     from cortex.neuron.chat import Prompt
@@ -29,8 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_SECS = 5.0
-
+KEEPALIVE_SECS = 5.0  # a stream's comment line while nothing else is written
 
 @dataclass(frozen=True)
 class Caller:
@@ -81,6 +80,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
                            max_prompt_tokens=neuron.cfg.max_prompt_tokens,
                            defaults=neuron.cfg.sampling)
     gen.grammar = grammar
+    gen.cache_ttl = session_cache.requested_ttl(body)  # (Anthropic cache_control)
     stop = chatmod.stops(body)
     # A forced call ends where its grammar does: a stop string met inside the arguments
     # would cut the promised call in two.
@@ -100,12 +100,11 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
         summary = None
         watch = caller.hung_up
         check_at = time.monotonic() + HUNG_UP_CHECK_SECS
-        for kind, value in waiter.events(keepalive=watch is not None,
-                                         every=HUNG_UP_CHECK_SECS):
-            if kind == "text":
-                reply.feed(value)
-            elif kind == "done":
-                summary = value
+        for ev in waiter.events(keepalive=watch is not None, every=HUNG_UP_CHECK_SECS):
+            if isinstance(ev, Text):
+                reply.feed(ev.text)
+            elif isinstance(ev, Done):
+                summary = ev.summary
                 continue
             if watch is not None and not job.cancelled and time.monotonic() >= check_at:
                 check_at = time.monotonic() + HUNG_UP_CHECK_SECS
@@ -141,7 +140,7 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
             yield b": queued\n\n"  # the reply's head goes out now, not once a slot frees
         wrote = check_at = time.monotonic()
         every = KEEPALIVE_SECS if watch is None else HUNG_UP_CHECK_SECS
-        for kind, value in waiter.events(keepalive=True, coalesce=coalesce, every=every):
+        for ev in waiter.events(keepalive=True, coalesce=coalesce, every=every):
             now = time.monotonic()
             if watch is not None and not job.cancelled and now >= check_at:
                 # A client that closed its sending side (a gateway stopping the request)
@@ -149,7 +148,7 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
                 check_at = now + HUNG_UP_CHECK_SECS
                 if watch():
                     _client_left(reply.loaded, job)
-            if kind == "keepalive":
+            if isinstance(ev, KeepAlive):
                 if now - wrote >= KEEPALIVE_SECS:
                     wrote = now
                     yield b": keep-alive\n\n"
@@ -162,19 +161,19 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
                 opened = True
                 first = reply.chunk({"role": "assistant", "content": ""})
                 first["helexa_prompt_tokens"] = reply.prompt_tokens
-                first["helexa_cached_tokens"] = value if kind == "start" else 0
+                first["helexa_cached_tokens"] = ev.cached_tokens if isinstance(ev, Started) else 0
                 yield sse_event(first)
-            if kind == "text":
-                reply.generated.append(value)
-                for chunk in reply.stream_parts(reply.parse(value)):
+            if isinstance(ev, Text):
+                reply.generated.append(ev.text)
+                for chunk in reply.stream_parts(reply.parse(ev.text)):
                     yield sse_event(chunk)
-            elif kind == "done":
-                if value["finish_reason"] == "cancelled":
+            elif isinstance(ev, Done):
+                if ev.summary["finish_reason"] == "cancelled":
                     status = "499"
                 for chunk in reply.stream_parts(reply.finish_parts()):
                     yield sse_event(chunk)
-                yield sse_event(reply.final_chunk(value))
-                yield sse_event(reply.usage_chunk(value))
+                yield sse_event(reply.final_chunk(ev.summary))
+                yield sse_event(reply.usage_chunk(ev.summary))
         yield b"data: [DONE]\n\n"
     except ApiError as exc:
         # An error mid-stream (the model unloaded, the engine failed): its envelope, then
@@ -189,78 +188,6 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
     finally:
         waiter.release()
         neuron.metrics.requests.labels(reply.loaded.id, endpoint, status).inc()
-
-
-class Waiter:
-    """Relays a job's events to an HTTP thread, enforcing max_wait while it is queued."""
-
-    def __init__(self, loaded: Loaded, job: Job, max_wait: float) -> None:
-        self.loaded, self.job, self.max_wait = loaded, job, max_wait
-        self.finished = False
-        self._last_text = 0.0
-        self.texts = 0  # the scheduler's text events (one a token, but for held-back text)
-
-    def events(self, keepalive: bool = False, coalesce: float = 0.0,
-               every: float = KEEPALIVE_SECS) -> Iterator[tuple[str, Any]]:
-        """The job's events; with `keepalive`, a ("keepalive", None) after each `every`
-        seconds without one."""
-        job = self.job
-        deadline = job.enqueued_at + self.max_wait
-        while True:
-            timeout = every
-            if not job.started.is_set():
-                timeout = min(timeout, max(0.0, deadline - time.monotonic()))
-            try:
-                kind, value = job.events.get(timeout=timeout)
-            except queue.Empty:
-                if not job.started.is_set() and time.monotonic() >= deadline:
-                    if self.loaded.scheduler.withdraw(job):
-                        self.loaded.scheduler.reject("queue_timeout")
-                        raise Unavailable(
-                            f"waited {self.max_wait:g} s for {self.loaded.id} without a free "
-                            "slot; retry shortly", code="rate_limit_exceeded",
-                            retry_after=5) from None
-                    continue  # it started just now
-                if keepalive:
-                    yield "keepalive", None
-                continue
-            if kind == "text":
-                self.texts += 1
-            if kind == "text" and coalesce > 0:
-                # Let a few tokens gather before the next write: fewer wake-ups of this
-                # thread and of the client, which compete with the model for the cores.
-                wait = self._last_text + coalesce - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                value, follow = self._drain(value)
-                self._last_text = time.monotonic()
-                yield "text", value
-                if follow is None:
-                    continue
-                kind, value = follow
-            if kind == "error":
-                self.finished = True
-                raise value
-            yield kind, value
-            if kind == "done":
-                self.finished = True
-                return
-
-    def _drain(self, text: str) -> tuple[str, tuple[str, Any] | None]:
-        """Merge the text events already queued; return the first other event, if any."""
-        while True:
-            try:
-                kind, value = self.job.events.get_nowait()
-            except queue.Empty:
-                return text, None
-            if kind != "text":
-                return text, (kind, value)
-            self.texts += 1
-            text += value
-
-    def release(self) -> None:
-        if not self.finished:
-            self.loaded.scheduler.withdraw(self.job)
 
 
 class Reply:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -24,6 +24,9 @@ class NeuronMetrics:
                                      registry=r)
         self.completion_tokens = Counter("neuron_completion_tokens", "Tokens generated", m,
                                          registry=r)
+        self.cached_tokens = Counter("neuron_cached_prompt_tokens",
+                                     "Prompt tokens reused from a slot or the session cache "
+                                     "(not prefilled)", m, registry=r)
         self.ttft = Histogram("neuron_time_to_first_token_seconds",
                               "From admission to the first generated token", m,
                               buckets=_LATENCY, registry=r)
@@ -60,10 +63,15 @@ class NeuronMetrics:
         """Device memory gauges read from `snapshot()` (Device objects) at each scrape."""
         self.registry.register(_DeviceMemory(snapshot))
 
+    def watch_sessions(self, cache: Any) -> None:
+        """Export the session cache's figures (its snapshot, read at each collection)."""
+        self.registry.register(_SessionCacheCollector(cache))
+
     def observe_generation(self, model: str, *, prompt: int, completion: int, ttft: float,
-                           decode_s: float, account: str = "") -> None:
+                           decode_s: float, account: str = "", cached: int = 0) -> None:
         self.account_usage(account, prompt, completion)
         self.prompt_tokens.labels(model).inc(prompt)
+        self.cached_tokens.labels(model).inc(cached)
         self.completion_tokens.labels(model).inc(completion)
         self.ttft.labels(model).observe(ttft)
         if decode_s > 0 and completion > 1:
@@ -78,9 +86,13 @@ class NeuronMetrics:
         gateways turn the change between two polls into the fleet's req/s and tok/s."""
         requests = sum(s.value for metric in self.requests.collect() for s in metric.samples
                        if s.name.endswith("_total") and s.labels.get("model") == model)
-        tokens = self.registry.get_sample_value("neuron_completion_tokens_total",
-                                                {"model": model}) or 0
-        return {"requests_total": int(requests), "completion_tokens_total": int(tokens)}
+        def total(name: str) -> int:
+            return int(self.registry.get_sample_value(name, {"model": model}) or 0)
+
+        return {"requests_total": int(requests),
+                "completion_tokens_total": total("neuron_completion_tokens_total"),
+                "prompt_tokens_total": total("neuron_prompt_tokens_total"),
+                "cached_tokens_total": total("neuron_cached_prompt_tokens_total")}
 
     def forget(self, model: str) -> None:
         """Drop a model's gauges when it is unloaded (counters keep their history)."""
@@ -115,3 +127,46 @@ class _DeviceMemory:
             free.add_metric([str(d.index)], d.vram_free_mb)
         yield used
         yield free
+
+
+class _SessionCacheCollector:
+    """neuron_session_cache_*: the session cache's bytes and blocks per tier, and its
+    lookups, hits, restores and evictions since the process began."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.cache.snapshot()
+        mib = 2**20
+        tiers = [("ram", snap["ram"]), ("disk", snap["disk"])]
+        used = GaugeMetricFamily("neuron_session_cache_bytes", "Bytes of cached KV blocks",
+                                 labels=["tier"])
+        budget = GaugeMetricFamily("neuron_session_cache_budget_bytes",
+                                   "The session cache's budget", labels=["tier"])
+        blocks = GaugeMetricFamily("neuron_session_cache_blocks", "Cached KV blocks",
+                                   labels=["tier"])
+        for tier, t in tiers:
+            if t is not None:
+                used.add_metric([tier], t["used_mb"] * mib)
+                budget.add_metric([tier], t["budget_mb"] * mib)
+                blocks.add_metric([tier], t["blocks"])
+        yield from (used, budget, blocks)
+        for name, key, doc in [
+                ("lookups", "lookups", "Prompts looked up in the session cache"),
+                ("hits", "hits", "Lookups that found blocks beyond what the slot held"),
+                ("misses", "misses", "Lookups that found nothing more"),
+                ("restores", "restores", "KV states restored into a slot"),
+                ("restored_tokens", "restored_tokens", "Prompt tokens restored, not prefilled"),
+                ("saved_blocks", "saved_blocks", "KV blocks saved from slots"),
+                ("corrupt", "corrupt", "Disk blocks found short or damaged (each a miss)")]:
+            yield CounterMetricFamily(f"neuron_session_cache_{name}", doc, snap[key])
+        yield CounterMetricFamily("neuron_session_cache_restore_seconds",
+                                  "Time spent restoring KV states",
+                                  snap["restore_ms_total"] / 1000)
+        ev = CounterMetricFamily("neuron_session_cache_evictions",
+                                 "Blocks evicted (RAM: to disk where there is one)",
+                                 labels=["tier"])
+        for tier, n in snap["evictions"].items():
+            ev.add_metric([tier], n)
+        yield ev

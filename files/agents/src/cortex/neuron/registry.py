@@ -28,6 +28,7 @@ from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.preflight import Plan, plan_load
 from cortex.neuron.progress import LoadProgress
 from cortex.neuron.scheduler import ModelScheduler
+from cortex.neuron.session_cache import MB, SessionCache
 from cortex.neuron.sources import Hub, parse_model_id
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,8 @@ class Registry:
         self._engine_lock = threading.Lock()  # one engine load at a time keeps memory honest
         self.shutting_down = False
         self.activation = Activation([m.model_id for m in cfg.default_model_specs()])
+        self.sessions = SessionCache(cfg.cache, Path(cfg.cache_dir))
+        metrics.watch_sessions(self.sessions)
 
     # -- lookup ------------------------------------------------------------------------
     def find(self, name: object) -> Loaded:
@@ -242,7 +245,16 @@ class Registry:
         return {k: p.snapshot() for k, p in list(self.progress.items())}
 
     def used_mb(self) -> int:
-        return sum(m.vram_mb for m in self.models.values())
+        """What models hold; on a host without GPUs (where models live in host memory) the
+        session cache's RAM too."""
+        used = sum(m.vram_mb for m in self.models.values())
+        if not self.devices.has_gpu:
+            used += self.sessions.ram_used // MB
+        return used
+
+    def _free_mb(self, devices: list[int]) -> int:
+        return sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
+                   if not devices or d.index in devices)
 
     # -- load ----------------------------------------------------------------------------
     def load(self, req: LoadRequest) -> tuple[Loaded, bool]:
@@ -301,13 +313,16 @@ class Registry:
         devices = self._check_devices(req.devices, key)
         progress.begin("queued")  # behind another model's engine load, if any
         with self._engine_lock:
-            free = sum(d.vram_free_mb for d in self.devices.snapshot(self.used_mb())
-                       if not devices or d.index in devices)
+            free = self._free_mb(devices)
             if embeddings_only:
                 slots, need = 0, gguf_header.estimate_mb(path, meta, 0) + embed_mb
             else:
                 slots = self._slots(req, path, meta, n_ctx, free)
                 need = gguf_header.estimate_mb(path, meta, n_ctx * slots)
+            if need > free and not self.devices.has_gpu and self.sessions.ram_used:
+                # Models come before cached sessions in host memory.
+                self.sessions.shrink(need - free)
+                free = self._free_mb(devices)
             if need > free:
                 raise Unavailable(
                     f"{key} needs about {need} MB and the device has {free} MB free; unload "
@@ -330,6 +345,7 @@ class Registry:
             family = families.resolve(model.chat_template, req.chat_format)
             # The family's markers are special tokens its parser must see in the output.
             model.shown_tokens = families.marker_tokens(family, model)
+            self._attach_sessions(key, path, model)
             scheduler = ModelScheduler(key, model, self.cfg.admission, self.metrics)
             loaded = Loaded(id=key, harness=harness, path=path, quant=plan.quant,
                             devices=devices or [0], model=model, scheduler=scheduler,
@@ -344,6 +360,22 @@ class Registry:
         log.info("loaded %s (%s, %s) in %.2f s, ~%d MB, %d slot(s) of %d tokens", key,
                  path.name, plan.quant, seconds, loaded.vram_mb, model.n_slots, model.n_ctx)
         return loaded
+
+    def _attach_sessions(self, key: str, path: Path, model: LoadedModel) -> None:
+        """Give the model its view of the session cache: blocks valid only for this exact
+        file (path, size, modification time) loaded with these parameters."""
+        if not self.sessions.ram_budget:
+            return
+        try:
+            identity = model.cache_identity()
+            if identity is None:
+                return
+            st = path.stat()
+            identity |= {"file": str(path.resolve()), "size": st.st_size,
+                         "mtime_ns": st.st_mtime_ns}
+            model.attach_cache(self.sessions.view(key, identity))
+        except Exception:  # the model serves without it
+            log.exception("session cache off for %s", key)
 
     def reserve_embeddings(self, loaded: Loaded) -> None:
         """Count a chat model's embeddings context before its scheduler thread makes it (on

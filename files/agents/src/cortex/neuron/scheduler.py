@@ -1,11 +1,12 @@
 """Continuous batching: one scheduler thread per loaded model, over the model's slots.
 
-HTTP threads never run inference: they submit a Job and read its events. Each step the
-scheduler admits queued jobs to free slots (the free slot whose cache shares the longest
-prefix with the prompt), runs one batch holding every active sequence's next token and
-prompt chunks of the new ones, and routes the sampled tokens. A sequence that ends (EOS,
-stop string, max_tokens, client gone, error) frees its slot at once; the others go on.
-Admission: in flight up to max_in_flight (default: the slot count), then a bounded queue
+HTTP threads never run inference: they submit a Job (jobs.py) and read its events through
+a Waiter (waiter.py). Each step the scheduler admits queued jobs to free slots (slots.py:
+the free slot whose cache shares the longest prefix with the prompt, for the same account),
+runs one batch holding every active sequence's next token and prompt chunks of the new
+ones, and routes the sampled tokens. A sequence that ends (EOS, stop string, max_tokens,
+client gone, error) frees its slot at once; the others go on. Admission (admission.py):
+in flight up to max_in_flight (default: the slot count), then a bounded queue
 (max_queue_depth), a few places per principal (max_per_principal), max_wait_secs (503).
 An idle model waits gather_ms for a burst's other requests, to prefill them in one step.
 Embedding jobs share those limits and need no slot: one decode of the head job runs between
@@ -15,69 +16,25 @@ two steps, so an embedding batch holds the chat sequences up no longer than a pr
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.core.errors import ApiError, BadRequest, TooManyRequests, Unavailable
+from cortex.core.errors import ApiError
+from cortex.neuron import slots as slot_rule
+from cortex.neuron.admission import Admission, Held
 from cortex.neuron.config import AdmissionConfig
-from cortex.neuron.engines import GenerationRequest, LoadedModel
+from cortex.neuron.engines import LoadedModel
 from cortex.neuron.engines.base import Sequence, TokenEvent
+from cortex.neuron.jobs import Done, Embedded, EmbedJob, Failed, Job, Started, Text
 from cortex.neuron.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
 RATE_WINDOW_SECS = 10.0  # aggregate decode tok/s is measured over this window
 
-
-@dataclass
-class Job:
-    request: GenerationRequest
-    stop: list[str]
-    principal: str = ""
-    enqueued_at: float = field(default_factory=time.monotonic)
-    # Events: ("start", cached_tokens) ("text", str) ("done", summary) ("error", ApiError)
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    started: threading.Event = field(default_factory=threading.Event)
-    # Why the neuron (not the client) cancelled it: sent as an error, never as a clean end.
-    abort: ApiError | None = None
-
-    def cancel(self, abort: ApiError | None = None) -> None:
-        self.abort = self.abort or abort
-        self.request.cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self.request.cancel.is_set()
-
-
-@dataclass(eq=False)
-class EmbedJob:
-    """Embeddings of `inputs` (token lists); events: ("done", vectors) or ("error", ApiError).
-
-    The same shape as a Job where admission and waiting need it (principal, enqueued_at,
-    events, started, cancel), so both go through one queue discipline and one waiter.
-    """
-
-    inputs: list[list[int]]
-    principal: str = ""
-    enqueued_at: float = field(default_factory=time.monotonic)
-    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    started: threading.Event = field(default_factory=threading.Event)
-    vectors: list[Any] = field(default_factory=list)  # of inputs[:len(vectors)], so far
-    abort: ApiError | None = None
-    _cancel: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self, abort: ApiError | None = None) -> None:
-        self.abort = self.abort or abort
-        self._cancel.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
+__all__ = ["EmbedJob", "Job", "ModelScheduler"]
 
 
 class Stats:
@@ -121,7 +78,8 @@ class ModelScheduler:
         self.limits = limits
         self.metrics = metrics
         self.slots = model.n_slots
-        self.max_in_flight = min(limits.max_in_flight or self.slots, self.slots)
+        self.admission = Admission(model_id, limits, self.slots)
+        self.max_in_flight = self.admission.max_in_flight
         self.stats = Stats()
         self.stats.last_used = time.time()
         self._queue: deque[Job] = deque()
@@ -171,38 +129,24 @@ class ModelScheduler:
             return tokens / max(now - self._rate[0][0], 1e-3)
 
     def submit(self, job: Job | EmbedJob) -> None:
+        embed = isinstance(job, EmbedJob)
         with self._cond:
             self.submitted_at = time.monotonic()  # (an if_idle unload reads it)
-            if self._closed:
-                raise Unavailable(f"model {self.model_id} is being unloaded",
-                                  code="model_unloading", retry_after=2)
-            if isinstance(job, EmbedJob):  # needs no slot: one may run as soon as none does
-                waiting, full = self._embeds, len(self._embeds) >= (
-                    self.limits.max_queue_depth + (self._embedding is None))
+            held = Held(closed=self._closed, running=len(self._active), queued=len(self._queue),
+                        embedding=self._embedding is not None, embeds_queued=len(self._embeds),
+                        by_principal=sum(1 for j in self._jobs() if j.principal == job.principal)
+                        if job.principal else 0)
+            refusal = self.admission.refusal(held, embed=embed, principal=job.principal)
+            if refusal is not None:
+                reason = self.admission.reason(refusal)
+                if reason:
+                    self.reject(reason)
+                raise refusal
+            if isinstance(job, Job):
+                job.request.partition = job.principal  # the cache partition: the account
+                self._queue.append(job)
             else:
-                if not self.slots:
-                    raise BadRequest(f"model {self.model_id} is loaded for embeddings only; "
-                                     "load it without embeddings_only to chat with it",
-                                     code="model_embeddings_only", param="model")
-                free = max(0, self.max_in_flight - len(self._active))
-                waiting, full = self._queue, len(self._queue) >= (
-                    self.limits.max_queue_depth + free)
-            if full:
-                self.reject("queue_full")
-                raise Unavailable(
-                    f"model {self.model_id} is busy: {self.in_flight} running, "
-                    f"{self.queue_depth} queued (max_queue_depth="
-                    f"{self.limits.max_queue_depth}); retry shortly",
-                    code="rate_limit_exceeded", retry_after=self._retry_after())
-            if job.principal:
-                held = sum(1 for j in self._jobs() if j.principal == job.principal)
-                if held >= self.limits.max_per_principal:
-                    self.reject("per_principal")
-                    raise TooManyRequests(
-                        f"account {job.principal!r} already has {held} requests on "
-                        f"{self.model_id} (max_per_principal={self.limits.max_per_principal})",
-                        code="rate_limit_exceeded", retry_after=1)
-            waiting.append(job)
+                self._embeds.append(job)
             self.metrics.queue_depth.labels(self.model_id).set(self.queue_depth)
             self._cond.notify()
 
@@ -214,10 +158,6 @@ class ModelScheduler:
     def reject(self, reason: str) -> None:
         self.metrics.rejections.labels(self.model_id, reason).inc()
         self.stats.rejections[reason] = self.stats.rejections.get(reason, 0) + 1
-
-    def _retry_after(self) -> int:
-        per_job = 2.0
-        return max(1, round(per_job * (1 + len(self._queue)) / max(1, self.max_in_flight)))
 
     def withdraw(self, job: Job | EmbedJob) -> bool:
         """Take a job that has not started out of the queue (client left, or waited too long).
@@ -261,7 +201,7 @@ class ModelScheduler:
             self._cond.notify_all()
         for job in pending:
             job.cancel()
-            job.events.put(("error", reason))
+            job.events.put(Failed(reason))
         # A step is one llama_decode of at most n_batch tokens (prompts go in chunks), so
         # this returns within a step; it never gives up and lets the context be freed.
         while not self._thread.join(timeout=30) and self._thread.is_alive():
@@ -336,7 +276,7 @@ class ModelScheduler:
             job = self._queue.popleft()
             if job.cancelled:
                 continue
-            slot = self._pick_slot(job.request.prompt_tokens)
+            slot = self._pick_slot(job.request.prompt_tokens, job.request.partition)
             run = self._active[slot] = _Run(job, slot)
             admitted.append(run)
         if admitted:
@@ -344,33 +284,15 @@ class ModelScheduler:
             self._busy_changed()
         return admitted
 
-    def _pick_slot(self, prompt: list[int]) -> int:
-        """The free slot whose cache shares the longest prefix with the prompt, unless taking
-        it would drop more cached tokens than half of those it reuses (a chat template's
-        shared header must not evict another conversation); else one next to the running
-        sequences, the least recently used of those."""
-        free = [s for s in range(self.slots) if s not in self._active]
-
-        def reuse(s: int) -> int:
-            match = self.model.prefix_match(s, prompt)
-            lost = self.model.cached_len(s) - match
-            return match if lost * 2 <= match else 0
-
-        value = {s: reuse(s) for s in free}
-        best = max(free, key=lambda s: (value[s], -self._slot_used[s]))
-        if value[best]:
-            return best
-        # No cache worth keeping: beside the running sequences (a gap between two of them
-        # first), then the least recently used. llama.cpp decodes a split KV cache in
-        # ubatches of consecutive sequence ids: each gap in the running slots is one more
-        # graph a step (4 streams in bench/neuron_concurrency.py: 126 tok/s on the least
-        # recently used slots, 175 beside each other; the direct loop 179).
-        active = self._active
-
-        def neighbours(s: int) -> int:
-            return (s - 1 in active) + (s + 1 in active)
-
-        return min(free, key=lambda s: (-neighbours(s), self._slot_used[s]))
+    def _pick_slot(self, prompt: list[int], partition: str = "") -> int:
+        free = [slot_rule.FreeSlot(s, self.model.prefix_match(s, prompt, partition),
+                                   self.model.cached_len(s), self._slot_used[s])
+                for s in range(self.slots) if s not in self._active]
+        slot, why = slot_rule.choose(free, self._active)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: slot %d chosen: %s of %d, partition %r", self.model_id, slot, why,
+                      len(prompt), partition)
+        return slot
 
     def _busy_changed(self) -> None:
         self.metrics.in_flight.labels(self.model_id).set(self.in_flight)
@@ -402,10 +324,10 @@ class ModelScheduler:
             self._busy_changed()
         self.stats.last_used = time.time()
         if job.abort is not None or error is not None:
-            job.events.put(("error", job.abort or error))
+            job.events.put(Failed(job.abort or error))
         elif not job.cancelled:  # (a cancelled job's caller has gone: nobody reads)
             self.metrics.prompt_tokens.labels(self.model_id).inc(sum(map(len, job.inputs)))
-            job.events.put(("done", job.vectors))
+            job.events.put(Embedded(job.vectors))
 
     def _begin(self, run: _Run) -> None:
         job = run.job
@@ -445,14 +367,14 @@ class ModelScheduler:
             raise RuntimeError(f"{job} has no sequence")  # a scheduler bug: fail this job
         if run.first_at is None:
             run.first_at = now
-            job.events.put(("start", seq.cached_tokens))
+            job.events.put(Started(seq.cached_tokens))
         if ev.eog:
             self._finish(run, "stop")
             return
         run.produced += 1
         delta = run.text.feed(ev.piece)
         if delta:
-            job.events.put(("text", delta))
+            job.events.put(Text(delta))
         if run.text.stopped_by is not None:
             self._finish(run, "stop")
         elif run.produced >= job.request.max_tokens or seq.n_past >= self.model.n_ctx - 1:
@@ -475,8 +397,8 @@ class ModelScheduler:
         self._release(run)
         self.metrics.account_usage(run.job.principal, len(run.job.request.prompt_tokens),
                                    run.produced)
-        run.job.events.put(("error", ApiError(f"generation failed: {exc}",
-                                              code="generation_failed")))
+        run.job.events.put(Failed(ApiError(f"generation failed: {exc}",
+                                           code="generation_failed")))
 
     def _finish(self, run: _Run, finish: str) -> None:
         self._release(run)
@@ -484,17 +406,17 @@ class ModelScheduler:
         if job.abort is not None:
             self.metrics.account_usage(job.principal, len(job.request.prompt_tokens),
                                        run.produced)
-            job.events.put(("error", job.abort))
+            job.events.put(Failed(job.abort))
             return
         if finish != "cancelled" and job.cancelled:
             finish = "cancelled"
         tail = run.text.flush()
         if tail:
-            job.events.put(("text", tail))
+            job.events.put(Text(tail))
         cached = run.seq.cached_tokens if run.seq is not None else 0
         if run.first_at is None:  # nothing was generated (cancelled before the first token)
             run.first_at = time.monotonic()
-            job.events.put(("start", cached))
+            job.events.put(Started(cached))
         done = time.monotonic()
         req = job.request
         prefill_tokens = len(req.prompt_tokens) - cached
@@ -503,8 +425,9 @@ class ModelScheduler:
         self.metrics.observe_generation(self.model_id, prompt=len(req.prompt_tokens),
                                         completion=run.produced,
                                         ttft=run.first_at - job.enqueued_at,
-                                        decode_s=done - run.first_at, account=job.principal)
-        job.events.put(("done", {
+                                        decode_s=done - run.first_at, account=job.principal,
+                                        cached=cached)
+        job.events.put(Done({
             "finish_reason": finish, "stop": run.text.stopped_by,
             "completion_tokens": run.produced, "prompt_tokens": len(req.prompt_tokens),
             "cached_tokens": cached, "prefill_ms": round((run.first_at - run.started) * 1000, 2),

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from cortex.core.serving import Server
+from cortex.neuron import fence
 from cortex.neuron.config import NeuronConfig
 
 log = logging.getLogger("cortex.neuron")
@@ -19,7 +20,7 @@ def serve(cfg: NeuronConfig) -> None:
 
         return create_app(cfg)
 
-    def post_worker_init(worker: Any) -> None:
+    def post_worker_init(worker: fence.Worker) -> None:
         # On SIGTERM, refuse new work at once (503 shutting_down) while gunicorn lets
         # running requests finish within graceful_timeout.
         handle_exit = worker.handle_exit

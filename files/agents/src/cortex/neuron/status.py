@@ -64,6 +64,7 @@ def health(n: Neuron) -> dict[str, Any]:
         "loading": list(progress),
         "load_progress": progress,
         "models": models,
+        "cache": reg.sessions.snapshot(),
     }
 
 

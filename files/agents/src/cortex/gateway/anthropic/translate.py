@@ -81,7 +81,28 @@ def to_openai(body: dict[str, Any], *, count_only: bool = False) -> dict[str, An
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     # Anthropic thinks only when asked; the neuron's chat template reads enable_thinking.
     out["enable_thinking"] = kind in ("enabled", "adaptive")
+    ttl = _cache_ttl(body)
+    if ttl:
+        out["helexa_cache_ttl"] = ttl
     return out
+
+
+CACHE_TTLS = {"5m": 300, "1h": 3600}  # cache_control's ttl values; absent: 5 minutes
+
+
+def _cache_ttl(body: dict) -> int:
+    """The longest `cache_control` ttl anywhere in the request, in seconds (0: none): the
+    neuron keeps the prompt's cached blocks at least that long where its budget allows."""
+    marks = [body.get("cache_control")]
+    for part in (body.get("system"), body.get("tools")):
+        if isinstance(part, list):
+            marks += [b.get("cache_control") for b in part if isinstance(b, dict)]
+    for m in body.get("messages") or []:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            marks += [b.get("cache_control") for b in content if isinstance(b, dict)]
+    return max((CACHE_TTLS.get(c.get("ttl", "5m"), 300) for c in marks
+                if isinstance(c, dict)), default=0)
 
 
 def _sampling(body: dict, out: dict) -> None:

@@ -62,13 +62,32 @@ def state(gw: Gateway, now: float | None = None, *, admin: bool = True) -> dict[
     """The dashboard's picture of the fleet. Not for an admin: no error text from a poll
     or a neuron (addresses, file paths, hub errors), only that there was one."""
     now = time.time() if now is None else now
+    nodes = list(gw.fleet.nodes.values())
     return {"t": round(now, 3), "health": gw.health(detail=admin),
-            "nodes": [_node(gw, n, now, admin) for n in gw.fleet.nodes.values()],
+            "nodes": [_node(gw, n, now, admin) for n in nodes],
+            "cache": {"prompt_tokens": sum(n.prompt_tokens for n in nodes),
+                      "cached_tokens": sum(n.cached_tokens for n in nodes),
+                      "hit_ratio": _ratio(sum(n.cached_tokens for n in nodes),
+                                          sum(n.prompt_tokens for n in nodes))},
             "models": _models(gw, now),
             "scale_events": [e.describe() for e in list(gw.scaler.events)[-20:]]}
 
 
 POLL_FAILED = "the gateway could not read this node's state (details for admins)"
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 3) if whole else None
+
+
+def _cache(n: Node) -> dict[str, Any]:
+    """A neuron's session cache as the dashboard shows it (empty: an older neuron)."""
+    c = n.cache
+    tiers = {t: {k: (c.get(t) or {}).get(k) for k in ("used_mb", "budget_mb", "blocks")}
+             for t in ("ram", "disk") if c.get(t)}
+    return {"enabled": c.get("enabled"), **tiers, "hits": c.get("hits"),
+            "misses": c.get("misses"), "hit_ratio": _ratio(n.cached_tokens, n.prompt_tokens)
+            } if c else {}
 
 
 def _ttl_left(gw: Gateway, m: ModelOnNode, now: float) -> float | None:
@@ -104,6 +123,7 @@ def _node(gw: Gateway, n: Node, now: float, admin: bool = True) -> dict[str, Any
                                              "vram_used_mb", "vram_free_mb", "utilization_pct",
                                              "temp_c")} for d in n.devices],
         "models": models,
+        "cache": _cache(n),
         # What an admin may load here: files the neuron has, and catalogue models feasible.
         "loadable": sorted({*(m.id for m in n.models.values() if m.status == "available"),
                             *(e.id for e in gw.catalogue.entries.values()

@@ -31,6 +31,12 @@ class GenerationRequest:
     frequency_penalty: float = 0.0
     seed: int | None = None
     grammar: str | None = None  # GBNF the output must match (response_format)
+    # Whose cache this prompt may reuse and fill: the account (X-Helexa-Account-Id), "" for
+    # the anonymous partition. A cached prefix is never shared between partitions.
+    partition: str = ""
+    # Anthropic cache_control ttl: keep this prompt's cached blocks at least this many
+    # seconds where the session cache's budget allows (0: least recently used goes first).
+    cache_ttl: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -77,8 +83,9 @@ class LoadedModel(ABC):
         raise NotImplementedError
 
     # -- slots (the default: one slot, stepped through `generate`) -----------------------
-    def prefix_match(self, slot: int, tokens: list[int]) -> int:
-        """How many leading `tokens` the slot's cache already holds."""
+    def prefix_match(self, slot: int, tokens: list[int], partition: str = "") -> int:
+        """How many leading `tokens` the slot's cache holds for `partition` (0 where the
+        slot holds another partition's tokens)."""
         return 0
 
     def check_grammar(self, grammar: str) -> None:
@@ -92,6 +99,16 @@ class LoadedModel(ABC):
     def cached_len(self, slot: int) -> int:
         """Tokens the slot's cache holds."""
         return 0
+
+    # -- the session cache (engines that cannot save a slot's KV state keep the defaults) --
+    def cache_identity(self) -> dict[str, Any] | None:
+        """What a saved KV state of this model is valid under beside its file (load
+        parameters, KV layout), or None: this model's slots cannot be saved."""
+        return None
+
+    def attach_cache(self, view: Any) -> None:
+        """Save slots to, and restore prompts from, this view of the session cache."""
+        return None
 
     def begin(self, slot: int, req: GenerationRequest) -> Sequence:
         seq = Sequence(slot, req, 0)

@@ -12,18 +12,20 @@ a model loaded for embeddings alone (which then has no generation context).
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
-from llama_cpp import _internals as internals
-from llama_cpp._logger import set_verbose
 
-from cortex.neuron.engines import llama_progress
+from cortex.neuron import fence
+from cortex.neuron.engines import llama_progress, llama_sessions
 from cortex.neuron.engines.base import (
     Engine,
     GenerationRequest,
@@ -32,6 +34,10 @@ from cortex.neuron.engines.base import (
     TokenEvent,
 )
 from cortex.neuron.engines.llama_embed import POOLING, Embedder, pooling_of
+from cortex.neuron.engines.llama_state import Layout, LayoutError
+from cortex.neuron.session_cache import CacheView
+
+log = logging.getLogger(__name__)
 
 N_BATCH = 512  # tokens per llama_decode: prompts are prefilled in chunks of this size
 PENALTY_LAST_N = 64  # as llama-cpp-python's Llama (last_n_tokens_size)
@@ -42,7 +48,7 @@ _backend_ready = False
 def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        set_verbose(False)
+        fence.set_verbose(False)
         llama_cpp.llama_backend_init()
         _backend_ready = True
 
@@ -80,7 +86,7 @@ class LlamaCppEngine(Engine):
         reporter = llama_progress.callback(progress)
         if reporter is not None:
             mp.progress_callback = reporter
-        model = internals.LlamaModel(path_model=str(path), params=mp, verbose=False)
+        model = fence.LlamaModel(path_model=str(path), params=mp, verbose=False)
         del reporter  # the load is over: llama.cpp calls it no more
         threads = n_threads or len(os.sched_getaffinity(0))
         if embeddings_only:
@@ -97,11 +103,17 @@ class LlamaCppEngine(Engine):
         cp.kv_unified = False
         cp.n_threads = cp.n_threads_batch = threads
         try:
-            ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
+            ctx = fence.LlamaContext(model=model, params=cp, verbose=False)
         except Exception:
             model.close()
             raise
-        return LlamaCppModel(model, ctx, n_slots, split, threads=threads)
+        out = LlamaCppModel(model, ctx, n_slots, split, threads=threads)
+        # What a saved KV state is valid under, beside the file (session cache).
+        out.load_params = {"n_ctx": out.n_ctx, "type_k": cp.type_k, "type_v": cp.type_v,
+                           "flash_attn": cp.flash_attn_type, "n_gpu_layers": mp.n_gpu_layers,
+                           "devices": devices if has_gpu else [],
+                           "llama_cpp": llama_cpp.__version__}
+        return out
 
 
 class _Seq(Sequence):
@@ -114,7 +126,7 @@ class _Seq(Sequence):
 
 
 class LlamaCppModel(LoadedModel):
-    def __init__(self, model: internals.LlamaModel, ctx: internals.LlamaContext | None,
+    def __init__(self, model: fence.LlamaModel, ctx: fence.LlamaContext | None,
                  n_slots: int, keep: object = None, *, threads: int, n_ctx: int = 0) -> None:
         """`ctx` None: embeddings alone, `n_ctx` tokens an input (the context made now)."""
         self._model = model
@@ -133,6 +145,7 @@ class LlamaCppModel(LoadedModel):
         self.embedding_ctx = 0 if self.pooling == "rank" else self.n_ctx
         self.embedding_dim = int(llama_cpp.llama_model_n_embd_out(model.model))
         self._embedder: Embedder | None = None
+        self._layout: Layout | None = None
         self._mem = None
         self._batch: llama_cpp.llama_batch | None = None
         self._n_batch = 0
@@ -141,8 +154,12 @@ class LlamaCppModel(LoadedModel):
             self._n_batch = int(llama_cpp.llama_n_batch(ctx.ctx))
             self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._cache: list[list[int]] = [[] for _ in range(n_slots)]  # tokens in each slot's KV
+        self._owner: list[str] = [""] * n_slots  # the partition whose tokens those are
+        self._keep: list[float] = [0.0] * n_slots  # pinned in the session cache until then
+        self._states: llama_sessions.SlotStates | None = None
+        self.load_params: dict[str, Any] = {}
         # Candidate buffers for grammar-constrained sampling (the scheduler thread's alone).
-        self._cur = internals.LlamaTokenDataArray(n_vocab=self._n_vocab)
+        self._cur = fence.LlamaTokenDataArray(n_vocab=self._n_vocab)
         self._one_data = (llama_cpp.llama_token_data * 1)()
         self._one = llama_cpp.llama_token_data_array(data=self._one_data, size=1,
                                                      selected=-1, sorted=False)
@@ -188,20 +205,56 @@ class LlamaCppModel(LoadedModel):
         return eog
 
     # -- slots ---------------------------------------------------------------------------
-    def prefix_match(self, slot: int, tokens: list[int]) -> int:
+    def prefix_match(self, slot: int, tokens: list[int], partition: str = "") -> int:
+        if self._owner[slot] != partition:
+            return 0
         return _common_prefix(self._cache[slot], tokens)
 
     def cached_len(self, slot: int) -> int:
         return len(self._cache[slot])
+
+    # -- the session cache -------------------------------------------------------------
+    def cache_identity(self) -> dict[str, Any] | None:
+        if self._ctx is None or not self.n_slots or self._batch is None:
+            return None
+        try:
+            layout = llama_sessions.probe(self._ctx.ctx, self._mem, self._batch,
+                                          max(self._model.token_bos(), 0))
+        except LayoutError as exc:
+            log.warning("session cache off for this model: its KV state is not one this "
+                        "neuron can cut into blocks (%s)", exc)
+            return None
+        self._layout = layout
+        return {**self.load_params, "layout": layout.signature()}
+
+    def attach_cache(self, view: CacheView) -> None:
+        if self._ctx is not None and self._layout is not None:
+            self._states = llama_sessions.SlotStates(self._ctx.ctx, self._mem, view,
+                                                     self._layout)
+
+    def _save(self, slot: int) -> None:
+        if self._states is not None and self._cache[slot]:
+            self._states.save(slot, self._owner[slot], self._cache[slot], self._keep[slot])
 
     def begin(self, slot: int, req: GenerationRequest) -> Sequence:
         prompt = req.prompt_tokens
         if not prompt:
             raise ValueError("an empty prompt has nothing to generate from")
         cache = self._cache[slot]
-        # Keep the longest common prefix in the KV; the last prompt token is always evaluated
-        # again, for its logits.
-        common = min(_common_prefix(cache, prompt), len(prompt) - 1)
+        # Keep the longest common prefix in the KV (only the same partition's); the last
+        # prompt token is always evaluated again, for its logits.
+        common = min(self.prefix_match(slot, prompt, req.partition), len(prompt) - 1)
+        if self._states is not None:
+            if common < len(cache):  # the slot's other tokens are about to go: keep them
+                self._save(slot)
+            keep = time.time() + req.cache_ttl if req.cache_ttl else 0.0
+            held = self._states.restore(slot, req.partition, prompt[:len(prompt) - 1],
+                                        common, keep)
+            if held is not None:  # the KV now holds exactly prompt[:held]
+                cache[:] = prompt[:held]
+                common = held
+            self._keep[slot] = keep
+        self._owner[slot] = req.partition
         if common < len(cache) and not llama_cpp.llama_memory_seq_rm(
                 self._mem, slot, common, -1):
             llama_cpp.llama_memory_seq_rm(self._mem, slot, -1, -1)
@@ -364,6 +417,15 @@ class LlamaCppModel(LoadedModel):
                 setattr(seq, name, None)
 
     def close(self) -> None:
+        """Free everything; the slots' tokens go to the session cache first (a reload of
+        the same file with the same parameters gets them back)."""
+        if self._states is not None:
+            for slot in range(self.n_slots):
+                try:
+                    self._save(slot)
+                except Exception:  # an unload must free the model whatever happens
+                    log.exception("session cache: could not save slot %d at unload", slot)
+            self._states = None
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None

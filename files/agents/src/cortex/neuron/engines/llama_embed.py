@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import llama_cpp
 import numpy as np
-from llama_cpp import _internals as internals
+
+from cortex.neuron import fence
 
 # Tokens per decode: as a prompt chunk, so an embedding batch holds up the model's chat
 # sequences no longer than a prefill step does. A longer input goes alone (it cannot split).
@@ -38,7 +39,7 @@ class EmbeddingError(RuntimeError):
 class Embedder:
     """One embeddings context; only the model's scheduler thread calls `embed`."""
 
-    def __init__(self, model: internals.LlamaModel, *, n_ctx: int, pooling: int,
+    def __init__(self, model: fence.LlamaModel, *, n_ctx: int, pooling: int,
                  threads: int) -> None:
         cp = llama_cpp.llama_context_default_params()
         # A whole input is one ubatch: pooling sees every token of a sequence at once.
@@ -48,7 +49,7 @@ class Embedder:
         cp.embeddings = True
         cp.pooling_type = pooling
         cp.n_threads = cp.n_threads_batch = threads
-        self._ctx = internals.LlamaContext(model=model, params=cp, verbose=False)
+        self._ctx = fence.LlamaContext(model=model, params=cp, verbose=False)
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         self.n_ctx = int(llama_cpp.llama_n_ctx(self._ctx.ctx))
         self._seqs = int(llama_cpp.llama_n_seq_max(self._ctx.ctx))

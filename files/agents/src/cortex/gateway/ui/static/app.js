@@ -176,6 +176,7 @@ function onHello(hello) {
 function onState(state) {
   ui.state = state;
   renderHealth(state.health);
+  renderCacheRatio(state.cache);
   renderNodes(state.nodes);
   renderModels(state.models);
   renderScaleEvents(state.scale_events || []);
@@ -202,6 +203,24 @@ function renderHealth(health) {
   el.className = `badge ${kind}`;
   el.textContent = `fleet ${health.status}: ${n.healthy}/${n.total} nodes healthy` +
     (n.drained ? `, ${n.drained} drained` : "");
+}
+
+function pct(ratio) {
+  return ratio === null || ratio === undefined ? "–" : `${Math.round(ratio * 100)}%`;
+}
+
+function renderCacheRatio(cache) {
+  $("cache-ratio").textContent = `prompt cache ${pct(cache && cache.hit_ratio)} reused`;
+}
+
+function cacheLine(c) {
+  if (!c || c.enabled === undefined) return null;
+  if (!c.enabled) return h("div", { class: "muted", text: "session cache off" });
+  const tier = (name, t) => t ? `${name} ${fmt(t.used_mb)} / ${t.budget_mb.toLocaleString()} MB` : null;
+  return h("div", { class: "cache muted", "data-cache": "" }, h("span", { text: [
+    "session cache", tier("RAM", c.ram), tier("disk", c.disk),
+    `${c.hits ?? 0} hits, ${c.misses ?? 0} misses`, `${pct(c.hit_ratio)} of prompt tokens reused`,
+  ].filter(Boolean).join(" · ") }));
 }
 
 function progressCell(p) {
@@ -263,7 +282,7 @@ function renderNodes(nodes) {
                               ? ` · util ${d.utilization_pct}%` : "") })),
         bar(frac, `mem ${frac > 0.9 ? "high" : ""}`));
     }));
-    card.models.replaceChildren(modelsOnNode(n));
+    card.models.replaceChildren(...[cacheLine(n.cache), modelsOnNode(n)].filter(Boolean));
     renderActions(card, n);
   }
 }
