@@ -222,3 +222,23 @@ def test_a_stream_killed_at_the_graceful_timeout_is_billed(neuron_factory, gatew
         body.throw(GreenletExit)  # gevent's kill, inside the relay's read
     reply.close()  # gunicorn's finally
     assert gw.gw.auth.store.total("kill") >= 4  # the prompt, and three content events at least
+
+
+def test_a_reply_the_server_never_closes_is_settled_once_when_dropped():
+    # werkzeug's server skips close() when the client resets the connection as it drains
+    # the request; the bill must not depend on it.
+    import gc
+
+    from cortex.gateway.reply import Closing
+
+    settled = []
+    body = Closing(iter([b"data: 1\n\n"]), lambda: settled.append(1))
+    next(iter(body))
+    del body
+    gc.collect()
+    assert settled == [1]
+    closed = Closing([b"x"], lambda: settled.append(2))
+    closed.close()
+    del closed
+    gc.collect()
+    assert settled == [1, 2]

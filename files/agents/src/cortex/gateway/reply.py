@@ -53,3 +53,11 @@ class Closing:
                     after()
                 except Exception:
                     log.exception("bookkeeping after a finished reply failed")
+
+    def __del__(self) -> None:
+        # PEP 3333 has the server call close() however the request ended; werkzeug's
+        # server skips it when the client resets the connection while the server drains
+        # the request body after the reply. The request is still settled, once, when the
+        # server lets go of its body.
+        if self.after is not None:
+            self.close()
