@@ -91,8 +91,9 @@ def test_a_request_a_neuron_may_be_running_is_never_sent_again(
     mute = mute_factory(mode)
     neuron.load(MODEL)
     # Both replicas idle: the tie goes by name, so "a" (the mute one) is tried first.
+    # "hold" waits out the read timeout; "b"'s own answer must not (a busy machine is slow).
     gw = gateway_factory({"a": mute, "b": neuron}, [ModelEntry(id="tiny-hello")],
-                         read_timeout_secs=1)
+                         read_timeout_secs=1 if mode == "hold" else 30)
     wait_for(lambda: all(n.healthy for n in gw.gw.fleet.nodes.values()), "both nodes polled")
     r = gw.chat("tiny-hello", max_tokens=4)
     assert mute.posts == 1
