@@ -61,5 +61,5 @@ def test_the_roles_config_files_pass_the_services_check(ansible, tmp_path, case)
     ansible.playbook("localhost,", str(play), "-e", f"@{extra}")
     for exe, name in (("neuron", "neuron.toml"), ("cortex", "cortex.toml")):
         r = subprocess.run([str(BIN / exe), "check-config", str(out / name)],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
         assert r.returncode == 0, (name, r.stdout + r.stderr)
