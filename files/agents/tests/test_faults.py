@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -264,19 +265,25 @@ def test_slow_neuron_times_out_and_the_replica_is_unaffected(fleet):
     models = ('[[models]]\nid = "tiny-think"\npinned_on = ["n1"]\n'
               '[[models]]\nid = "tiny-long"\npinned_on = ["n1"]\n'
               '[[models]]\nid = "tiny-hello"\npinned_on = ["n2"]\n')
-    gw = fleet.gateway({"n1": slow, "n2": n2}, models, read_timeout_secs=3)
+    capped = {"key": "sk-capped", "account_id": "capped", "hard_cap": 10**6}
+    gw = fleet.gateway({"n1": slow, "n2": n2}, models, read_timeout_secs=3, keys=(capped,))
     gw.wait_ready()
     wait_locations(gw, "tiny-think", {"n1": "loaded"})
 
     # n1 still answers its polls, but holds every inference request.
     slow.set(Delay(120))
     with ThreadPoolExecutor(1) as pool:
-        held = pool.submit(chat, gw, "tiny-think", timeout=20)
+        held = pool.submit(chat, gw, "tiny-think", key="sk-capped", max_tokens=50,
+                           timeout=20)
         wait_for(lambda: slow.holding == 1, "the request held by n1", 10)
         for _ in range(3):  # meanwhile the other node serves as usual
             answered(gw, node="n2")
         err = envelope(held.result(30), 502, 504)
     assert "3 s" in err["message"] or "time" in err["message"].lower(), err
+    # Stopped at the read timeout, it never said what it generated: it is billed its
+    # reservation (the prompt's estimate and its 50 tokens), not nothing (issue 19 item 4).
+    wait_for(lambda: metric(gw.metrics(), "cortex_spend_tokens_total", account="capped") >= 50,
+             "the stopped request billed its reservation", 5, ignore=SERVICE_ERRORS)
 
     # A stream that stops half way: the read timeout ends it with an error event.
     slow.set(Stall(seconds=120, after_events=3))
@@ -537,6 +544,57 @@ def test_client_disconnect_mid_stream_frees_the_slot(fleet):
     assert left - 30 < chunks[-1].usage.total_tokens <= left + 30
     r = chat(gw, "tiny-long", key="sk-capped", max_tokens=8)
     assert envelope(r, 429)["code"] == "insufficient_quota"
+
+
+def _raw_post(gw: GatewayServer, key: str, body: dict) -> socket.socket:
+    """A request on a socket of its own, for a client that hangs up with nothing read."""
+    data = json.dumps(body).encode()
+    conn = socket.create_connection(("127.0.0.1", gw.port))
+    conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 f"application/json\r\nAuthorization: Bearer {key}\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return conn
+
+
+def test_non_streaming_work_is_stopped_and_billed_when_its_client_goes(fleet):
+    # Issue 19 item 4. Before: the gateway, writing nothing while it waited for the whole
+    # reply, never saw its client go; the neuron generated on for nobody, holding the slot,
+    # until the read timeout; then the gateway answered 504, billed 0 and freed the hold.
+    (n1,) = fleet.neurons("n1", extra='default_models = ["file:tiny-long"]\n')
+    capped = {"key": "sk-capped", "account_id": "capped", "hard_cap": 10**7}
+    gw = fleet.gateway({"n1": n1}, '[[models]]\nid = "tiny-long"\n', keys=(capped,),
+                       read_timeout_secs=4)
+    gw.wait_ready()
+    wait_locations(gw, "tiny-long", {"n1": "loaded"})
+
+    def billed() -> float:
+        return metric(gw.metrics(), "cortex_spend_tokens_total", account="capped")
+
+    def generated() -> float:  # what the neuron read and generated for the account
+        return metric(n1.metrics(), "neuron_account_tokens_total", account="capped")
+
+    # The client hangs up while the neuron works: the slot is freed at once, long before
+    # the read timeout, and what the neuron generated is billed to the token.
+    body = {"model": "tiny-long", "messages": MSG, "max_tokens": LONG}
+    conn = _raw_post(gw, "sk-capped", body)
+    wait_for(lambda: n1.busy() == 1, "the request to run", 10, ignore=SERVICE_ERRORS)
+    conn.close()
+    idle(n1, timeout=3)  # the gateway stopped it (its watch looks each 0.5 s)
+    assert 0 < generated() < LONG
+    wait_for(lambda: billed() == generated(), "the hang-up billed what was generated", 5,
+             ignore=SERVICE_ERRORS)
+
+    # The read timeout passes: the client gets its 504, the neuron stops, and what it
+    # generated meanwhile is billed (it was 0).
+    before = billed()
+    r = chat(gw, "tiny-long", key="sk-capped", max_tokens=LONG, timeout=30)
+    assert envelope(r, 504)["code"] == "upstream_timeout"
+    idle(n1, timeout=3)
+    wait_for(lambda: billed() == generated() > before, "the timeout billed", 5,
+             ignore=SERVICE_ERRORS)
+
+    done = chat(gw, "tiny-long", key="sk-capped", max_tokens=8)  # the slot serves again
+    assert done.status_code == 200 and done.json()["usage"]["completion_tokens"] == 8
 
 
 # -- caps across gateway hosts, a reload mid-stream -----------------------------------------

@@ -26,6 +26,7 @@ from cortex.gateway.auth import Principal
 from cortex.gateway.budget import Ask, ask_for, clamp
 from cortex.gateway.catalogue import ModelRef
 from cortex.gateway.composition import Gateway
+from cortex.gateway.hangup import client_socket
 from cortex.gateway.relay.accounting import Tab
 from cortex.gateway.relay.coldload import Waiting
 from cortex.gateway.relay.dispatch import Outbound
@@ -89,7 +90,8 @@ class Call:
 
     def outbound(self, path: str, body: dict[str, Any]) -> Outbound:
         """`body` on its way to the neuron API's `path`, for this call's model and caller."""
-        return Outbound(path, body, self.model, self.headers, self.principal)
+        return Outbound(path, body, self.model, self.headers, self.principal,
+                        client_socket(self.environ))
 
     def send(self, path: str, body: dict[str, Any], *, progress: bool = False
              ) -> Exchange | Iterator[Waiting | Exchange]:

@@ -15,6 +15,7 @@ import re
 import select
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -125,6 +126,59 @@ class Connection:
             self.sock.close()
         except OSError:
             pass
+
+
+class Stop:
+    """Stops a request in flight from another thread (`Client.request(stop=...)`; a
+    hang-up watch calls it): the sending half of its connection is closed, once the
+    request has gone out (at once if it has), which a neuron reads as its client gone: it
+    cancels the work and replies with what it made. A reply whose head has not come
+    `wait` seconds later is cut (the read ends). `end()`, when the head came or the
+    request failed, says why it was stopped ("" if it was not); a stop after it does
+    nothing."""
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.reason = ""
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._over = threading.Event()
+
+    def __call__(self, reason: str) -> None:
+        with self._lock:
+            if self._over.is_set():
+                return
+            self.reason, conn = reason, self._conn
+        if conn is not None:
+            _half_close(conn.sock)
+        if self._over.wait(self.wait):
+            return
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def sent(self, conn: Connection) -> None:
+        with self._lock:
+            self._conn, stopped = conn, bool(self.reason)
+        if stopped:
+            _half_close(conn.sock)
+
+    def end(self) -> str:
+        with self._lock:
+            self._over.set()
+            self._conn = None
+            return self.reason
+
+
+def _half_close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 class Response:
@@ -315,7 +369,7 @@ class Client:
     def request(self, method: str, url: str, body: bytes = b"",
                 headers: dict[str, str] | None = None, *,
                 read_timeout: float | None = None,
-                deadline: float | None = None) -> Response:
+                deadline: float | None = None, stop: Stop | None = None) -> Response:
         """Send the request in one write; return once the status line and headers are in.
 
         `read_timeout` bounds each read, `deadline` (seconds from now) the whole exchange,
@@ -323,6 +377,7 @@ class Client:
         neuron's keep-alive ran out while it sat in the pool) gets one more try on a fresh
         connection, but a request that is not idempotent (POST) only when its write
         failed: once sent, it may have reached the neuron, and it is never sent twice.
+        `stop` lets another thread stop the request while its reply is awaited.
         """
         key, target, host = split_url(url)
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
@@ -347,6 +402,8 @@ class Client:
                 conn.timeout, conn.deadline = timeout, until
                 send_all(conn.sock, data)
                 sent = True
+                if stop is not None:
+                    stop.sent(conn)
                 return self._response(key, conn, method)
             except (OSError, HttpError, ValueError) as exc:
                 conn.close()

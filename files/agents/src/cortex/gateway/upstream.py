@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from cortex.core.errors import ApiError
-from cortex.gateway.http1 import Client, HttpError, Response
+from cortex.gateway.http1 import Client, HttpError, Response, Stop
 
 # No relayed exchange lasts longer than this, however steadily the neuron sends (each
 # read has the read timeout): a neuron dribbling bytes cannot hold a stream for ever.
@@ -55,11 +55,13 @@ class Upstream:
             return r.status, {"error": {"message": data[:200].decode(errors="replace")}}
 
     def open(self, method: str, url: str, body: bytes, headers: dict[str, str],
-             read: float | None = None) -> Response:
-        """A streaming request: the caller reads the body, or releases or closes it."""
+             read: float | None = None, stop: Stop | None = None) -> Response:
+        """A relayed request: the caller reads the body, or releases or closes it; `stop`
+        lets a hang-up watch stop it while its reply is awaited."""
         try:
             return self.http.request(method, url, body, {**headers, **self.headers},
-                                     read_timeout=read, deadline=STREAM_DEADLINE_S)
+                                     read_timeout=read, deadline=STREAM_DEADLINE_S,
+                                     stop=stop)
         except HttpError as exc:
             raise UpstreamError(str(exc), timed_out=exc.timed_out) from None
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cortex.gateway.auth import Hold, Principal
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.recent import Finished, RecentRequests
-from cortex.gateway.relay.sse import billed
+from cortex.gateway.relay.sse import Usage, billed
 
 if TYPE_CHECKING:
     from cortex.gateway.relay.send import Exchange
@@ -61,8 +61,8 @@ class Tab:
     dispatch sets it), with `body`, what was sent (for a prompt estimate); `overhead`, the
     gateway's own time, once the route knows it."""
 
-    __slots__ = ("body", "exchange", "hold", "ledger", "overhead", "path", "principal",
-                 "settled", "started")
+    __slots__ = ("body", "exchange", "hold", "ledger", "lost_work", "overhead", "path",
+                 "principal", "settled", "started")
 
     def __init__(self, ledger: Ledger, path: str, principal: Principal, hold: Hold,
                  started: float) -> None:
@@ -72,6 +72,12 @@ class Tab:
         self.body: dict[str, Any] = {}
         self.overhead: float | None = None
         self.settled = False
+        self.lost_work = False  # a neuron had the request; what it generated is unknown
+
+    def lost(self, body: dict[str, Any]) -> None:
+        """A neuron had the request (`body`) and stopped without saying what it generated:
+        the request is billed its reservation, never nothing."""
+        self.lost_work, self.body = True, body
 
     def attach(self, ex: Exchange, body: dict[str, Any]) -> None:
         self.exchange, self.body = ex, body
@@ -93,12 +99,20 @@ class Tab:
 
     def _settle(self) -> None:
         ex = self.exchange
-        if ex is None:  # no neuron answered: nothing to bill
-            self.hold.settle(0)
+        if ex is None:  # no neuron answered: nothing to bill, unless one had it
+            bill = self._reserved() if self.lost_work else Usage(0, 0)
+            if bill.total:
+                km = self.ledger.metrics.key(self.principal.account_id, self.principal.key_id)
+                km.spend.inc(bill.total)
+                km.prompt.inc(bill.prompt_tokens)
+                km.completion.inc(bill.completion_tokens)
+            self.hold.settle(bill.total)
             return
         ex.end()
         reading, m = ex.reading, self.ledger.metrics
         bill = billed(reading, ex.answered, lambda: estimate_prompt_tokens(self.body))
+        if self.lost_work and reading.usage is None:
+            bill = self._reserved()
         if reading.error is not None and not ex.code:  # the neuron said why it failed
             ex.broke(ex.status if ex.status >= 400 else 500, reading.error)
         model, node = ex.model.public_id, ex.node.name
@@ -127,3 +141,12 @@ class Tab:
             code=ex.code, prompt_tokens=bill.prompt_tokens,
             completion_tokens=bill.completion_tokens, started=self.started,
             first_chunk_at=ex.first_chunk_at, ended=now))
+
+    def _reserved(self) -> Usage:
+        """What the request was allowed to spend: a capped key's hold (its input and its
+        output bound), else the prompt's estimate and the body's output bound."""
+        prompt = estimate_prompt_tokens(self.body)
+        if self.hold.held:
+            return Usage(min(prompt, self.hold.held), max(0, self.hold.held - prompt))
+        bound = self.body.get("max_tokens") or self.body.get("max_completion_tokens")
+        return Usage(prompt, bound if type(bound) is int and bound > 0 else 0)

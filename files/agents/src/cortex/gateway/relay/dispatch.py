@@ -16,6 +16,8 @@
      neuron is tried once more elsewhere, with a cold load if no replica is left;
    - a neuron that had the request and gave no reply in time is a 504, never sent to a
      second replica (it may still be running it there);
+   - a non-streaming request whose client hangs up, or whose read timeout passes, is
+     stopped on the neuron and billed what it generated (`relay.stopped`);
    - any other answer (200, or the neuron's own 4xx/5xx) is the request's.
 
 One request, one `Exchange` (set on its tab for the bill), one `cortex_routing_total{model,
@@ -41,6 +43,7 @@ from cortex.gateway.placement import COLD, SPILL, Choice, InFlight, Placement
 from cortex.gateway.relay.accounting import Tab, estimate_prompt_tokens
 from cortex.gateway.relay.coldload import Waiting, waiting
 from cortex.gateway.relay.send import Exchange, refusal
+from cortex.gateway.relay.stopped import WAIT_S, Stopping, error, settle_reply
 from cortex.gateway.router import Router
 from cortex.gateway.upstream import Upstream, UpstreamError
 
@@ -63,6 +66,7 @@ class Outbound:
     model: ModelRef
     headers: dict[str, str]
     principal: Principal
+    client: Any = None  # the client's socket: watched while a whole reply is awaited
     stream: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,11 +123,17 @@ class Dispatcher:
             for choice in choices:
                 node = choice.node
                 tried.add(node.name)
-                attempt = self._try(req, node, payload, headers, tab.started)
+                attempt = self._try(req, node, payload, headers, tab)
                 if isinstance(attempt, Exchange):
                     reason = SPILL if full is not None else choice.reason
                     self.metrics.routing(req.model.public_id, reason).inc()
                     tab.attach(attempt, req.body)
+                    if attempt.stopped:  # its client left or its time ran out
+                        err, unknown = settle_reply(attempt, attempt.stopped,
+                                                    self.read_timeout)
+                        if unknown:
+                            tab.lost(req.body)
+                        raise err
                     yield attempt
                     return
                 if attempt.status == 503 and attempt.code not in GONE:
@@ -159,18 +169,28 @@ class Dispatcher:
 
     # -- one attempt -----------------------------------------------------------------------
     def _try(self, req: Outbound, node: Node, payload: bytes, headers: dict[str, str],
-             started: float) -> Exchange | ApiError:
+             tab: Tab) -> Exchange | ApiError:
         """Send to `node`: its answer, or why the request may go elsewhere (an ApiError
-        whose status 503 means full, anything else unreachable or gone)."""
+        whose status 503 means full, anything else unreachable or gone). A non-streaming
+        request is watched meanwhile: one stopped comes back with `stopped` set."""
         load_id = req.model.load_id
         self.in_flight.add(node.name, load_id)  # before the send: a burst sees it at once
         self.router.routed(node, load_id)
         sent_at = time.monotonic()
+        watch = None if req.stream else Stopping(req.client, self.read_timeout)
         try:
-            response = self.upstream.open("POST", f"{node.endpoint}{req.path}", payload,
-                                          headers)
+            response = self.upstream.open(
+                "POST", f"{node.endpoint}{req.path}", payload, headers,
+                read=None if watch is None else self.read_timeout + WAIT_S,
+                stop=None if watch is None else watch.stop)
         except UpstreamError as exc:
             self.in_flight.done(node.name, load_id)
+            stopped = watch.reason() if watch is not None else ""
+            if stopped:  # it had the request; it said nothing of what it generated
+                self._failed(req, node, "upstream_timeout" if stopped == "deadline"
+                             else "client_closed")
+                tab.lost(req.body)
+                raise error(stopped, node.name, self.read_timeout) from None
             self._failed(req, node, "upstream_timeout" if exc.timed_out else "upstream_failed")
             if exc.timed_out:
                 raise GatewayTimeout(f"{node.name} gave no reply to the request within "
@@ -179,9 +199,10 @@ class Dispatcher:
             log.warning("%s failed before the first byte (%s)", node.name, exc)
             self.fleet.refresh(node)
             return BadGateway(str(exc), code="upstream_connection_error")
-        ex = Exchange(node, req.model, response, sent_at - started,
+        ex = Exchange(node, req.model, response, sent_at - tab.started,
                       lambda: self.in_flight.done(node.name, load_id))
-        if response.status != 503:
+        ex.stopped = watch.reason() if watch is not None else ""
+        if response.status != 503 or ex.stopped:
             self.metrics.target(req.model.public_id, node.name).requests.inc()
             return ex
         # Nothing reached the client yet: a replica that did no work passes the request on.

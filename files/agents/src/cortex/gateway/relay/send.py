@@ -72,7 +72,7 @@ class Exchange:
     """
 
     __slots__ = ("answered", "code", "first_chunk_at", "model", "node", "on_end", "reading",
-                 "response", "sent_s", "status")
+                 "response", "sent_s", "status", "stopped")
 
     def __init__(self, node: Node, model: ModelRef, response: UpstreamResponse, sent_s: float,
                  on_end: Callable[[], None]) -> None:
@@ -84,6 +84,7 @@ class Exchange:
         self.first_chunk_at: float | None = None  # when the body began to arrive
         self.reading = Reading()
         self.on_end: Callable[[], None] | None = on_end
+        self.stopped = ""  # why a non-streaming request was stopped (relay.stopped)
 
     def end(self) -> None:
         """The neuron's part is over: its connection goes back to the pool (when the body
