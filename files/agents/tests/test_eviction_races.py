@@ -5,10 +5,12 @@ started since (409 `model_busy`), where a plain unload ends whatever runs."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from cortex.gateway.config import ModelEntry
+from cortex.testing.faults import Delay, FaultProxy
 from cortex.testing.waiting import wait_for
 
 MSG = [{"role": "user", "content": "Hi"}]
@@ -101,3 +103,31 @@ def test_a_request_between_its_prompt_and_the_queue_counts_as_running(neuron_fac
     assert n.chat("file:tiny-hello").status_code == 200  # it arrives, and is served
     r = n.post("/models/unload", {"model_id": "file:tiny-hello", "if_idle": True})
     assert r.status_code == 200
+
+
+def test_a_model_with_a_request_on_its_way_is_no_victim(neuron_factory, gateway_factory):
+    # Issue 19 item 14, the gateway's side. A request sent but not yet at the neuron (held
+    # on the way here) is invisible to the poll and to the neuron's own if_idle check:
+    # before, evicting its model for another let the unload succeed, and the request then
+    # found its model gone. Now the gateway counts what it has sent (the relay's in-flight
+    # count) and evicts another model.
+    n = neuron_factory(cpu_memory_mb=150, n_ctx=8192, parallel=1)  # ~68 MB a model
+    way = FaultProxy(n.url)
+    models = [ModelEntry(id="tiny-long", vram_mb=70), ModelEntry(id="tiny-hello", vram_mb=70),
+              ModelEntry(id="tiny-tool", vram_mb=70)]
+    gw = gateway_factory({"n1": way}, models, poll_interval_secs=3600)
+    try:
+        assert gw.chat("tiny-long", max_tokens=2).status_code == 200
+        assert gw.chat("tiny-hello").status_code == 200  # tiny-long: least recently used
+        way.set(Delay(60))
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(gw.chat, "tiny-long", max_tokens=2)
+            wait_for(lambda: way.holding == 1, "the request on its way", 10)
+            way.set(None)  # what comes next passes; the held request stays held
+            assert gw.chat("tiny-tool").status_code == 200
+            way.release()
+            r = held.result(30)
+        assert r.status_code == 200, r.text
+        assert set(n.neuron.registry.models) == {"file:tiny-long", "file:tiny-tool"}
+    finally:
+        way.close()

@@ -43,15 +43,16 @@ class Gateway:
         self.fleet = Fleet(cfg.neurons, self.upstream, g.poll_interval_secs)
         self.catalogue = Catalogue(models, g.default_keep_alive)
         self.metrics = metrics or GatewayMetrics()
+        self.in_flight = InFlight()  # what this worker has sent and not seen finish
         self.router = Router(self.fleet, self.catalogue, self.metrics,
                              strategy=cfg.eviction.strategy, load_timeout=g.load_timeout_secs,
-                             defrag_after=cfg.eviction.defrag_after_cycles)
+                             defrag_after=cfg.eviction.defrag_after_cycles,
+                             in_flight=self.in_flight)
         self.scaler = Scaler(self.fleet, self.catalogue, self.router, self.metrics,
                              interval=g.poll_interval_secs)
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
         self.limits = Limits(self.catalogue, self.fleet)  # a capped request's output bound
         self.recent = RecentRequests()  # this worker's finished requests, for /ui
-        self.in_flight = InFlight()  # what this worker has sent and not seen finish
         # Which replica first: the placement policy (placement.py) over that load.
         self.placement = placement(self.in_flight)
         self.dispatcher = Dispatcher(self.fleet, self.router, self.placement, self.in_flight,

@@ -21,6 +21,7 @@ from cortex.gateway.catalogue import Catalogue, ModelRef
 from cortex.gateway.config import ModelEntry
 from cortex.gateway.fleet import Fleet, ModelOnNode, Node
 from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.placement import InFlight
 from cortex.gateway.upstream import UpstreamError, neuron_error
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,13 @@ log = logging.getLogger(__name__)
 
 class Router:
     def __init__(self, fleet: Fleet, catalogue: Catalogue, metrics: GatewayMetrics, *,
-                 strategy: str, load_timeout: float, defrag_after: int = 0) -> None:
+                 strategy: str, load_timeout: float, defrag_after: int = 0,
+                 in_flight: InFlight | None = None) -> None:
         self.fleet = fleet
+        # What this worker has sent and not seen finish: a model with a request on its way
+        # is no victim, whatever the last poll says (it may not have reached the neuron,
+        # whose `if_idle` check cannot see it yet).
+        self.in_flight = in_flight or InFlight()
         self.catalogue = catalogue
         self.metrics = metrics
         self.strategy = strategy
@@ -165,7 +171,7 @@ class Router:
         (a replica added for load never pushes out an equal)."""
         out = []
         for m in node.models.values():
-            if m.status != "loaded" or m.busy or m.id == incoming.load_id:
+            if m.status != "loaded" or self._busy(node, m) or m.id == incoming.load_id:
                 continue
             entry = self.catalogue.by_load_id(m.id)
             if entry is not None and node.name in entry.pinned_on:
@@ -280,8 +286,12 @@ class Router:
         entry = self.catalogue.by_load_id(m.id)
         ttl = self.catalogue.keep_alive(entry) if entry else 0
         last = max(m.last_used, self._routed.get((node.name, m.id), 0.0))
-        return (m.status == "loaded" and ttl > 0 and not m.busy and bool(m.last_used)
+        return (m.status == "loaded" and ttl > 0 and not self._busy(node, m)
+                and bool(m.last_used)
                 and now - last > ttl and not (entry and self._at_min(entry)))
+
+    def _busy(self, node: Node, m: ModelOnNode) -> bool:
+        return bool(m.busy or self.in_flight.of(node.name, m.id))
 
     def routed_at(self, node: str, model_id: str) -> float:
         """When this worker last sent a request for `model_id` to `node` (0: never)."""
