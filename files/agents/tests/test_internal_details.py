@@ -68,3 +68,21 @@ def test_a_failed_cold_load_names_the_model_not_the_neurons_files(neuron_factory
     assert "tiny-broken" in err["message"] and "n1" in err["message"]
     assert words not in r.text and "detail" not in err and str(tmp_path) not in r.text
     assert words in caplog.text  # for the operator, in the log
+
+
+def test_a_neuron_gone_before_a_request_is_named_not_its_address(neuron_factory,
+                                                                 gateway_factory, caplog):
+    # Issue 19 item 9, the relay's 502. Before: "could not reach a neuron for tiny-hello:
+    # cannot connect to 127.0.0.1:33657: [Errno 111] Connection refused".
+    n = neuron_factory()
+    n.load("file:tiny-hello")
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-hello")], poll_interval_secs=3600)
+    assert gw.chat("tiny-hello").status_code == 200
+    address = n.url.removeprefix("http://")
+    n.close()  # the gateway's last poll still has it loaded there
+    r = gw.chat("tiny-hello")
+    err = r.json()["error"]
+    assert r.status_code == 502 and err["code"] == "upstream_connection_error", r.text
+    assert "n1" in err["message"] and "tiny-hello" in err["message"]
+    assert address not in r.text and "127.0.0.1" not in r.text and "Errno" not in r.text
+    assert address in caplog.text  # for the operator, in the log

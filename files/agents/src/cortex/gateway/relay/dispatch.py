@@ -198,7 +198,9 @@ class Dispatcher:
                                      code="upstream_timeout") from None
             log.warning("%s failed before the first byte (%s)", node.name, exc)
             self.fleet.refresh(node)
-            return BadGateway(str(exc), code="upstream_connection_error")
+            # (the client gets the node's name; its address and the error, the log)
+            return BadGateway(f"{node.name} could not be reached",
+                              code="upstream_connection_error")
         ex = Exchange(node, req.model, response, sent_at - tab.started,
                       lambda: self.in_flight.done(node.name, load_id))
         ex.stopped = watch.reason() if watch is not None else ""
