@@ -248,8 +248,10 @@ PLACE = [
      [rep(FIRST, 0), rep(SECOND, 0), rep(THIRD, 0)], FIRST, AFFINITY),
     ("its home busier but within a batch of the least busy: stays home", S,
      [rep(FIRST, 2), rep(SECOND, 0), rep(THIRD, 1)], FIRST, AFFINITY),
-    ("its home a whole batch busier than the least busy (and 1.5x): the least busy", S,
-     [rep(FIRST, 3), rep(SECOND, 1), rep(THIRD, 0)], THIRD, SPILL),
+    ("its home a whole batch busier than the least busy (and 1.5x): the next in its order "
+     "that is not", S, [rep(FIRST, 3), rep(SECOND, 1), rep(THIRD, 0)], SECOND, SPILL),
+    ("...and when that one is too, the one after", S,
+     [rep(FIRST, 3), rep(SECOND, 3), rep(THIRD, 0)], THIRD, SPILL),
     ("a difference of more than a batch but under 1.5x: stays home", S,
      [rep(FIRST, 5, capacity=9), rep(SECOND, 4, capacity=9), rep(THIRD, 4, capacity=9)],
      FIRST, AFFINITY),
@@ -292,3 +294,21 @@ def test_the_order_to_try_is_the_choice_then_the_keys_preference():
         (FIRST, AFFINITY), (SECOND, SPILL), (THIRD, SPILL)]
     assert [(r.name, why) for r, why in order(None, [rep("b", 2), rep("a", 1)])] == [
         ("a", LEAST_BUSY), ("b", SPILL)]
+
+
+@pytest.mark.parametrize("routing, message", [
+    ({"policy": "round_robin"}, "[routing] policy must be 'affinity' or 'least_busy', got "
+     "'round_robin'"),
+    ({"balance_rel": 0.5}, "[routing] balance_abs_slots must be >= 0 and balance_rel >= 1"),
+    ({"balance_abs_slots": -1}, "[routing] balance_abs_slots must be >= 0 and balance_rel "
+     ">= 1"),
+    ({"sticky": True}, "unknown key 'routing.sticky' (known keys: balance_abs_slots, "
+     "balance_rel, policy)"),
+])
+def test_a_bad_routing_section_stops_the_gateway_naming_the_key(routing, message):
+    from cortex.core.config import ConfigError, build
+    from cortex.gateway.config import GatewayConfig
+
+    with pytest.raises(ConfigError) as err:
+        build(GatewayConfig, {"routing": routing}, "cortex.toml")
+    assert message in str(err.value)

@@ -181,6 +181,9 @@ def test_the_dashboard_shows_each_neurons_session_cache(fleet, page):
     wait_for(lambda: "% of prompt tokens reused" in line.inner_text()
              and "% reused" in page.locator("#cache-ratio").inner_text(),
              "the hit ratios from the neurons' counters", 30)
+    # ...and how the requests were placed: one conversation (no session key), its prefix.
+    wait_for(lambda: page.locator("#routing").inner_text() == "routed: prefix 2",
+             "the routing reasons", 10)
     assert page.errors == []
 
 

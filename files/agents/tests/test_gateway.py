@@ -10,7 +10,7 @@ import time
 import pytest
 from openai import APIError, OpenAI
 
-from cortex.gateway.config import EvictionSection, ModelEntry
+from cortex.gateway.config import EvictionSection, ModelEntry, RoutingSection
 from cortex.testing.served import Served
 from cortex.testing.tiny_gguf import SCRIPT_HELLO, script_text
 from cortex.testing.waiting import wait_for
@@ -72,7 +72,10 @@ def test_pinned_model_loads_on_its_node(two, gateway_factory):
 def test_least_busy_replica_wins(two, gateway_factory):
     for n in two.values():
         n.load("file:tiny-hello")
-    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")])
+    # (least_busy: under affinity one conversation stays on its replica unless that one is
+    # much busier, test_fleet_routing.py)
+    gw = gateway_factory(two, [ModelEntry(id="tiny-hello")],
+                         routing=RoutingSection(policy="least_busy"))
     wait_for(lambda: len(gw.gw.fleet.replicas("file:tiny-hello")) == 2, "two replicas", 20)
     gw.gw.fleet.nodes["n1"].models["file:tiny-hello"].in_flight = 3  # as a poll would say
     r = gw.chat("tiny-hello")

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from openai import OpenAI
 
-from cortex.gateway.config import ModelEntry
+from cortex.gateway.config import ModelEntry, RoutingSection
 from cortex.testing.waiting import wait_for
 
 CHAT = "/v1/chat/completions"
@@ -23,7 +23,10 @@ MSG = [{"role": "user", "content": "Hi"}]
 def pair(standin_factory, gateway_factory):
     """Stand-ins n1 and n2 with the model loaded, both idle by their last poll."""
     n1, n2 = standin_factory(), standin_factory()
-    gw = gateway_factory({"n1": n1, "n2": n2}, [ModelEntry(id="standin")])
+    # least_busy: these tests' requests are one conversation, which affinity keeps on one
+    # replica (test_fleet_routing.py); here the spread by this worker's own count is tested.
+    gw = gateway_factory({"n1": n1, "n2": n2}, [ModelEntry(id="standin")],
+                         routing=RoutingSection(policy="least_busy"))
     return gw, n1, n2
 
 

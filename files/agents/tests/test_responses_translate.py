@@ -149,7 +149,9 @@ def test_accepted_and_ignored_fields():
                 "user": "u", "safety_identifier": "s", "truncation": "auto",
                 "service_tier": "auto", "top_logprobs": 2, "max_tool_calls": 3,
                 "stream_options": {"include_obfuscation": False}, "previous_response_id": None})
-    assert out == {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+    # (the session's keys go on: the gateway's affinity reads them, the neuron ignores them)
+    assert out == {"model": "m", "messages": [{"role": "user", "content": "Hi"}],
+                   "prompt_cache_key": "k", "user": "u"}
 
 
 @pytest.mark.parametrize(("body", "param"), [

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from cortex.gateway.affinity import Affinity
 from cortex.gateway.catalogue import Catalogue, ModelRef
 from cortex.gateway.config import ModelEntry, ModelsConfig
 from cortex.gateway.fleet import Fleet, ModelOnNode, Node
 from cortex.gateway.metrics import GatewayMetrics
-from cortex.gateway.placement import InFlight, LeastBusy
+from cortex.gateway.placement import InFlight
 from cortex.gateway.router import Router
 
 GB = 1024
@@ -157,7 +158,8 @@ def first_choice(nodes: list[Node], exclude: set[str] = frozenset(),
     replicas = [n for n in fleet.replicas("file:m") if n.name not in exclude]
     if not replicas:
         return None
-    return LeastBusy(in_flight or InFlight()).order(Probe(), replicas)[0].node.name
+    policy = Affinity(in_flight or InFlight(), sticky=False)  # [routing] policy = least_busy
+    return policy.order(Probe(), replicas)[0].node.name
 
 
 @pytest.mark.parametrize("nodes, exclude, expected", [row[1:] for row in REPLICA],

@@ -330,3 +330,17 @@ def test_a_floor_is_loaded_with_no_requests_one_replica_at_a_time(neurons, gatew
     wait_for(lambda: len(gw.gw.fleet.replicas(M)) == 2, "two replicas", timeout=10)
     assert max(seen) == 1
     assert [(e.action, e.reason) for e in gw.gw.scaler.events] == [(UP, MIN), (UP, MIN)]
+
+
+@pytest.mark.parametrize("replicas, message", [
+    ({"min": 2, "max": 1}, "[[models]] m: replicas.max must be >= max(min, 1) = 2, got 1"),
+    ({"min": -1}, "[[models]] m: replicas.min must be >= 0, got -1"),
+    ({"max": 0}, "[[models]] m: replicas.max must be >= max(min, 1) = 1, got 0"),
+    ({"mni": 1}, "unknown key 'models[0].replicas.mni' (known keys: max, min)"),
+])
+def test_bad_replicas_stop_the_gateway_naming_the_model(replicas, message):
+    from cortex.core.config import ConfigError, build
+
+    with pytest.raises(ConfigError) as err:
+        build(ModelsConfig, {"models": [{"id": "m", "replicas": replicas}]}, "models.toml")
+    assert str(err.value) == f"models.toml: {message}"

@@ -12,25 +12,27 @@ answer on every gateway worker and host, with nothing shared between them.
 - `rendezvous`: the replicas in a key's order of preference (highest random weight).
   Adding a replica moves only the keys it now wins (1/(n+1) of them, all to it); removing
   one moves only the keys it held. Nothing moves between the replicas that stay.
-- `place`: the key's first replica that is not full, unless it is much busier than the
-  least busy one (SGLang's router's imbalance test, in slots): then the least busy.
+- `place`: the key's first replica that is neither full nor much busier than the least
+  busy one (SGLang's router's imbalance test, in slots).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cortex.core import fastjson
+from cortex.gateway.placement import COLD, LEAST_BUSY, SPILL, Choice, InFlight, Request
 
-# Routing reasons (cortex_routing_total{reason}): how a request's replica was chosen.
-AFFINITY = "affinity"  # the client's own session key, on its home replica
-PREFIX = "prefix"  # no session key: the hash of its prefix, on its home replica
-SPILL = "spill"  # its home was full or much busier than the least busy replica
-LEAST_BUSY = "least_busy"  # no key (or the least_busy policy): the least busy replica
-COLD = "cold"  # the model was loaded for it
+if TYPE_CHECKING:
+    from cortex.gateway.fleet import Node
+
+# Routing reasons (cortex_routing_total{reason}) beside placement.py's (least_busy, spill,
+# cold): a session on its home replica, by the key its client sent or by its prefix.
+AFFINITY = "affinity"
+PREFIX = "prefix"
 REASONS = (AFFINITY, PREFIX, SPILL, LEAST_BUSY, COLD)
 
 # Session headers, first match wins (names as the data plane passes them: lower case).
@@ -189,9 +191,43 @@ def place(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balan
     if key is None or len(replicas) == 1:
         return (least, LEAST_BUSY) if key is None else (least, key.reason)
     by_name = {r.name: r for r in replicas}
-    order = rendezvous(key.value, by_name)
-    home = by_name[order[0]]
-    chosen = next((by_name[n] for n in order if not by_name[n].full), least)
-    if balance.imbalanced(chosen, least):
-        chosen = least
-    return chosen, (key.reason if chosen is home else SPILL)
+    ranked = [by_name[n] for n in rendezvous(key.value, by_name)]
+    # The first in the key's order that is neither full nor much busier than the least
+    # busy: a session that spills keeps spilling to the same second home (whose cache then
+    # holds it too), where SGLang's router sends it to whichever replica is least busy.
+    chosen = next((r for r in ranked if not r.full and not balance.imbalanced(r, least)),
+                  least)
+    return chosen, (key.reason if chosen is ranked[0] else SPILL)
+
+
+class Affinity:
+    """The routing policy (`placement.Placement`) over the fleet's replicas. `sticky`
+    (`[routing] policy = "affinity"`): a session on the replica holding its prefix (`place`);
+    not sticky (`least_busy`): every request on the least busy replica, by the same `order`
+    with no key, so the least-busy rule has one owner."""
+
+    def __init__(self, in_flight: InFlight, balance: Balance = Balance(), *,
+                 sticky: bool = True) -> None:
+        self.in_flight, self.balance, self.sticky = in_flight, balance, sticky
+
+    def order(self, request: Request, replicas: list[Node]) -> list[Choice]:
+        load_id = request.model.load_id
+        # An embedding has no session: whichever replica is least busy.
+        key = (affinity_key(request.headers, request.body)
+               if self.sticky and not request.path.endswith("/embeddings") else None)
+        by_name, loads = {}, []
+        for n in replicas:
+            m = n.loaded(load_id)
+            by_name[n.name] = n
+            loads.append(Replica(n.name, self.in_flight.load(n, load_id),
+                                 max(m.slots, 1) if m else 1, m.capacity if m else 0))
+        return [Choice(by_name[r.name], reason)
+                for r, reason in order(key, loads, self.balance)]
+
+
+POLICIES = ("affinity", "least_busy")
+
+
+def policy(name: str, balance: Balance = Balance()) -> Callable[[InFlight], Affinity]:
+    """The placement factory (InFlight -> policy) for `[routing] policy` (POLICIES)."""
+    return lambda in_flight: Affinity(in_flight, balance, sticky=name != "least_busy")

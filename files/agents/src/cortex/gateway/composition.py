@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from cortex.core.errors import NotFound
+from cortex.gateway import affinity
 from cortex.gateway.auth import Auth
 from cortex.gateway.budget import Limits
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.config import GatewayConfig, ModelsConfig
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import FLUSH_SECS, GatewayMetrics
-from cortex.gateway.placement import InFlight, LeastBusy, Placement
+from cortex.gateway.placement import InFlight, Placement
 from cortex.gateway.recent import RecentRequests
 from cortex.gateway.relay.accounting import Ledger
 from cortex.gateway.relay.dispatch import Dispatcher
@@ -35,7 +36,7 @@ class Gateway:
 
     def __init__(self, cfg: GatewayConfig, models: ModelsConfig,
                  metrics: GatewayMetrics | None = None,
-                 placement: Callable[[InFlight], Placement] = LeastBusy) -> None:
+                 placement: Callable[[InFlight], Placement] | None = None) -> None:
         g = cfg.gateway
         self.cfg = cfg
         self.upstream = Upstream(g.neuron_token, g.connect_timeout_secs, g.read_timeout_secs,
@@ -53,7 +54,10 @@ class Gateway:
         self.auth = Auth(cfg.entitlements, g.admin_keys, Path(g.state_dir))
         self.limits = Limits(self.catalogue, self.fleet)  # a capped request's output bound
         self.recent = RecentRequests()  # this worker's finished requests, for /ui
-        # Which replica first: the placement policy (placement.py) over that load.
+        # Which replica first: the placement policy ([routing] policy) over that load.
+        r = cfg.routing
+        placement = placement or affinity.policy(
+            r.policy, affinity.Balance(r.balance_abs_slots, r.balance_rel))
         self.placement = placement(self.in_flight)
         self.dispatcher = Dispatcher(self.fleet, self.router, self.placement, self.in_flight,
                                      self.upstream, self.metrics,

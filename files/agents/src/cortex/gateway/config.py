@@ -95,6 +95,24 @@ class EvictionSection:
 
 
 @dataclass
+class RoutingSection:
+    """Where a request for a model loaded on several nodes goes (gateway/affinity.py)."""
+
+    policy: str = "affinity"  # affinity: sessions stick to a replica | least_busy
+    # Spill to the least busy replica when the session's is busier by more than this many
+    # of its slots and by this factor (SGLang's router: abs 64 requests, rel 1.5).
+    balance_abs_slots: float = 1.0
+    balance_rel: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("affinity", "least_busy"):
+            raise ValueError(f"[routing] policy must be 'affinity' or 'least_busy', "
+                             f"got {self.policy!r}")
+        if self.balance_abs_slots < 0 or self.balance_rel < 1:
+            raise ValueError("[routing] balance_abs_slots must be >= 0 and balance_rel >= 1")
+
+
+@dataclass
 class NeuronEntry:
     name: str
     endpoint: str
@@ -173,6 +191,7 @@ class GatewayConfig:
     models_config: str = "/etc/cortex/models.toml"
     gateway: GatewaySection = field(default_factory=GatewaySection)
     eviction: EvictionSection = field(default_factory=EvictionSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
     neurons: list[NeuronEntry] = field(default_factory=list)
     entitlements: EntitlementsSection = field(default_factory=EntitlementsSection)
 
@@ -207,12 +226,12 @@ class Replicas:
     min: int = 0
     max: int | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.min, bool) or self.min < 0:
-            raise ValueError("replicas.min must be a whole number >= 0")
-        if self.max is not None and (isinstance(self.max, bool) or self.max < max(self.min, 1)):
-            raise ValueError(f"replicas.max must be >= max(min, 1) = {max(self.min, 1)}, "
-                             f"got {self.max}")
+    def check(self, where: str) -> None:
+        if self.min < 0:
+            raise ValueError(f"{where}: replicas.min must be >= 0, got {self.min}")
+        if self.max is not None and self.max < max(self.min, 1):
+            raise ValueError(f"{where}: replicas.max must be >= max(min, 1) = "
+                             f"{max(self.min, 1)}, got {self.max}")
 
 
 @dataclass
@@ -239,6 +258,7 @@ class ModelEntry:
     chat_format: str = ""
 
     def __post_init__(self) -> None:
+        self.replicas.check(f"[[models]] {self.id}")
         if self.scale_up_after_secs < 0 or self.scale_down_after_secs < 0:
             raise ValueError(f"[[models]] {self.id}: scale_up_after_secs and "
                              "scale_down_after_secs must be >= 0")

@@ -169,6 +169,9 @@ class GatewayMetrics:
             "cold load made it)", ["model", "reason"], registry=r)
         self.all_full = Counter("cortex_replicas_full", "Requests refused because every "
                                 "replica of the model was full", ["model"], registry=r)
+        self.cached_tokens = Counter("cortex_prompt_cached_tokens", "Prompt tokens the "
+                                     "neuron took from its cache (usage.prompt_tokens_details"
+                                     ".cached_tokens)", mn, registry=r)
         ak = ["account", "key"]
         self.spend = Counter("cortex_spend_tokens", "Tokens spent per key", ak, registry=r)
         self.spend_prompt = Counter("cortex_spend_prompt_tokens", "Prompt tokens per key", ak,
@@ -182,6 +185,11 @@ class GatewayMetrics:
         self._keys: dict[tuple[str, str], KeyMetrics] = {}
         self._overhead: dict[str, Any] = {}
         self._routed: dict[tuple[str, str], Any] = {}
+        self._cached: dict[tuple[str, str], Any] = {}
+        # This worker's own tallies beside Prometheus' (which adds up every worker's), for
+        # `cortex top`: requests by routing reason; prompt and cached tokens.
+        self.worker_routing: dict[str, int] = {}
+        self.worker_cache = [0, 0]
 
     def target(self, model: str, node: str) -> TargetMetrics:
         t = self._targets.get((model, node))
@@ -211,11 +219,30 @@ class GatewayMetrics:
         return h
 
     def routing(self, model: str, reason: str) -> Any:
+        self.worker_routing[reason] = self.worker_routing.get(reason, 0) + 1
         c = self._routed.get((model, reason))
         if c is None:
             c = self._routed[(model, reason)] = self.buffer.counter(
                 self.routed.labels(model, reason))
         return c
+
+    def cache_used(self, model: str, node: str, prompt: int, cached: int) -> None:
+        """A reply's usage: `cached` of its `prompt` tokens came from the neuron's cache."""
+        if cached:
+            c = self._cached.get((model, node))
+            if c is None:
+                c = self._cached[(model, node)] = self.buffer.counter(
+                    self.cached_tokens.labels(model, node))
+            c.inc(cached)
+        self.worker_cache[0] += prompt
+        self.worker_cache[1] += cached
+
+    def worker_view(self) -> dict[str, Any]:
+        """This worker's routing counts and cache hit ratio (what `cortex top` shows)."""
+        prompt, cached = self.worker_cache
+        return {"routing": dict(self.worker_routing),
+                "cache": {"prompt_tokens": prompt, "cached_tokens": cached,
+                          "hit_ratio": round(cached / prompt, 4) if prompt else None}}
 
     def replicas_full(self, model: str) -> Any:
         return self.all_full.labels(model)  # (rare: not worth a buffered child)

@@ -9,8 +9,8 @@ The policy is one object with one method, `order`: given the request and the mod
 replicas (`Fleet.replicas`, routable with the model loaded), the replicas to try, best
 first, each with the rule that put it there (`cortex_routing_total{reason}`). The relay's
 `Dispatcher` tries them in that order, moving on when a replica refuses as full. The
-default is `LeastBusy`; an affinity policy (sessions kept on the replica holding their
-prefix) is another `Placement` given to the dispatcher in the composition root.
+policies (`[routing] policy`: affinity, least_busy) are affinity.py's `Affinity`, the one
+owner of the rule; the composition root gives one to the dispatcher.
 """
 
 from __future__ import annotations
@@ -76,17 +76,3 @@ class InFlight:
         """The replica's load: its neuron's last report plus what we sent it since."""
         m = node.loaded(load_id)
         return (m.busy if m is not None else 0) + self.of(node.name, load_id)
-
-
-class LeastBusy:
-    """The least loaded replica first; ties by node name (every worker agrees)."""
-
-    def __init__(self, in_flight: InFlight) -> None:
-        self.in_flight = in_flight
-
-    def order(self, request: Request, replicas: list[Node]) -> list[Choice]:
-        if len(replicas) == 1:  # (the common case: no order to work out)
-            return [Choice(replicas[0], LEAST_BUSY)]
-        load_id, load = request.model.load_id, self.in_flight.load
-        ranked = sorted(replicas, key=lambda n: (load(n, load_id), n.name))
-        return [Choice(n, LEAST_BUSY) for n in ranked]

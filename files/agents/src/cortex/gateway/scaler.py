@@ -291,7 +291,8 @@ class Scaler:
         return {"worker": self.identity, "at": now,
                 "nodes": [n.summary() for n in self.fleet.nodes.values()],
                 "models": models,
-                "scale_events": [e.describe() for e in list(self.events)[-50:]]}
+                "scale_events": [e.describe() for e in list(self.events)[-50:]],
+                **self.metrics.worker_view()}
 
     def _event(self, action: Action, node: str, result: str, detail: str = "") -> None:
         self.events.append(ScaleEvent(self.clock(), action.model, action.action,

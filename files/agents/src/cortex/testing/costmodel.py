@@ -138,9 +138,7 @@ class SimReplica:
             job = self.queue.pop(0)
             job.slot = self._pick_slot(job.prompt)
             cached = _common_prefix(self.slots[job.slot], job.prompt) // CHARS_PER_TOKEN
-            restored = 0
-            if self.cost.ram_cache_tokens and cached < job.prompt_tokens // 2:
-                restored = self._from_ram(job.prompt)
+            restored = self._from_ram(job.prompt) if self.cost.ram_cache_tokens else 0
             if restored > cached:
                 job.todo_restore = restored - cached
                 cached = restored

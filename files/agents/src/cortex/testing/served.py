@@ -128,10 +128,11 @@ def _fake_gpu(neuron: Served, name: str) -> None:
 def serve_gateway(neurons: Mapping[str, Any], state_dir: Path, models: list | None = None, *,
                   aliases: Mapping[str, str] | None = None, strategy: str = "lru",
                   defrag_after_cycles: int = 0, entitlements: Any = None,
-                  **gateway: Any) -> Served:
+                  routing: Any = None, **gateway: Any) -> Served:
     """The gateway app over `neurons` (name: anything with a `.url`) and the catalogue
     `models` (ModelEntry list); `strategy` and `defrag_after_cycles` are [eviction]'s,
-    `gateway` are GatewaySection fields (polls every 0.2 s)."""
+    `routing` a RoutingSection (default: affinity), `gateway` are GatewaySection fields
+    (polls every 0.2 s)."""
     from cortex.gateway.app import create_app
     from cortex.gateway.config import (
         EntitlementsSection,
@@ -140,6 +141,7 @@ def serve_gateway(neurons: Mapping[str, Any], state_dir: Path, models: list | No
         GatewaySection,
         ModelsConfig,
         NeuronEntry,
+        RoutingSection,
     )
 
     section = GatewaySection(**{"state_dir": str(state_dir), "poll_interval_secs": 0.2,
@@ -147,7 +149,8 @@ def serve_gateway(neurons: Mapping[str, Any], state_dir: Path, models: list | No
     cfg = GatewayConfig(gateway=section, eviction=EvictionSection(
         strategy=strategy, defrag_after_cycles=defrag_after_cycles),
                         neurons=[NeuronEntry(name, n.url) for name, n in neurons.items()],
-                        entitlements=entitlements or EntitlementsSection())
+                        entitlements=entitlements or EntitlementsSection(),
+                        routing=routing or RoutingSection())
     return Served(create_app(cfg, ModelsConfig(models=models or [], aliases=dict(aliases or {}))))
 
 

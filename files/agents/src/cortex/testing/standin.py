@@ -2,8 +2,8 @@
 
 For what a real neuron cannot be made to do on cue (answer 500, speak an API it does not
 have yet, report cached tokens): it answers `/health`, `/models`, `/models/load`,
-`/models/unload`, `/tokenize`, `/v1/chat/completions` (OpenAI's shape, streaming or not) and
-`/v1/embeddings` (OpenAI's shape), and records every body it was sent.
+`/models/unload`, `/drain`, `/tokenize`, `/v1/chat/completions` (OpenAI's shape, streaming
+or not) and `/v1/embeddings` (OpenAI's shape), and records every body it was sent.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class StandIn:
         self.queue_depth = 0  # what /health says of every loaded model (set by a test)
         self.last_used: dict[str, float] = {}  # a model's last use (absent: just now)
         self.loading: set[str] = set()
+        self.drained = False
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.served = Served(self._app(), host=host)
@@ -71,7 +72,7 @@ class StandIn:
 
         @app.get("/health")
         def health() -> Any:
-            return {"status": "ok", "drained": False,
+            return {"status": "ok", "drained": self.drained,
                     "devices": [{"index": 0, "name": "cpu", "kind": "cpu",
                                  "vram_total_mb": 16000, "vram_free_mb": self.vram_free_mb}],
                     "activation": {"state": "ready", "failed": []},
@@ -114,6 +115,11 @@ class StandIn:
             if sim is not None:
                 sim.stop()
             return {"model_id": body["model_id"], "status": "unloaded"}
+
+        @app.post("/drain")
+        def drain() -> Any:
+            self.drained = bool(self._record().get("drained", True))
+            return {"drained": self.drained, "in_flight": self.in_flight}
 
         @app.post("/tokenize")
         def tokenize() -> Any:

@@ -128,6 +128,8 @@ class Tab:
                 tm.tok_s.observe(bill.completion_tokens / decode)
         if ex.status >= 400:
             m.errors.labels(model, node, ex.code or str(ex.status)).inc()
+        if bill.prompt_tokens:  # the fleet's cache hit ratio: cached of prompt tokens
+            m.cache_used(model, node, bill.prompt_tokens, bill.cached_tokens)
         if bill.total:
             tm.prompt_tokens.inc(bill.prompt_tokens)
             tm.completion_tokens.inc(bill.completion_tokens)

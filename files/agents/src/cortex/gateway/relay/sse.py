@@ -29,6 +29,7 @@ TAIL = 4  # the last chunks a stream's reading keeps unparsed: its usage and err
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of the prompt, taken from the neuron's cache
 
     @property
     def total(self) -> int:
@@ -44,7 +45,10 @@ def usage_of(obj: Any) -> Usage | None:
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None
-    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+    details = usage.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")),
+                 cached)
 
 
 def error_code_of(obj: Any) -> str | None:

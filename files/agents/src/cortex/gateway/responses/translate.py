@@ -98,6 +98,9 @@ def to_chat(body: dict[str, Any]) -> Plan:
     for key in ("temperature", "top_p"):  # the neuron checks their ranges
         if body.get(key) is not None:
             chat[key] = body[key]
+    for key in ("prompt_cache_key", "user"):  # the session's key, for the gateway's affinity
+        if isinstance(body.get(key), str):
+            chat[key] = body[key]
     tool_choice = _tool_choice(body.get("tool_choice"), names, tools)
     if tool_choice == "none":
         tools = []  # nothing to offer: the model then answers in words

@@ -70,6 +70,8 @@ def state(gw: Gateway, now: float | None = None, *, admin: bool = True) -> dict[
                       "hit_ratio": _ratio(sum(n.cached_tokens for n in nodes),
                                           sum(n.prompt_tokens for n in nodes))},
             "models": _models(gw, now),
+            # How this worker placed requests (cortex_routing_total's reasons, its own part)
+            "routing": gw.metrics.worker_view()["routing"],
             "scale_events": [e.describe() for e in list(gw.scaler.events)[-20:]]}
 
 

@@ -177,6 +177,7 @@ function onState(state) {
   ui.state = state;
   renderHealth(state.health);
   renderCacheRatio(state.cache);
+  renderRouting(state.routing);
   renderNodes(state.nodes);
   renderModels(state.models);
   renderScaleEvents(state.scale_events || []);
@@ -211,6 +212,12 @@ function pct(ratio) {
 
 function renderCacheRatio(cache) {
   $("cache-ratio").textContent = `prompt cache ${pct(cache && cache.hit_ratio)} reused`;
+}
+
+function renderRouting(routing) {
+  const parts = Object.entries(routing || {}).sort((a, b) => b[1] - a[1]);
+  $("routing").textContent = parts.length
+    ? `routed: ${parts.map(([reason, n]) => `${reason} ${n}`).join(" · ")}` : "routed: –";
 }
 
 function cacheLine(c) {
