@@ -40,11 +40,15 @@ TOOLS = Tools.of([
     tool("brave_search", query={"type": "string"}),
 ])
 ARG1 = {"arg1": 1}
-CUT_V31 = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{"city": '
 
 
 def C(name, args, call_id=ANY_ID):
     return (name, args, call_id)
+
+
+def words(family: str, text: str, **options) -> tuple:
+    """A case whose output is no call, or a broken one: it reads as the model wrote it."""
+    return (family, text, {"content": text}, options)
 
 
 # (family, output, expected {content, reasoning, calls}, options)
@@ -63,18 +67,13 @@ CASES = [
                 C("special_function_with_opt", {"arg1": 1, "arg2": 2})]}, {}),
     ("hermes", "I'm\nthinking</think>Hello", {"reasoning": "I'm\nthinking", "content": "Hello"},
      {"in_reasoning": True}),
-    ("hermes", "<tool_call>not json</tool_call>", {"content": "<tool_call>not json</tool_call>"},
-     {}),
-    ("hermes", '<tool_call>{"name": "special_function", "argu',  # cut at max_tokens
-     {"content": '<tool_call>{"name": "special_function", "argu'}, {}),
-    ("hermes", '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>',  # not offered
-     {"content": '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'}, {}),
-    ("hermes", '<tool_call>{"name": "special_function", "arguments": {"arg1": 1}}</tool_call>',
-     {"content": '<tool_call>{"name": "special_function", "arguments": {"arg1": 1}}'
-                 "</tool_call>"}, {"parse_tools": False}),  # no tools offered: words
-    ("hermes", '<tool_call>{"name": "special_function", "arguments": ' + "[" * 5000 + "]" * 5000
-     + "}</tool_call>", {"content": '<tool_call>{"name": "special_function", "arguments": '
-                         + "[" * 5000 + "]" * 5000 + "}</tool_call>"}, {}),  # issue 19 item 2
+    words("hermes", "<tool_call>not json</tool_call>"),
+    words("hermes", '<tool_call>{"name": "special_function", "argu'),  # cut at max_tokens
+    words("hermes", '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'),  # not offered
+    words("hermes", '<tool_call>{"name": "special_function", "arguments": {"arg1": 1}}'
+                    "</tool_call>", parse_tools=False),  # no tools offered: words
+    words("hermes", '<tool_call>{"name": "special_function", "arguments": ' + "[" * 5000
+          + "]" * 5000 + "}</tool_call>"),  # issue 19 item 2
     ("hermes", '<tool_call>{"name": "special_function", "arguments": "{\\"arg1\\": 1}"}'
                "</tool_call>", {"calls": [C("special_function", ARG1)]}, {}),
     # -- Qwen3-Coder / Qwen3.5 / Nemotron 3 Nano ---------------------------------------
@@ -112,8 +111,7 @@ CASES = [
     ("qwen3_coder", "Let me run it.\n<function=python>\n<parameter=code>\nprint(1)\n"
                     "</parameter>\n</function>\n</tool_call>",  # its <tool_call> left out
      {"content": "Let me run it.\n", "calls": [C("python", {"code": "print(1)"})]}, {}),
-    ("qwen3_coder", "<tool_call>\n<function=python>\n<parameter=code>\nprint(",  # cut
-     {"content": "<tool_call>\n<function=python>\n<parameter=code>\nprint("}, {}),
+    words("qwen3_coder", "<tool_call>\n<function=python>\n<parameter=code>\nprint("),  # cut
     ("qwen3_coder", "<think>\nok\n</think>\n\n<tool_call>\n<function=empty_args>\n</function>"
                     "\n</tool_call>", {"reasoning": "\nok\n", "calls": [C("empty_args", {})]},
      {}),
@@ -135,7 +133,7 @@ CASES = [
     ("glm", "<tool_call>get_time<arg_key>city</arg_key><arg_value>Paris</arg_value>"
             "<arg_key>extra</arg_key><arg_value>[1, 2]</arg_value></tool_call>",
      {"calls": [C("get_time", {"city": "Paris", "extra": [1, 2]})]}, {}),
-    ("glm", "<tool_call>get_time", {"content": "<tool_call>get_time"}, {}),  # cut
+    words("glm", "<tool_call>get_time"),  # cut
     # -- MiniMax M2 ----------------------------------------------------------------------
     ("minimax_m2", "\n</think>\n\nHello, world!", {"reasoning": "\n", "content": "Hello, world!"},
      {"in_reasoning": True}),
@@ -147,9 +145,8 @@ CASES = [
                    'name="arg1">1</parameter>\n</invoke>\n<invoke name="python">\n<parameter '
                    'name="code">x = "a"</parameter>\n</invoke>\n</minimax:tool_call>',
      {"calls": [C("special_function", ARG1), C("python", {"code": 'x = "a"'})]}, {}),
-    ("minimax_m2", '<minimax:tool_call>\n<invoke name="special_function">\n<parameter '
-                   'name="arg1">1</parameter>', {"content": '<minimax:tool_call>\n<invoke '
-                   'name="special_function">\n<parameter name="arg1">1</parameter>'}, {}),
+    words("minimax_m2", '<minimax:tool_call>\n<invoke name="special_function">\n<parameter '
+                        'name="arg1">1</parameter>'),  # cut
     # -- DeepSeek R1, V3.1, V3.2 ----------------------------------------------------------
     ("deepseek_r1", "</think>Hello, world!", {"content": "Hello, world!"},
      {"in_reasoning": True}),
@@ -171,7 +168,8 @@ CASES = [
     ("deepseek_v3_1", "REASONING</think>\nCONTENT", {"reasoning": "REASONING",
                                                       "content": "CONTENT"},
      {"in_reasoning": True}),
-    ("deepseek_v3_1", CUT_V31, {"content": CUT_V31}, {}),
+    words("deepseek_v3_1", '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_time<｜tool▁sep｜>'
+                           '{"city": '),  # cut
     ("deepseek_v3_2", "Let me check the time</think>\n\n<｜DSML｜function_calls>\n"
                       '<｜DSML｜invoke name="get_time">\n<｜DSML｜parameter name="city" '
                       'string="true">Tokyo</｜DSML｜parameter>\n</｜DSML｜invoke>\n'
@@ -221,10 +219,8 @@ CASES = [
     ("kimi_k2", "<|tool_calls_section_begin|><|tool_call_begin|>functions.empty_args:0"
                 "<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>",
      {"calls": [C("empty_args", {}, "functions.empty_args:0")]}, {}),
-    ("kimi_k2", "<|tool_calls_section_begin|><|tool_call_begin|>functions.special_function:0"
-                '<|tool_call_argument_begin|>{"arg1": ',  # cut
-     {"content": "<|tool_calls_section_begin|><|tool_call_begin|>functions.special_function:0"
-                 '<|tool_call_argument_begin|>{"arg1": '}, {}),
+    words("kimi_k2", "<|tool_calls_section_begin|><|tool_call_begin|>functions.special_"
+                     'function:0<|tool_call_argument_begin|>{"arg1": '),  # cut
     # -- Mistral, Devstral, Ministral, Nemo -------------------------------------------------
     ("mistral", "[TOOL_CALLS]special_function[CALL_ID]123456789[ARGS]{\"arg1\": 1}",
      {"calls": [C("special_function", ARG1, "123456789")]}, {}),
@@ -240,8 +236,7 @@ CASES = [
      {}),
     ("mistral", "[THINK]Let me think.[/THINK]The answer is 4.",
      {"reasoning": "Let me think.", "content": "The answer is 4."}, {}),
-    ("mistral", "[TOOL_CALLS]special_function[ARGS]{\"arg1\": 1, ",  # cut
-     {"content": "[TOOL_CALLS]special_function[ARGS]{\"arg1\": 1, "}, {}),
+    words("mistral", '[TOOL_CALLS]special_function[ARGS]{"arg1": 1, '),  # cut
     ("mistral", '[TOOL_CALLS]special_function[ARGS]{"arg1": 1}} and more',
      {"content": "} and more", "calls": [C("special_function", ARG1)]}, {}),
     # -- Llama 3.x --------------------------------------------------------------------------
@@ -253,9 +248,8 @@ CASES = [
     ("llama3", '{"name": "special_function", "parameters": {"arg1": 1}}; {"name": "python", '
                '"parameters": {"code": "1"}}',
      {"calls": [C("special_function", ARG1), C("python", {"code": "1"})]}, {}),
-    ("llama3", '{"answer": 42}', {"content": '{"answer": 42}'}, {}),  # JSON, not a call
-    ("llama3", 'The JSON is {"name": "special_function", "parameters": {}}',
-     {"content": 'The JSON is {"name": "special_function", "parameters": {}}'}, {}),
+    words("llama3", '{"answer": 42}'),  # JSON, not a call
+    words("llama3", 'The JSON is {"name": "special_function", "parameters": {}}'),
     ("llama3", '<|python_tag|>brave_search.call(query="weather in Paris")',
      {"calls": [C("brave_search", {"query": "weather in Paris"})]}, {}),
     ("llama3", "<|python_tag|>print('hey')", {"calls": [C("python", {"code": "print('hey')"})]},
@@ -284,10 +278,8 @@ CASES = [
                 "thinking<|end|><|start|>assistant<|channel|>final<|message|>Hello",
      {"reasoning": "I'm\nthinking", "content": "Hello"}, {}),
     ("harmony", "Plain words, no header.", {"content": "Plain words, no header."}, {}),
-    ("harmony", "<|channel|>commentary to=functions.special_function <|constrain|>json"
-                '<|message|>{"arg1": ',  # cut
-     {"content": "<|channel|>commentary to=functions.special_function <|constrain|>json"
-                 '<|message|>{"arg1": '}, {}),
+    words("harmony", "<|channel|>commentary to=functions.special_function <|constrain|>json"
+                     '<|message|>{"arg1": '),  # cut
     ("harmony", "<|channel|>final <|constrain|>json<|message|>{\"amount\": 123.45}",
      {"content": '{"amount": 123.45}'}, {}),
 ]

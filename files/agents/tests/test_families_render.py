@@ -45,35 +45,38 @@ CONVERSATION = {"tools": [WEATHER], "messages": [
     {"role": "tool", "tool_call_id": "call_a1", "content": "sunny, 24 C"},
     {"role": "tool", "tool_call_id": "call_b2", "content": "rain, 18 C"},
 ]}
-# template -> (family, bos, eos): the tokens' texts in the vendors' tokenizers
+# The bos and eos tokens' texts in the vendors' tokenizers
+CHATML = ("", "<|im_end|>")
+LLAMA = ("<|begin_of_text|>", "<|eot_id|>")
+MISTRAL = ("<s>", "</s>")
+DEEPSEEK = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")
+GLM = ("", "<|endoftext|>")
+KIMI = ("[BOS]", "[EOS]")
+# template -> (family, bos, eos)
 TEMPLATES = {
-    "Qwen-Qwen3-0.6B": ("hermes", "", "<|im_end|>"),
-    "Qwen-QwQ-32B": ("hermes", "", "<|im_end|>"),
-    "Qwen-Qwen2.5-7B-Instruct": ("hermes", "", "<|im_end|>"),
-    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": ("hermes", "<|begin_of_text|>",
-                                                    "<|im_end|>"),
-    "Qwen3-Coder": ("qwen3_coder", "", "<|im_end|>"),
-    "Qwen3.5-4B": ("qwen3_coder", "", "<|im_end|>"),
-    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": ("qwen3_coder", "", "<|im_end|>"),
+    "Qwen-Qwen3-0.6B": ("hermes", *CHATML),
+    "Qwen-QwQ-32B": ("hermes", *CHATML),
+    "Qwen-Qwen2.5-7B-Instruct": ("hermes", *CHATML),
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": ("hermes", LLAMA[0], CHATML[1]),
+    "Qwen3-Coder": ("qwen3_coder", *CHATML),
+    "Qwen3.5-4B": ("qwen3_coder", *CHATML),
+    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": ("qwen3_coder", *CHATML),
     "openai-gpt-oss-120b": ("harmony", "<|startoftext|>", "<|return|>"),
-    "meta-llama-Llama-3.1-8B-Instruct": ("llama3", "<|begin_of_text|>", "<|eot_id|>"),
-    "meta-llama-Llama-3.2-3B-Instruct": ("llama3", "<|begin_of_text|>", "<|eot_id|>"),
-    "meta-llama-Llama-3.3-70B-Instruct": ("llama3", "<|begin_of_text|>", "<|eot_id|>"),
-    "Mistral-Small-3.2-24B-Instruct-2506": ("mistral", "<s>", "</s>"),
-    "unsloth-mistral-Devstral-Small-2507": ("mistral", "<s>", "</s>"),
-    "mistralai-Ministral-3-14B-Reasoning-2512": ("mistral", "<s>", "</s>"),
-    "mistralai-Mistral-Nemo-Instruct-2407": ("mistral", "<s>", "</s>"),
-    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("deepseek_r1", "<｜begin▁of▁sentence｜>",
-                                                 "<｜end▁of▁sentence｜>"),
-    "deepseek-ai-DeepSeek-V3.1": ("deepseek_v3_1", "<｜begin▁of▁sentence｜>",
-                                  "<｜end▁of▁sentence｜>"),
-    "deepseek-ai-DeepSeek-V3.2": ("deepseek_v3_2", "<｜begin▁of▁sentence｜>",
-                                  "<｜end▁of▁sentence｜>"),
-    "GLM-4.6": ("glm", "", "<|endoftext|>"),
-    "GLM-4.7-Flash": ("glm", "", "<|endoftext|>"),
-    "moonshotai-Kimi-K2": ("kimi_k2", "[BOS]", "[EOS]"),
-    "Kimi-K2-Instruct": ("kimi_k2", "[BOS]", "[EOS]"),
-    "Kimi-K2-Thinking": ("kimi_k2", "[BOS]", "[EOS]"),
+    "meta-llama-Llama-3.1-8B-Instruct": ("llama3", *LLAMA),
+    "meta-llama-Llama-3.2-3B-Instruct": ("llama3", *LLAMA),
+    "meta-llama-Llama-3.3-70B-Instruct": ("llama3", *LLAMA),
+    "Mistral-Small-3.2-24B-Instruct-2506": ("mistral", *MISTRAL),
+    "unsloth-mistral-Devstral-Small-2507": ("mistral", *MISTRAL),
+    "mistralai-Ministral-3-14B-Reasoning-2512": ("mistral", *MISTRAL),
+    "mistralai-Mistral-Nemo-Instruct-2407": ("mistral", *MISTRAL),
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("deepseek_r1", *DEEPSEEK),
+    "deepseek-ai-DeepSeek-V3.1": ("deepseek_v3_1", *DEEPSEEK),
+    "deepseek-ai-DeepSeek-V3.2": ("deepseek_v3_2", *DEEPSEEK),
+    "GLM-4.6": ("glm", *GLM),
+    "GLM-4.7-Flash": ("glm", *GLM),
+    "moonshotai-Kimi-K2": ("kimi_k2", *KIMI),
+    "Kimi-K2-Instruct": ("kimi_k2", *KIMI),
+    "Kimi-K2-Thinking": ("kimi_k2", *KIMI),
     "MiniMax-M2": ("minimax_m2", "]~!b[", "[e~["),
 }
 

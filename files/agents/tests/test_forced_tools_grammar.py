@@ -7,21 +7,15 @@ follow the tools, nothing may follow the last call.
 
 from __future__ import annotations
 
-import ctypes
 import json
-import math
-from pathlib import Path
 
-import llama_cpp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from llama_cpp import _internals as internals
 
 from cortex.neuron import forced_tools
 from cortex.neuron.chat import Prompt
-from cortex.neuron.engines.llama_cpp import LlamaCppEngine
-from cortex.neuron.families.base import THINK_CLOSE
+from cortex.neuron.families.family import THINK_CLOSE
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "additionalProperties": False, "required": ["city"],
@@ -31,63 +25,16 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 TIME_CALL = '<tool_call>{"name":"get_time","arguments":{"tz":["UTC",1,{"a":null}]}}</tool_call>'
 
 
-class Walker:
-    """Feeds text to a grammar one character (one tiny-vocabulary token) at a time."""
-
-    def __init__(self, path: Path) -> None:
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        self.model = internals.LlamaModel(path_model=str(path), params=params, verbose=False)
-        self.vocab = self.model.vocab
-        self.eos = self.model.token_eos()
-
-    def accepts(self, grammar: str, text: str) -> bool:
-        """Whether `text`, then end of generation, is a reply the grammar allows."""
-        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
-        assert sampler, grammar
-        data = (llama_cpp.llama_token_data * 1)()
-        one = llama_cpp.llama_token_data_array(data=data, size=1, selected=-1, sorted=False)
-        try:
-            for token in [*(self._token(c) for c in text), self.eos]:
-                data[0].id, data[0].logit, data[0].p = token, 1.0, 0.0
-                llama_cpp.llama_sampler_apply(sampler, ctypes.byref(one))
-                if not math.isfinite(data[0].logit):
-                    return False
-                llama_cpp.llama_sampler_accept(sampler, token)
-            return True
-        finally:
-            llama_cpp.llama_sampler_free(sampler)
-
-    def _token(self, char: str) -> int:
-        (token,) = self.model.tokenize(char.encode(), False, False)
-        return token
-
-
-@pytest.fixture(scope="module")
-def tiny(models_dir: Path):
-    model = LlamaCppEngine().load(models_dir / "tiny-hello.gguf", n_ctx=256, n_threads=1,
-                                  n_gpu_layers=0, devices=[], has_gpu=False)
-    yield model
-    model.close()
-
-
-@pytest.fixture(scope="module")
-def walker(models_dir: Path):
-    w = Walker(models_dir / "tiny-hello.gguf")
-    yield w
-    w.model.close()
-
-
-def grammar(tiny, tools=(WEATHER, TIME), *, in_reasoning=False, template=None, **body):
+def grammar(tiny_model, tools=(WEATHER, TIME), *, in_reasoning=False, template=None, **body):
     """The grammar of a forced call to one of `tools`; `template`: the model's, for once."""
-    original = tiny.metadata["tokenizer.chat_template"]
-    tiny.metadata["tokenizer.chat_template"] = template or original
+    original = tiny_model.metadata["tokenizer.chat_template"]
+    tiny_model.metadata["tokenizer.chat_template"] = template or original
     try:
         prompt = Prompt("", [1], in_reasoning=in_reasoning, tools=True)
         return forced_tools.grammar_for(dict(body, tools=list(tools)), list(enumerate(tools)),
-                                        tiny, prompt)
+                                        tiny_model, prompt)
     finally:
-        tiny.metadata["tokenizer.chat_template"] = original
+        tiny_model.metadata["tokenizer.chat_template"] = original
 
 
 @pytest.mark.parametrize("text, ok", [
@@ -112,14 +59,14 @@ def grammar(tiny, tools=(WEATHER, TIME), *, in_reasoning=False, template=None, *
     ('<tool_call>{"name":"get_time","arguments":["tz"]}</tool_call>', False),  # not an object
     ("<think>hmm</think>" + CALL, False),  # this template knows no thought
 ])
-def test_what_a_forced_reply_may_be(tiny, walker, text, ok):
-    assert walker.accepts(grammar(tiny), text) is ok
+def test_what_a_forced_reply_may_be(tiny_model, grammar_walker, text, ok):
+    assert grammar_walker.accepts(grammar(tiny_model), text) is ok
 
 
-def test_one_call_when_parallel_calls_are_off(tiny, walker):
-    g = grammar(tiny, parallel_tool_calls=False)
-    assert walker.accepts(g, CALL)
-    assert not walker.accepts(g, CALL + "\n" + TIME_CALL)
+def test_one_call_when_parallel_calls_are_off(tiny_model, grammar_walker):
+    g = grammar(tiny_model, parallel_tool_calls=False)
+    assert grammar_walker.accepts(g, CALL)
+    assert not grammar_walker.accepts(g, CALL + "\n" + TIME_CALL)
 
 
 THINKS = "{% if enable_thinking %}<think>{% endif %}"
@@ -135,23 +82,26 @@ THINKS = "{% if enable_thinking %}<think>{% endif %}"
     ("Paris, so: weather.</think>\n" + CALL, False, True, False),
     ("</think>" + CALL, False, True, False),
 ])
-def test_a_thought_may_come_first_where_the_model_reasons(tiny, walker, text, optional,
-                                                         opened, off):
-    assert walker.accepts(grammar(tiny, template=THINKS), text) is optional
-    assert walker.accepts(grammar(tiny, template=THINKS, in_reasoning=True), text) is opened
-    assert walker.accepts(grammar(tiny, template=THINKS, enable_thinking=False), text) is off
+def test_a_thought_may_come_first_where_the_model_reasons(tiny_model, grammar_walker, text,
+                                                         optional, opened, off):
+    def accepts(**how) -> bool:
+        return grammar_walker.accepts(grammar(tiny_model, template=THINKS, **how), text)
+
+    assert accepts() is optional
+    assert accepts(in_reasoning=True) is opened
+    assert accepts(enable_thinking=False) is off
 
 
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(alphabet=st.sampled_from([*"</think>", "a", " ", "\n"]), max_size=24))
-def test_a_thought_is_any_text_up_to_the_first_close(tiny, walker, thought):
-    g = grammar(tiny, in_reasoning=True, template=THINKS)
+def test_a_thought_is_any_text_up_to_the_first_close(tiny_model, grammar_walker, thought):
+    g = grammar(tiny_model, in_reasoning=True, template=THINKS)
     text = thought + THINK_CLOSE + CALL
-    assert walker.accepts(g, text) is (THINK_CLOSE not in thought)
+    assert grammar_walker.accepts(g, text) is (THINK_CLOSE not in thought)
 
 
-def test_tools_sharing_a_defs_name_keep_their_own(tiny, walker):
+def test_tools_sharing_a_defs_name_keep_their_own(tiny_model, grammar_walker):
     def tool(name: str, point: dict) -> dict:
         return {"type": "function", "function": {"name": name, "parameters": {
             "type": "object", "required": ["p"], "$defs": {"Point": point},
@@ -159,12 +109,12 @@ def test_tools_sharing_a_defs_name_keep_their_own(tiny, walker):
 
     xy = {"type": "object", "required": ["x"], "properties": {"x": {"type": "integer"}}}
     ll = {"type": "object", "required": ["lat"], "properties": {"lat": {"type": "number"}}}
-    g = grammar(tiny, [tool("plot", xy), tool("route", ll)])
+    g = grammar(tiny_model, [tool("plot", xy), tool("route", ll)])
 
     def call(name: str, args: dict) -> str:
         return f"<tool_call>{json.dumps({'name': name, 'arguments': args})}</tool_call>"
 
-    assert walker.accepts(g, call("plot", {"p": {"x": 1}}))
-    assert walker.accepts(g, call("route", {"p": {"lat": 1.5}}))
-    assert not walker.accepts(g, call("route", {"p": {"x": 1}}))
-    assert not walker.accepts(g, call("plot", {"p": {"lat": 1.5}}))
+    assert grammar_walker.accepts(g, call("plot", {"p": {"x": 1}}))
+    assert grammar_walker.accepts(g, call("route", {"p": {"lat": 1.5}}))
+    assert not grammar_walker.accepts(g, call("route", {"p": {"x": 1}}))
+    assert not grammar_walker.accepts(g, call("plot", {"p": {"lat": 1.5}}))

@@ -106,6 +106,28 @@ def smollm2_file() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_model(models_dir: Path) -> Iterator[Any]:
+    """tiny-hello loaded in llama-cpp-python (the neuron's engine), with no neuron around it:
+    for what works on a loaded model (prompts, grammars, tokens)."""
+    from cortex.neuron.engines.llama_cpp import LlamaCppEngine
+
+    model = LlamaCppEngine().load(models_dir / "tiny-hello.gguf", n_ctx=256, n_threads=1,
+                                  n_gpu_layers=0, devices=[], has_gpu=False)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def grammar_walker(models_dir: Path) -> Iterator[Any]:
+    """A GBNF grammar walked by llama.cpp's sampler (cortex.testing.grammar_walk)."""
+    from cortex.testing.grammar_walk import GrammarWalker
+
+    walker = GrammarWalker(models_dir / "tiny-hello.gguf")
+    yield walker
+    walker.close()
+
+
 # -- apps served in threads --------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def neuron_token() -> str:

@@ -1,17 +1,23 @@
 """Model families: how each family of chat models writes tool calls and reasoning.
 
 The chat template in the GGUF decides the family (`detect`), or the operator names it
-(`chat_format`). A family shapes the conversation for its template (`prepare`), says which
-special tokens its output must show (`markers`), parses the output as it streams
-(`parser`), and writes a forced call in its own syntax (`grammar.call_rule`).
+(`chat_format`). A family (`family.Family`) shapes the conversation for its template
+(`prepare`), says which special tokens its output must show (`markers`), parses the output
+as it streams (`parser`: most through `stream.Parser` and their `blocks`), and writes a
+forced call in its own syntax (`call_rule`, out of `grammar`'s pieces).
+
+Modules: `base` (the parts a reply is read into, bounded JSON), `stream` (the shared
+parser), `xml_calls` (calls as XML-ish tags with untyped values), `grammar` (GBNF), `family`
+(the interface), one module a family, `detect`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cortex.neuron.families.base import Family, Part, Tools
+from cortex.neuron.families.base import Part, Tools
 from cortex.neuron.families.detect import FAMILIES, detect, named, resolve
+from cortex.neuron.families.family import Family
 
 if TYPE_CHECKING:
     from cortex.neuron.engines import LoadedModel

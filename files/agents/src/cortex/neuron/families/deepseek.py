@@ -15,14 +15,16 @@ name="k" string="true|false">v</｜DSML｜parameter></｜DSML｜invoke></｜DSML
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from typing import Any
 
-from cortex.neuron.families.base import Family, Malformed, Part, Tools, call
+from cortex.neuron.families.base import Malformed, Part, Tools, call
+from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit, xml_params
-from cortex.neuron.families.minimax import parse_invokes
-from cortex.neuron.families.stream import Block, Parser, Syntax
+from cortex.neuron.families.stream import Block
+from cortex.neuron.families.xml_calls import read_calls, typed
 
 CALLS_BEGIN, CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
 CALL_BEGIN, CALL_END, SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
@@ -35,7 +37,6 @@ DSML_OPEN, DSML_CLOSE = f"<{DSML}function_calls>", f"</{DSML}function_calls>"
 DSML_INVOKE = re.compile(f'<{DSML}invoke name="([^"]*)">(.*?)</{DSML}invoke>', re.S)
 PARAM_END = f"</{DSML}parameter>"
 INVOKE_END = f"</{DSML}invoke>\n{DSML_CLOSE}"
-NL = "\n"
 DSML_PARAM = re.compile(
     f'<{DSML}parameter name="([^"]*)" string="(true|false)">(.*?)</{DSML}parameter>', re.S)
 
@@ -50,6 +51,16 @@ def parse_one(text: str, tools: Tools) -> Part:
             raise Malformed("expected NAME then a ```json block")
         return call(tools.check(m.group(1)), m.group(2))
     return call(tools.check(left), right.strip())
+
+
+def parse_dsml(body: str, tools: Tools) -> list[Part]:
+    return read_calls(body, tools, DSML_INVOKE, DSML_PARAM, key=html.unescape,
+                      value=_dsml_value)
+
+
+def _dsml_value(p: re.Match, schema: dict[str, Any] | None) -> Any:
+    # string="true": the value is text; "false": JSON, whatever the schema says
+    return p.group(3) if p.group(2) == "true" else typed(p.group(3), None)
 
 
 def parse_section(body: str, tools: Tools) -> list[Part]:
@@ -91,15 +102,13 @@ class DeepSeekR1(Family):
         head = lit(f"{CALLS_BEGIN}{CALL_BEGIN}function{SEP}{name}\n```json\n")
         return f"{head} {r.schema(params or ANY_OBJECT)} {lit(FENCE_END)}"
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        blocks = [
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [
             Block(CALLS_BEGIN, lambda body: parse_section(body, tools), close=CALLS_END),
             # a call without the section around it
             Block(CALL_BEGIN, lambda body: [parse_one(body, tools)], close=CALL_END,
                   swallow=(CALLS_END,)),
         ]
-        return Parser(Syntax(self.reasoning, blocks), in_reasoning=in_reasoning,
-                      parse_tools=parse_tools)
 
 
 class DeepSeekV31(DeepSeekR1):
@@ -129,25 +138,10 @@ class DeepSeekV32(Family):
 
     def call_rule(self, r: Rules, name: str, params: dict[str, Any] | None) -> str:
         # Strings are bare text flagged string="true"; every other value is JSON.
-        params = params or ANY_OBJECT
-        props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
-        required = set(params.get("required") or [])
-        pieces = []
-        for key, schema in props.items():
-            schema = schema if isinstance(schema, dict) else {}
-            is_text = schema.get("type") == "string" and not schema.get("enum")
-            tag = f'<{DSML}parameter name={json.dumps(key)} string="{str(is_text).lower()}">'
-            value = r.until(PARAM_END) if is_text else r.schema(schema)
-            one = f"{lit(tag)} {value} {lit(PARAM_END + NL)}"
-            pieces.append(one if key in required else f"( {one} )?")
-        if not props:
-            pieces.append(xml_params(r, None, open_tag=f'<{DSML}parameter name="{{}}" '
-                                     'string="true">', mid="\n", close=PARAM_END))
+        args = xml_params(r, params, open_tag=f'<{DSML}parameter name="{{key}}" '
+                          'string="{text}">', mid="\n", close=PARAM_END)
         head = lit(f"{DSML_OPEN}\n<{DSML}invoke name={json.dumps(name)}>\n")
-        return f"{head} {' '.join(pieces)} {lit(INVOKE_END)}"
+        return f"{head} {args} {lit(INVOKE_END)}"
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        block = Block(DSML_OPEN, lambda body: parse_invokes(
-            body, tools, DSML_INVOKE, DSML_PARAM, string_flag=True), close=DSML_CLOSE)
-        return Parser(Syntax(self.reasoning, [block]), in_reasoning=in_reasoning,
-                      parse_tools=parse_tools)
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [Block(DSML_OPEN, lambda body: parse_dsml(body, tools), close=DSML_CLOSE)]

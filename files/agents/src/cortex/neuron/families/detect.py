@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from cortex.core.errors import BadRequest
-from cortex.neuron.families.base import Family
 from cortex.neuron.families.deepseek import DeepSeekR1, DeepSeekV31, DeepSeekV32
+from cortex.neuron.families.family import Family
 from cortex.neuron.families.glm import Glm
 from cortex.neuron.families.harmony import Harmony
 from cortex.neuron.families.hermes import Generic, Hermes

@@ -66,31 +66,29 @@ class Rules:
 
 
 def xml_params(r: Rules, params: dict[str, Any] | None, *, open_tag: str, mid: str,
-               close: str, string_close: str | None = None, between: str = "",
-               after: str = "") -> str:
+               close: str, between: str = "", after: str = "") -> str:
     """Parameters the XML-ish families write one by one with bare values: for each property
-    `open_tag.format(key) [between] value close [mid] [after]`, required ones in order and
-    others optional (`between`, `after`: GBNF; the others literals). String values are any
-    text up to `close`; the others JSON of their schema."""
+    `open_tag.format(key=KEY, text=true|false) [between] value close [mid] [after]`,
+    required ones in order and others optional (`between`, `after`: GBNF; the others
+    literals; `text` says whether the value is bare text). String values are any text up
+    to `close`; the others JSON of their schema."""
     params = params if isinstance(params, dict) else ANY_OBJECT
     props = params.get("properties") if isinstance(params.get("properties"), dict) else {}
     required = set(params.get("required") or [])
+    tail = f"{lit(close)}{' ' + lit(mid) if mid else ''} {after}"
     pieces = []
     for key, schema in props.items():
         schema = schema if isinstance(schema, dict) else {}
-        if schema.get("type") == "string" and not schema.get("enum"):
-            value = r.until(string_close or close)
-        else:
-            value = r.schema(schema)
-        tail = f"{lit(close)}{' ' + lit(mid) if mid else ''} {after}"
-        one = f"{lit(open_tag.format(key))} {between} {value} {tail}"
+        is_text = schema.get("type") == "string" and not schema.get("enum")
+        value = r.until(close) if is_text else r.schema(schema)
+        tag = open_tag.format(key=key, text=str(is_text).lower())
+        one = f"{lit(tag)} {between} {value} {tail}"
         pieces.append(one if key in required else f"( {one} )?")
-    if not props:  # a tool with no schema: any parameters, as text
-        key = r.add('[A-Za-z0-9_.-]+', "key")
-        tag = open_tag.split("{}")
-        one = (f"{lit(tag[0])} {key} {lit(tag[1])} {between} {r.until(string_close or close)} "
-               f"{lit(close)}{' ' + lit(mid) if mid else ''} {after}")
-        return f"( {one} )*"
+    if not props:  # a tool with no schema: any parameters, their values any text
+        slots = {"\0": r.add('[A-Za-z0-9_.-]+', "key"), "\1": '( "true" | "false" )'}
+        tag = " ".join(slots.get(p) or lit(p) for p in
+                       re.split("([\0\1])", open_tag.format(key="\0", text="\1")) if p)
+        return f"( {tag} {between} {r.until(close)} {tail} )*"
     return " ".join(pieces) or '""'
 
 

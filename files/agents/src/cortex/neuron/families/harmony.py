@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cortex.neuron.families.base import Family, Malformed, Part, Tools, call, one_call_per_message
+from cortex.neuron.families.base import Malformed, Part, Tools, call
+from cortex.neuron.families.family import Family, one_call_per_message
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
-from cortex.neuron.families.stream import MAX_BLOCK_CHARS, _partial_tail
+from cortex.neuron.families.stream import MAX_BLOCK_CHARS, StepParser, first
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
 CALL, RETURN, CONSTRAIN = "<|call|>", "<|return|>", "<|constrain|>"
@@ -33,35 +34,22 @@ LONGEST_END = max(map(len, ENDS))
 MAX_HEADER = 512
 
 
-class HarmonyParser:
+class HarmonyParser(StepParser):
     def __init__(self, tools: Tools, parse_tools: bool) -> None:
+        super().__init__()
         self.tools = tools
         self.parse_tools = parse_tools
-        self.tool_calls = 0
-        self._buf = ""
         self._state = "start"  # start | header | body | loose
         self._kind = ""  # the body's: reasoning | content | call | drop
         self._header = ""
         self._name = ""
         self._scan = 0  # where the search for the body's end resumes
 
-    def feed(self, text: str) -> list[Part]:
-        self._buf += text
-        parts: list[Part] = []
-        while self._step(parts, final=False):
-            pass
-        return parts
-
-    def finish(self) -> list[Part]:
-        parts: list[Part] = []
-        while self._step(parts, final=True):
-            pass
+    def _finish(self, parts: list[Part]) -> None:
         if self._state == "body" and self._kind == "call":
             self._end_call(parts, self._buf)
-        elif self._buf and self._kind != "drop":
+        else:
             self._emit(parts, self._kind or "content", self._buf)
-        self._buf = ""
-        return parts
 
     def _step(self, parts: list[Part], final: bool) -> bool:
         if self._state == "start":
@@ -91,22 +79,20 @@ class HarmonyParser:
             self._state = "body"
             return True
         # body (or loose text): up to the next marker
-        at, marker = _first_from(self._buf, ENDS, self._scan)
-        if marker is None:
-            if self._kind == "call":
+        if self._kind == "call":
+            at, marker = first(self._buf, ENDS, self._scan)
+            if marker is None:
                 # a call's body waits whole: the next search starts where a marker may
                 self._scan = max(0, len(self._buf) - LONGEST_END + 1)
                 if len(self._buf) > MAX_BLOCK_CHARS:
                     self._kind = "content"
                     self._emit(parts, "content", self._raw_header())
                 return False
-            keep = 0 if final else _partial_tail(self._buf, ENDS)
-            self._emit(parts, self._kind, self._buf[: len(self._buf) - keep])
-            self._buf = self._buf[len(self._buf) - keep:]
-            return False
-        if self._kind == "call":
             self._end_call(parts, self._buf[:at])
         else:
+            at, marker = self._emit_until(parts, self._kind, ENDS, final)
+            if marker is None:
+                return False
             self._emit(parts, self._kind, self._buf[:at])
         rest = self._buf[at + len(marker):]
         self._scan = 0
@@ -145,14 +131,9 @@ class HarmonyParser:
         self.tool_calls += 1
         parts.append(part)
 
-    @staticmethod
-    def _emit(parts: list[Part], kind: str, text: str) -> None:
-        if not text or kind == "drop":
-            return
-        if parts and parts[-1].kind == kind:
-            parts[-1].text += text
-        else:
-            parts.append(Part(kind, text=text))
+    def _emit(self, parts: list[Part], kind: str, text: str) -> None:
+        if kind != "drop":
+            super()._emit(parts, kind, text)
 
 
 class Harmony(Family):
@@ -208,13 +189,3 @@ class Harmony(Family):
     def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool
                ) -> HarmonyParser:
         return HarmonyParser(tools, parse_tools)
-
-
-
-def _first_from(buf: str, markers: dict[str, str], start: int) -> tuple[int, str | None]:
-    best: tuple[int, str | None] = (-1, None)
-    for m in markers:
-        at = buf.find(m, start)
-        if at >= 0 and (best[1] is None or at < best[0]):
-            best = (at, m)
-    return best

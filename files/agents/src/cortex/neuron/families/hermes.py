@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cortex.neuron.families.base import Family, Malformed, Part, Tools, call, loads
+from cortex.neuron.families.base import Malformed, Part, Tools, call, loads
+from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, json_name, lit
-from cortex.neuron.families.stream import Block, Parser, Syntax
+from cortex.neuron.families.stream import Block
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 
@@ -46,10 +47,8 @@ class Hermes(Family):
                 f'{json_name(name)} space "," space "\\"arguments\\"" space ":" space '
                 f'{r.schema(params or ANY_OBJECT)} "}}" space "\\n"? {lit(TOOL_CLOSE)}')
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        block = Block(TOOL_OPEN, lambda body: parse_json_calls(body, tools), close=TOOL_CLOSE)
-        return Parser(Syntax(self.reasoning, [block]), in_reasoning=in_reasoning,
-                      parse_tools=parse_tools)
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [Block(TOOL_OPEN, lambda body: parse_json_calls(body, tools), close=TOOL_CLOSE)]
 
 
 class Generic(Hermes):

@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cortex.neuron.families.base import Family, Malformed, Part, Tools, call
+from cortex.neuron.families.base import Malformed, Part, Tools, call
+from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
-from cortex.neuron.families.stream import Block, Parser, Syntax
+from cortex.neuron.families.stream import Block
 
 SECTION_BEGIN, SECTION_END = "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>"
 CALL_BEGIN, ARGS_BEGIN, CALL_END = ("<|tool_call_begin|>", "<|tool_call_argument_begin|>",
@@ -83,11 +84,9 @@ class Kimi(Family):
         return (f"{head} [0-9]{{1,4}} {lit(ARGS_BEGIN)} {r.schema(params or ANY_OBJECT)} "
                 f"{lit(CALL_END + SECTION_END)}")
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        blocks = [
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [
             Block(SECTION_BEGIN, lambda body: parse_calls(body, tools), close=SECTION_END),
             Block(CALL_BEGIN, lambda body: parse_calls(body, tools), close=CALL_END,
                   keep_open=True, swallow=(SECTION_END,)),
         ]
-        return Parser(Syntax(self.reasoning, blocks, calls_in_reasoning=True),
-                      in_reasoning=in_reasoning, parse_tools=parse_tools)

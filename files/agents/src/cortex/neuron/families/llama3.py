@@ -10,18 +10,11 @@ import json
 import re
 from typing import Any
 
-from cortex.neuron.families.base import (
-    Family,
-    Malformed,
-    Part,
-    Tools,
-    call,
-    loads,
-    one_call_per_message,
-)
+from cortex.neuron.families.base import Malformed, Part, Tools, call, loads
+from cortex.neuron.families.family import Family, one_call_per_message
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, json_name
 from cortex.neuron.families.hermes import parse_json_calls
-from cortex.neuron.families.stream import Block, Parser, Syntax
+from cortex.neuron.families.stream import Block
 
 PYTHON_TAG = "<|python_tag|>"
 BUILTIN = re.compile(r"\s*(\w+)\.call\((.*)\)\s*$", re.S)
@@ -93,11 +86,9 @@ class Llama3(Family):
     def calls_rule(self, one: str, parallel: bool) -> str:
         return f'{one} ( ";" space {one} )*' if parallel else one
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        blocks = [
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [
             Block("{", lambda body: parse_bare(body, tools), keep_open=True, at_start=True,
                   expect=('"name"', '"type"'), swallow=(";",)),
             Block(PYTHON_TAG, lambda body: parse_python_tag(body, tools), to_end=True),
         ]
-        return Parser(Syntax(self.reasoning, blocks), in_reasoning=in_reasoning,
-                      parse_tools=parse_tools)

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+import string
 from typing import Any
 
-from cortex.neuron.families.base import Family, Malformed, Part, Tools, alnum_id, call
+from cortex.neuron.families.base import Malformed, Part, Tools, call
+from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
 from cortex.neuron.families.hermes import parse_json_calls
-from cortex.neuron.families.stream import Block, Parser, Syntax
+from cortex.neuron.families.stream import Block
 
 TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 THINK = ("[THINK]", "[/THINK]")
 _ID = re.compile(r"^[A-Za-z0-9]{9}$")
+_ALNUM = string.ascii_letters + string.digits
+
+
+def alnum_id() -> str:
+    """A fresh call id of the only kind Mistral's templates take: nine letters and digits."""
+    return "".join(secrets.choice(_ALNUM) for _ in range(9))
 
 
 def parse_mistral(body: str, tools: Tools) -> list[Part]:
@@ -87,8 +96,5 @@ class Mistral(Family):
     def calls_rule(self, one: str, parallel: bool) -> str:
         return f"{one} ( {one} )*" if parallel else one
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        block = Block(TOOL_CALLS, lambda body: parse_mistral(body, tools),
-                      json_after=(ARGS,))
-        return Parser(Syntax(self.reasoning, [block]), in_reasoning=in_reasoning,
-                      parse_tools=parse_tools)
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [Block(TOOL_CALLS, lambda body: parse_mistral(body, tools), json_after=(ARGS,))]

@@ -17,34 +17,27 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from cortex.neuron.families.base import Family, Malformed, Part, Tools, call, typed
+from cortex.neuron.families.base import Part, Tools
+from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import Rules, lit, xml_params
 from cortex.neuron.families.hermes import TOOL_CLOSE, TOOL_OPEN
-from cortex.neuron.families.stream import Block, Parser, Syntax
+from cortex.neuron.families.stream import Block
+from cortex.neuron.families.xml_calls import read_calls, typed
 
 FUNCTION = re.compile(r"<function=([^>\n]*)>(.*?)</function>", re.S)
 FUNCTION_END = "</function>\n" + TOOL_CLOSE
 PARAMETER = re.compile(r"<parameter=([^>\n]*)>(.*?)</parameter>", re.S)
 
 
+def _value(p: re.Match, schema: dict[str, Any] | None) -> Any:
+    """The value between the newlines that frame it."""
+    value = p.group(2)
+    value = value[1:] if value.startswith("\n") else value
+    return typed(value[:-1] if value.endswith("\n") else value, schema)
+
+
 def parse_functions(body: str, tools: Tools) -> list[Part]:
-    out = []
-    for m in FUNCTION.finditer(body):
-        name = tools.check(m.group(1))
-        args = {}
-        inner = PARAMETER.sub("", m.group(2))
-        if inner.strip():
-            raise Malformed("text between parameters")
-        for p in PARAMETER.finditer(m.group(2)):
-            key = p.group(1).strip()
-            value = p.group(2)
-            value = value[1:] if value.startswith("\n") else value
-            value = value[:-1] if value.endswith("\n") else value
-            args[key] = typed(value, tools.param(name, key))
-        out.append(call(name, args))
-    if FUNCTION.sub("", body).strip():
-        raise Malformed("text beside the calls")
-    return out
+    return read_calls(body, tools, FUNCTION, PARAMETER, value=_value)
 
 
 class Qwen3Coder(Family):
@@ -56,16 +49,14 @@ class Qwen3Coder(Family):
         return "<function=" in template and "<parameter=" in template
 
     def call_rule(self, r: Rules, name: str, params: dict[str, Any] | None) -> str:
-        args = xml_params(r, params, open_tag="<parameter={}>\n", mid="\n",
+        args = xml_params(r, params, open_tag="<parameter={key}>\n", mid="\n",
                           close="\n</parameter>")
         head = lit(TOOL_OPEN + "\n<function=" + name + ">\n")
         return f"{head} {args} {lit(FUNCTION_END)}"
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> Parser:
-        blocks = [
+    def blocks(self, tools: Tools) -> list[Block]:
+        return [
             Block(TOOL_OPEN, lambda body: parse_functions(body, tools), close=TOOL_CLOSE),
             Block("<function=", lambda body: parse_functions(body + "</function>", tools),
                   close="</function>", keep_open=True, swallow=(TOOL_CLOSE,)),
         ]
-        return Parser(Syntax(self.reasoning, blocks), in_reasoning=in_reasoning,
-                      parse_tools=parse_tools)

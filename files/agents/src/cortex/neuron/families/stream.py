@@ -10,73 +10,65 @@ call costs time in proportion to its length, not its square.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cortex.neuron.families.base import MAX_DEPTH, Malformed, Part
+from cortex.neuron.families.base import JsonEnd, Malformed, Part
 
 MAX_BLOCK_CHARS = 4 * 2**20  # a call block longer than this is text, not a call
 MAX_HEADER_CHARS = 4096  # a name and its markers before a call's JSON arguments
 
 
-class JsonEnd:
-    """Where a JSON object or array ends, read piece by piece as it streams (the json module
-    reads only whole documents; this finds the end in one pass over the pieces)."""
-
-    _OUT = re.compile(r'["\[\]{}]')
-    _IN = re.compile(r'["\\]')
+class StepParser:
+    """What every family's parser shares: text is taken in steps (`_step`, each one move)
+    until it waits for more, and parts of one kind in a row are merged.
+    Feed text, get parts; `finish` at the end of output. Never raises on model text."""
 
     def __init__(self) -> None:
-        self.level = 0
-        self.in_string = False
-        self.escaped = False  # a backslash ended the last piece
-        self.started = False
+        self.tool_calls = 0  # calls read so far
+        self._buf = ""
 
-    def feed(self, piece: str) -> int | None:
-        """The index just past the value's end in `piece`, or None while it is still open;
-        Malformed when it does not start with `{` or `[`, or nests past MAX_DEPTH."""
-        pos = 0
-        if not self.started:
-            stripped = piece.lstrip()
-            if not stripped:
-                return None
-            if stripped[0] not in "[{":
-                raise Malformed("expected a JSON object or array")
-            self.started = True
-            pos = len(piece) - len(stripped)
-        if self.escaped:
-            self.escaped, pos = False, pos + 1
-        while pos < len(piece):
-            if self.in_string:
-                m = self._IN.search(piece, pos)
-                if m is None:
-                    return None
-                if m.group() == "\\":
-                    if m.end() >= len(piece):  # the escaped character is in the next piece
-                        self.escaped = True
-                        return None
-                    pos = m.end() + 1
-                    continue
-                self.in_string = False
-                pos = m.end()
-                continue
-            m = self._OUT.search(piece, pos)
-            if m is None:
-                return None
-            pos = m.end()
-            c = m.group()
-            if c == '"':
-                self.in_string = True
-            elif c in "[{":
-                self.level += 1
-                if self.level > MAX_DEPTH:
-                    raise Malformed(f"nested more than {MAX_DEPTH} levels deep")
-            else:
-                self.level -= 1
-                if self.level <= 0:
-                    return pos
-        return None
+    def feed(self, text: str) -> list[Part]:
+        self._buf += text
+        parts: list[Part] = []
+        while self._step(parts, final=False):
+            pass
+        return parts
+
+    def finish(self) -> list[Part]:
+        parts: list[Part] = []
+        while self._step(parts, final=True):
+            pass
+        self._finish(parts)
+        self._buf = ""
+        return parts
+
+    def _step(self, parts: list[Part], final: bool) -> bool:
+        """One move; False when the text so far is all used (or held back)."""
+        raise NotImplementedError
+
+    def _finish(self, parts: list[Part]) -> None:
+        """At the end of output: what is left in the buffer."""
+        raise NotImplementedError
+
+    def _emit(self, parts: list[Part], kind: str, text: str) -> None:
+        if not text:
+            return
+        if parts and parts[-1].kind == kind:
+            parts[-1].text += text
+        else:
+            parts.append(Part(kind, text=text))
+
+    def _emit_until(self, parts: list[Part], kind: str, markers: Iterable[str], final: bool
+                    ) -> tuple[int, str | None]:
+        """The first of `markers` in the buffer, or, with none there, the buffer out as
+        `kind` but for a tail that may still begin one."""
+        at, marker = first(self._buf, markers)
+        if marker is None:
+            keep = 0 if final else partial_tail(self._buf, markers)
+            self._emit(parts, kind, self._buf[: len(self._buf) - keep])
+            self._buf = self._buf[len(self._buf) - keep:]
+        return at, marker
 
 
 @dataclass
@@ -129,43 +121,27 @@ class Syntax:
     calls_in_reasoning: bool = False
 
 
-class Parser:
-    """Feed text, get parts; `finish` at the end of output. Never raises on model text."""
+class Parser(StepParser):
+    """Content, reasoning between the syntax's two markers, and its blocks of calls."""
 
-    def __init__(self, syntax: Syntax, *, in_reasoning: bool = False,
-                 parse_tools: bool = True) -> None:
+    def __init__(self, syntax: Syntax, *, in_reasoning: bool = False) -> None:
+        super().__init__()
         self.syntax = syntax
-        self.blocks = syntax.blocks if parse_tools else []
-        self.tool_calls = 0
-        self._buf = ""
+        self.blocks = syntax.blocks
         self._state = "reasoning" if in_reasoning and syntax.reasoning else "content"
         self._open: _Open | None = None
         self._said = False  # any non-blank content yet (for blocks only at the start)
         self._after = False  # just after a block or a thought: drop blank lines, strays
 
-    # -- the interface ---------------------------------------------------------------
-    def feed(self, text: str) -> list[Part]:
-        self._buf += text
-        parts: list[Part] = []
-        while self._step(parts, final=False):
-            pass
-        return parts
-
-    def finish(self) -> list[Part]:
-        parts: list[Part] = []
-        while self._step(parts, final=True):
-            pass
+    def _finish(self, parts: list[Part]) -> None:
         if self._open is not None:
             self._end_block(self._open, parts, self._open.text() + self._buf, "", at_end=True)
-        elif self._buf:
-            kind = "reasoning" if self._state == "reasoning" else "content"
-            self._emit(parts, kind, self._buf)
-        self._buf = ""
-        return parts
+        else:
+            self._emit(parts, "reasoning" if self._state == "reasoning" else "content",
+                       self._buf)
 
     # -- states ----------------------------------------------------------------------
     def _step(self, parts: list[Part], final: bool) -> bool:
-        """One move; False when the text so far is all used (or held back)."""
         if self._open is not None:
             return self._in_block(self._open, parts, final)
         if self._after and not self._drop_strays(final):
@@ -190,11 +166,8 @@ class Parser:
             head = self._buf.lstrip()
             if not head and not final:
                 return False  # leading blanks: the reply may still start with a call
-        at, marker = _first(self._buf, openers)
+        at, marker = self._emit_until(parts, "content", openers, final)
         if marker is None:
-            keep = 0 if final else _partial_tail(self._buf, openers)
-            self._emit(parts, "content", self._buf[: len(self._buf) - keep])
-            self._buf = self._buf[len(self._buf) - keep:]
             return False
         block = openers[marker]
         if block is not None and block.at_start and self._buf[:at].strip():
@@ -218,11 +191,8 @@ class Parser:
         if self.syntax.calls_in_reasoning:
             for b in self.blocks:
                 markers.setdefault(b.open, b)
-        at, marker = _first(self._buf, markers)
+        at, marker = self._emit_until(parts, "reasoning", markers, final)
         if marker is None:
-            keep = 0 if final else _partial_tail(self._buf, markers)
-            self._emit(parts, "reasoning", self._buf[: len(self._buf) - keep])
-            self._buf = self._buf[len(self._buf) - keep:]
             return False
         self._emit(parts, "reasoning", self._buf[:at])
         block = markers[marker]
@@ -348,14 +318,9 @@ class Parser:
         return True
 
     def _emit(self, parts: list[Part], kind: str, text: str) -> None:
-        if not text:
-            return
         if kind == "content":
             self._said = self._said or bool(text.strip())
-        if parts and parts[-1].kind == kind:
-            parts[-1].text += text
-        else:
-            parts.append(Part(kind, text=text))
+        super()._emit(parts, kind, text)
 
 
 def _json_start(buf: str, after: tuple[str, ...]) -> int:
@@ -371,17 +336,19 @@ def _json_start(buf: str, after: tuple[str, ...]) -> int:
     return at + len(marker)
 
 
-def _first(buf: str, markers: Iterable[str]) -> tuple[int, str | None]:
+def first(buf: str, markers: Iterable[str], start: int = 0) -> tuple[int, str | None]:
+    """The first of `markers` in `buf` from `start` (the longest where two start there)."""
     best: tuple[int, str | None] = (-1, None)
     for m in markers:
-        at = buf.find(m)
+        at = buf.find(m, start)
         if at >= 0 and (best[1] is None or at < best[0] or (at == best[0] and len(m) > len(
                 best[1]))):
             best = (at, m)
     return best
 
 
-def _partial_tail(buf: str, markers: Iterable[str]) -> int:
+def partial_tail(buf: str, markers: Iterable[str]) -> int:
+    """How many characters at the end of `buf` may begin one of `markers`."""
     best = 0
     for m in markers:
         for n in range(min(len(m) - 1, len(buf)), best, -1):
