@@ -112,6 +112,11 @@ CASES = [
                     "</parameter>\n</function>\n</tool_call>",  # its <tool_call> left out
      {"content": "Let me run it.\n", "calls": [C("python", {"code": "print(1)"})]}, {}),
     words("qwen3_coder", "<tool_call>\n<function=python>\n<parameter=code>\nprint("),  # cut
+    ("qwen3_coder", "<tool_call>\n<function=python>\n<parameter=code>\nx = '</parameter>'\n"
+                    "y = '</function>'\n</parameter>\n<parameter=note>\n</parameter>\n"
+                    "</parameter>\n</function>\n</tool_call>",  # the tags as a value's text
+     {"calls": [C("python", {"code": "x = '</parameter>'\ny = '</function>'",
+                             "note": "</parameter>"})]}, {}),
     ("qwen3_coder", "<think>\nok\n</think>\n\n<tool_call>\n<function=empty_args>\n</function>"
                     "\n</tool_call>", {"reasoning": "\nok\n", "calls": [C("empty_args", {})]},
      {}),

@@ -24,9 +24,12 @@ from cortex.neuron.families.hermes import TOOL_CLOSE, TOOL_OPEN
 from cortex.neuron.families.stream import Block
 from cortex.neuron.families.xml_calls import read_calls, typed
 
-FUNCTION = re.compile(r"<function=([^>\n]*)>(.*?)</function>", re.S)
+# A value may itself hold `</parameter>` or `</function>` (code about these very tags): only
+# a closing tag followed by the next opening one, or by the end, ends it.
+FUNCTION = re.compile(r"<function=([^>\n]*)>(.*?)</function>(?=\s*(?:<function=|\Z))", re.S)
 FUNCTION_END = "</function>\n" + TOOL_CLOSE
-PARAMETER = re.compile(r"<parameter=([^>\n]*)>(.*?)</parameter>", re.S)
+PARAMETER = re.compile(r"<parameter=([^>\n]*)>(.*?)</parameter>(?=\s*(?:<parameter=|\Z))",
+                       re.S)
 
 
 def _value(p: re.Match, schema: dict[str, Any] | None) -> Any:
