@@ -80,6 +80,29 @@ def test_a_call_nested_past_the_bound_is_text_and_the_stream_is_billed(neuron):
     assert message["content"] == text and not message.get("tool_calls")
 
 
+def test_a_streamed_calls_arguments_go_out_as_the_model_writes_them(neuron):
+    """OpenAI's streamed tool call: the call's id and name first (its arguments ""), then
+    its arguments in pieces as the model writes them, each piece on the call's index; the
+    whole reply carries the same call."""
+    neuron.load("file:tiny-tool")  # `{"city":` and ` "Paris"}` are two of its tokens
+    body = {"model": "tiny-tool", "messages": ASK, "tools": [WEATHER], "max_tokens": 50}
+    lines = stream_lines(neuron.post("/v1/chat/completions", dict(body, stream=True),
+                                     stream=True))
+    chunks = [json.loads(line[6:]) for line in lines[:-1]]
+    calls = [d for c in chunks if c["choices"]
+             for d in c["choices"][0]["delta"].get("tool_calls", [])]
+    first, *rest = calls
+    assert first["id"] and first["type"] == "function" and first["function"] == {
+        "name": "get_weather", "arguments": ""}
+    assert [d["function"]["arguments"] for d in rest] == ['{"city":', ' "Paris"}']
+    assert all(d["index"] == 0 and set(d) == {"index", "function"} for d in rest)
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == (
+        "tool_calls")
+    (whole,) = neuron.post("/v1/chat/completions", body).json()["choices"][0]["message"][
+        "tool_calls"]
+    assert json.loads(whole["function"]["arguments"]) == {"city": "Paris"}
+
+
 def test_a_stream_cut_by_an_error_still_ends_with_its_usage(neuron):
     """Issue 19 item 2: the model unloaded mid-stream: the error, then the usage of the
     tokens generated before it, then [DONE]."""

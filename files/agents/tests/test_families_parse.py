@@ -290,21 +290,39 @@ CASES = [
 ]
 
 
-def run(family: str, chunks: list[str], in_reasoning=False, parse_tools=True) -> dict:
+def run(family: str, chunks: list[str], in_reasoning=False, parse_tools=True,
+        stream_args=False) -> dict:
     parser = FAMILIES[family].parser(tools=TOOLS, in_reasoning=in_reasoning,
-                                     parse_tools=parse_tools)
+                                     parse_tools=parse_tools, stream_args=stream_args)
     parts: list[Part] = []
     for c in chunks:
         parts += parser.feed(c)
     parts += parser.finish()
+    return read(parts, parser.tool_calls)
+
+
+def read(parts: list[Part], tool_calls: int) -> dict:
+    """The parts as a client puts them together: a streamed call's arguments joined."""
     out: dict = {"content": "", "reasoning": "", "calls": []}
+    calls = []
     for p in parts:
-        if p.kind == "tool_call":
-            out["calls"].append((p.name, json.loads(p.arguments), p.call_id))
+        if p.kind in ("tool_call", "call_start"):
+            calls.append([p.name, p.arguments, p.call_id])
+        elif p.kind == "call_args":
+            calls[-1][1] += p.text
         else:
             out[p.kind] += p.text
-    assert parser.tool_calls == len(out["calls"])
+    out["calls"] = [(name, arguments(args), call_id) for name, args, call_id in calls]
+    assert tool_calls == len(out["calls"])
     return out
+
+
+def arguments(text: str):
+    """A call's arguments; a streamed call cut short keeps them as written."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def splits(text: str, how: str) -> list[str]:
@@ -339,6 +357,60 @@ def test_output_reads_as_the_family_writes_it(case, how):
         assert call_id if want_id is ANY_ID else call_id == want_id
 
 
+# Where a stream's parser (stream_args) reads a case otherwise: a call whose arguments had
+# begun to go out cannot turn back into words, so one cut short stands as written.
+STREAMED = {
+    '[TOOL_CALLS]special_function[ARGS]{"arg1": 1, ': {
+        "calls": [C("special_function", '{"arg1": 1, ')]},
+    "<|channel|>commentary to=functions.special_function <|constrain|>json"
+    '<|message|>{"arg1": ': {"calls": [C("special_function", '{"arg1": ')]},
+}
+
+
+@pytest.mark.parametrize("how", ["chars", "random"])
+@pytest.mark.parametrize("case", CASES, ids=[ids(c) for c in CASES])
+def test_a_stream_reads_each_case_the_same_as_arguments_go_out(case, how):
+    family, text, expected, options = case
+    expected = STREAMED.get(text, expected)
+    if how == "chars" and len(text) > 2000:
+        how = "random"
+    got = run(family, splits(text, how), stream_args=True, **options)
+    assert got["content"] == expected.get("content", "")
+    assert got["reasoning"] == expected.get("reasoning", "")
+    assert [c[:2] for c in got["calls"]] == [c[:2] for c in expected.get("calls", [])]
+
+
+# The families whose calls' JSON arguments go out as they come in a stream: the output,
+# and where in it the first call's arguments end.
+ARGS = '{"arg1": 1, "more": {"s": "a}\\"b", "l": [1, [2]]}}'
+STREAMING = [
+    ("hermes", f'<tool_call>\n{{"name": "special_function", "arguments": {ARGS}}}\n</tool_call>'),
+    ("generic", f'<tool_call>{{"name": "special_function", "arguments": {ARGS}}}</tool_call>'),
+    ("mistral", f"[TOOL_CALLS]special_function[CALL_ID]123456789[ARGS]{ARGS}"),
+    ("llama3", f'{{"type": "function", "name": "special_function", "parameters": {ARGS}}}'),
+    ("harmony", "<|channel|>commentary to=functions.special_function <|constrain|>json"
+                f"<|message|>{ARGS}<|call|>"),
+]
+
+
+@pytest.mark.parametrize("family, text", STREAMING, ids=[f for f, _ in STREAMING])
+def test_a_calls_arguments_go_out_as_they_come(family, text):
+    parser = FAMILIES[family].parser(tools=TOOLS, in_reasoning=False, parse_tools=True,
+                                     stream_args=True)
+    ends = text.index(ARGS) + len(ARGS)
+    parts: list[Part] = []
+    for c in text[:ends]:
+        parts += parser.feed(c)
+    # the arguments have all gone out before the call's end is seen, in many pieces
+    assert [p.kind for p in parts[:2]] == ["call_start", "call_args"]
+    assert parts[0].name == "special_function" and parts[0].call_id
+    assert "".join(p.text for p in parts if p.kind == "call_args") == ARGS
+    assert sum(p.kind == "call_args" for p in parts) == len(ARGS)
+    parts += parser.feed(text[ends:]) + parser.finish()
+    assert read(parts, parser.tool_calls)["calls"] == [
+        ("special_function", json.loads(ARGS), parts[0].call_id)]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_no_output_breaks_a_parser(family):
     """Fuzz: any text, cut anywhere, is read without an exception, and nothing the model
@@ -351,7 +423,8 @@ def test_no_output_breaks_a_parser(family):
     for _ in range(300):
         text = "".join(rng.choice(markers) for _ in range(rng.randint(1, 40)))
         for how in ("whole", "chars", "random"):
-            got = run(family, splits(text, how), in_reasoning=rng.random() < 0.2)
+            got = run(family, splits(text, how), in_reasoning=rng.random() < 0.2,
+                      stream_args=rng.random() < 0.5)
             if not got["calls"] and family != "harmony":
                 # markers aside (thought markers are dropped), every character survives
                 kept = got["content"] + got["reasoning"]
@@ -363,6 +436,11 @@ def test_nesting_past_the_bound_is_text_and_never_raises():
     deep = "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
     text = f'<tool_call>{{"name": "special_function", "arguments": {{"a": {deep}}}}}</tool_call>'
     assert run("hermes", [text])["content"] == text
+    # a stream's too: one that had begun to go out ends where the bound is passed
+    assert run("hermes", [text], stream_args=True)["content"] == text
+    got = run("hermes", list(text), stream_args=True)
+    assert [c[:2] for c in got["calls"]] == [("special_function",
+                                              '{"a": ' + "[" * (MAX_DEPTH - 1))]
     ok = "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2)
     text = f'<tool_call>{{"name": "special_function", "arguments": {{"a": {ok}}}}}</tool_call>'
     assert len(run("hermes", [text])["calls"]) == 1

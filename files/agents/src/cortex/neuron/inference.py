@@ -92,7 +92,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
-    reply = Reply(loaded, chat=chat, prompt=prompt)
+    reply = Reply(loaded, chat=chat, prompt=prompt, stream=stream)
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:
         return _stream(neuron, reply, waiter, endpoint, caller.hung_up)
@@ -193,16 +193,18 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
 class Reply:
     """Builds OpenAI-shaped replies (whole or chunked) from the model's text."""
 
-    def __init__(self, loaded: Loaded, *, chat: bool, prompt: Prompt) -> None:
+    def __init__(self, loaded: Loaded, *, chat: bool, prompt: Prompt, stream: bool = False
+                 ) -> None:
         self.loaded = loaded
         self.chat = chat
         self.prompt_tokens = len(prompt.tokens)
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
-        # The model's family reads its content, reasoning and calls out of the text.
+        # The model's family reads its content, reasoning and calls out of the text; a
+        # stream gets a call's arguments as they come, where the family can tell them.
         self.parser = prompt.family.parser(
             tools=Tools.of(prompt.offered), in_reasoning=prompt.in_reasoning,
-            parse_tools=prompt.tools) if chat else None
+            parse_tools=prompt.tools, stream_args=stream) if chat else None
         self.content: list[str] = []
         self.reasoning: list[str] = []
         self.calls: list[Part] = []
@@ -253,7 +255,9 @@ class Reply:
                 self.content.append(p.text)
             elif p.kind == "reasoning":
                 self.reasoning.append(p.text)
-            else:
+            elif p.kind == "call_args":
+                self.calls[-1].arguments += p.text
+            else:  # a call, or the start of one whose arguments follow
                 self.calls.append(p)
 
     def _finish_reason(self, summary: dict) -> str:
@@ -331,7 +335,10 @@ class Reply:
             elif p.kind == "reasoning":
                 self.reasoning.append(p.text)
                 yield self.chunk({"reasoning_content": p.text})
-            else:
+            elif p.kind == "call_args":  # more of the last call's arguments
+                yield self.chunk({"tool_calls": [{"index": len(self.calls) - 1,
+                                                  "function": {"arguments": p.text}}]})
+            else:  # a call whole, or the start of one (its arguments "" so far)
                 index = len(self.calls)
                 self.calls.append(p)
                 yield self.chunk({"tool_calls": [dict(_tool_call(p), index=index)]})

@@ -6,9 +6,10 @@ The chat template in the GGUF decides the family (`detect`), or the operator nam
 as it streams (`parser`: most through `stream.Parser` and their `blocks`), and writes a
 forced call in its own syntax (`call_rule`, out of `grammar`'s pieces).
 
-Modules: `base` (the parts a reply is read into, bounded JSON), `stream` (the shared
-parser), `xml_calls` (calls as XML-ish tags with untyped values), `grammar` (GBNF), `family`
-(the interface), one module a family, `detect`.
+Modules: `base` (the parts a reply is read into, bounded JSON), `steps` (what every parser
+shares), `stream` (the shared parser; a stream's calls' arguments as they come),
+`xml_calls` (calls as XML-ish tags with untyped values), `grammar` (GBNF), `family` (the
+interface), one module a family, `detect`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ class Malformed(ValueError):
 
 @dataclass
 class Part:
-    kind: str  # "content" | "reasoning" | "tool_call"
+    # "content" | "reasoning" | "tool_call" | "call_start" (a call whose arguments follow
+    # as "call_args" parts: a stream's parser only)
+    kind: str
     text: str = ""
     name: str = ""
     arguments: str = ""  # JSON text, as OpenAI's tool_calls carry it

@@ -7,7 +7,8 @@ from typing import Any
 
 from cortex.neuron.families.base import Tools
 from cortex.neuron.families.grammar import Rules, lit
-from cortex.neuron.families.stream import Block, Parser, StepParser, Syntax
+from cortex.neuron.families.steps import StepParser
+from cortex.neuron.families.stream import Block, Parser, Syntax
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # For templates that know nothing of tools: describe them the Hermes way.
@@ -91,11 +92,13 @@ class Family:
         """Whether the rendered prompt leaves the model inside its reasoning."""
         return bool(self.reasoning) and prompt.rstrip().endswith(self.reasoning[0])
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool) -> StepParser:
-        """A parser of this family's output (`parse_tools` False: calls are words)."""
+    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool,
+               stream_args: bool = False) -> StepParser:
+        """A parser of this family's output (`parse_tools` False: calls are words;
+        `stream_args`: a call's arguments go out as they come, where its blocks allow)."""
         syntax = Syntax(self.reasoning, self.blocks(tools) if parse_tools else [],
                         calls_in_reasoning=self.calls_in_reasoning)
-        return Parser(syntax, in_reasoning=in_reasoning)
+        return Parser(syntax, in_reasoning=in_reasoning, stream_args=stream_args)
 
     def blocks(self, tools: Tools) -> list[Block]:
         """Where this family writes its calls, and how each is read (stream.Block)."""

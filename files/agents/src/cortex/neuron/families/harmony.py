@@ -12,18 +12,22 @@ for the client and are dropped, as llama.cpp does. `<|call|>` and `<|return|>` e
 generation; the other markers are special tokens the engine must show.
 
 The template wants earlier thoughts in `thinking` and at most one call per assistant
-message: `prepare` gives it that.
+message: `prepare` gives it that. A stream's parser sends a call's JSON arguments as they
+come, as stream.Parser does.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
-from cortex.neuron.families.base import Malformed, Part, Tools, call
+from cortex.neuron.families.base import JsonEnd, Malformed, Part, Tools, call, new_call_id
 from cortex.neuron.families.family import Family, one_call_per_message
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
-from cortex.neuron.families.stream import MAX_BLOCK_CHARS, StepParser, first
+from cortex.neuron.families.steps import MAX_BLOCK_CHARS, StepParser, first, partial_tail
+
+log = logging.getLogger(__name__)
 
 START, CHANNEL, MESSAGE, END = "<|start|>", "<|channel|>", "<|message|>", "<|end|>"
 CALL, RETURN, CONSTRAIN = "<|call|>", "<|return|>", "<|constrain|>"
@@ -35,10 +39,14 @@ MAX_HEADER = 512
 
 
 class HarmonyParser(StepParser):
-    def __init__(self, tools: Tools, parse_tools: bool) -> None:
+    def __init__(self, tools: Tools, parse_tools: bool, stream_args: bool = False) -> None:
         super().__init__()
         self.tools = tools
         self.parse_tools = parse_tools
+        self.stream_args = stream_args
+        self._args: JsonEnd | None = None  # a streamed call's arguments: where they end
+        self._sent = 0  # how much of the call's body has gone out as its arguments
+        self._args_done = False
         self._state = "start"  # start | header | body | loose
         self._kind = ""  # the body's: reasoning | content | call | drop
         self._header = ""
@@ -47,6 +55,7 @@ class HarmonyParser(StepParser):
 
     def _finish(self, parts: list[Part]) -> None:
         if self._state == "body" and self._kind == "call":
+            self._stream_call(parts, len(self._buf))
             self._end_call(parts, self._buf)
         else:
             self._emit(parts, self._kind or "content", self._buf)
@@ -81,12 +90,18 @@ class HarmonyParser(StepParser):
         # body (or loose text): up to the next marker
         if self._kind == "call":
             at, marker = first(self._buf, ENDS, self._scan)
+            self._stream_call(parts, at if marker is not None else
+                              len(self._buf) - partial_tail(self._buf, ENDS))
             if marker is None:
                 # a call's body waits whole: the next search starts where a marker may
                 self._scan = max(0, len(self._buf) - LONGEST_END + 1)
                 if len(self._buf) > MAX_BLOCK_CHARS:
                     self._kind = "content"
-                    self._emit(parts, "content", self._raw_header())
+                    if self._args is None:
+                        self._emit(parts, "content", self._raw_header())
+                    else:  # a streamed call ends; the rest of its body is words
+                        self._end_call(parts, "")
+                        self._buf = self._buf[self._sent:]
                 return False
             self._end_call(parts, self._buf[:at])
         else:
@@ -122,7 +137,53 @@ class HarmonyParser(StepParser):
     def _raw_header(self) -> str:
         return self._header + MESSAGE
 
+    def _stream_call(self, parts: list[Part], upto: int) -> None:
+        """Sends the call's arguments in its body, up to `upto`, that have not gone yet."""
+        if not self.stream_args or self._args_done:
+            return
+        if self._args is None:
+            body = self._buf[:upto].lstrip()
+            if not body:
+                return
+            try:
+                name = self.tools.check(self._name)
+            except Malformed:
+                name = ""
+            self._sent = upto - len(body)
+            piece, args = body, JsonEnd()
+            try:
+                if body[0] != "{" or not name:  # not an object, or no tool's
+                    raise Malformed("not a call's arguments")
+                end = args.feed(piece)
+            except Malformed:  # it goes whole (and reads as words)
+                self._args_done = True
+                return
+            self._args = args
+            self.tool_calls += 1
+            parts.append(Part("call_start", name=name, call_id=new_call_id()))
+        else:
+            piece = self._buf[self._sent:upto]
+            try:
+                end = self._args.feed(piece)
+            except Malformed:  # nested past the bound: the arguments end here
+                end = 0
+        if end is not None:
+            piece, self._args_done = piece[:end], True
+        self._sent += len(piece)
+        self._emit(parts, "call_args", piece)
+
     def _end_call(self, parts: list[Part], body: str) -> None:
+        streamed, done = self._args is not None, self._args_done
+        self._args, self._sent, self._args_done = None, 0, False
+        if streamed:  # announced already: it stands as written
+            try:
+                call(self._name, body.strip())
+            except Malformed:
+                done = False
+            if not done:
+                log.warning("a streamed %s call ended without reading as one (cut short, "
+                            "or its arguments malformed); it stands as written", self._name)
+            return
         try:
             part = call(self.tools.check(self._name), body.strip())
         except Malformed:
@@ -186,6 +247,6 @@ class Harmony(Family):
         return (f"( {lit(CHANNEL + 'analysis' + MESSAGE)} {r.until(END)} "
                 f"{lit(END + START + 'assistant')} )? ")
 
-    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool
-               ) -> HarmonyParser:
-        return HarmonyParser(tools, parse_tools)
+    def parser(self, *, tools: Tools, in_reasoning: bool, parse_tools: bool,
+               stream_args: bool = False) -> HarmonyParser:
+        return HarmonyParser(tools, parse_tools, stream_args)

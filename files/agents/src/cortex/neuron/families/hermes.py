@@ -5,14 +5,19 @@ thoughts in `<think>…</think>`. Also what a template that knows nothing of too
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from cortex.neuron.families.base import Malformed, Part, Tools, call, loads
 from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, json_name, lit
-from cortex.neuron.families.stream import Block
+from cortex.neuron.families.stream import Block, json_head
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+# A JSON call's head, up to its arguments, as the models write it (the name first): what a
+# stream needs to send the arguments as they come. Other orders go whole.
+JSON_HEAD = re.compile(r'\s*\{\s*(?:"type"\s*:\s*"function"\s*,\s*)?"name"\s*:\s*'
+                       r'"(?P<name>[^"\\]*)"\s*,\s*"(?:arguments|parameters)"\s*:\s*')
 
 
 def parse_json_calls(body: str, tools: Tools, *, args_keys=("arguments", "parameters")
@@ -48,7 +53,8 @@ class Hermes(Family):
                 f'{r.schema(params or ANY_OBJECT)} "}}" space "\\n"? {lit(TOOL_CLOSE)}')
 
     def blocks(self, tools: Tools) -> list[Block]:
-        return [Block(TOOL_OPEN, lambda body: parse_json_calls(body, tools), close=TOOL_CLOSE)]
+        return [Block(TOOL_OPEN, lambda body: parse_json_calls(body, tools), close=TOOL_CLOSE,
+                      head=json_head(JSON_HEAD, tools))]
 
 
 class Generic(Hermes):

@@ -13,8 +13,8 @@ from typing import Any
 from cortex.neuron.families.base import Malformed, Part, Tools, call, loads
 from cortex.neuron.families.family import Family, one_call_per_message
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, json_name
-from cortex.neuron.families.hermes import parse_json_calls
-from cortex.neuron.families.stream import Block
+from cortex.neuron.families.hermes import JSON_HEAD, parse_json_calls
+from cortex.neuron.families.stream import Block, json_head
 
 PYTHON_TAG = "<|python_tag|>"
 BUILTIN = re.compile(r"\s*(\w+)\.call\((.*)\)\s*$", re.S)
@@ -89,6 +89,7 @@ class Llama3(Family):
     def blocks(self, tools: Tools) -> list[Block]:
         return [
             Block("{", lambda body: parse_bare(body, tools), keep_open=True, at_start=True,
-                  expect=('"name"', '"type"'), swallow=(";",)),
+                  expect=('"name"', '"type"'), swallow=(";",),
+                  head=json_head(JSON_HEAD, tools)),
             Block(PYTHON_TAG, lambda body: parse_python_tag(body, tools), to_end=True),
         ]

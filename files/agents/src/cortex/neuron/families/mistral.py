@@ -18,11 +18,12 @@ from cortex.neuron.families.base import Malformed, Part, Tools, call
 from cortex.neuron.families.family import Family
 from cortex.neuron.families.grammar import ANY_OBJECT, Rules, lit
 from cortex.neuron.families.hermes import parse_json_calls
-from cortex.neuron.families.stream import Block
+from cortex.neuron.families.stream import Block, json_head
 
 TOOL_CALLS, ARGS, CALL_ID = "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"
 THINK = ("[THINK]", "[/THINK]")
 _ID = re.compile(r"^[A-Za-z0-9]{9}$")
+HEAD = re.compile(r"(?P<name>[^\[\]{}]+?)(?:\[CALL_ID\](?P<id>[A-Za-z0-9]{9}))?\[ARGS\]")
 _ALNUM = string.ascii_letters + string.digits
 
 
@@ -97,4 +98,5 @@ class Mistral(Family):
         return f"{one} ( {one} )*" if parallel else one
 
     def blocks(self, tools: Tools) -> list[Block]:
-        return [Block(TOOL_CALLS, lambda body: parse_mistral(body, tools), json_after=(ARGS,))]
+        return [Block(TOOL_CALLS, lambda body: parse_mistral(body, tools), json_after=(ARGS,),
+                      head=json_head(HEAD, tools, alnum_id))]

@@ -6,69 +6,27 @@ is held back. A block (`<tool_call>…</tool_call>`, `[TOOL_CALLS]name[ARGS]{…
 whole until it ends, then read by its family's `parse`; what does not read as calls goes
 out as the model's own words. Every search resumes where the last one stopped, so a long
 call costs time in proportion to its length, not its square.
+
+A stream's parser (`stream_args`) sends a call's JSON arguments as they come where its block
+says how its head reads (`Block.head`: the name, then the arguments' `{`): a `call_start`
+part, then `call_args` parts. Such a call is announced before it ends, so it cannot turn
+back into words: one cut short, or whose arguments then fail to read, ends as written
+(logged). A block whose head does not read that way waits whole, as without streaming.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cortex.neuron.families.base import JsonEnd, Malformed, Part
+from cortex.neuron.families.base import JsonEnd, Malformed, Part, Tools, new_call_id
+from cortex.neuron.families.steps import MAX_BLOCK_CHARS, StepParser
 
-MAX_BLOCK_CHARS = 4 * 2**20  # a call block longer than this is text, not a call
+log = logging.getLogger(__name__)
+
 MAX_HEADER_CHARS = 4096  # a name and its markers before a call's JSON arguments
-
-
-class StepParser:
-    """What every family's parser shares: text is taken in steps (`_step`, each one move)
-    until it waits for more, and parts of one kind in a row are merged.
-    Feed text, get parts; `finish` at the end of output. Never raises on model text."""
-
-    def __init__(self) -> None:
-        self.tool_calls = 0  # calls read so far
-        self._buf = ""
-
-    def feed(self, text: str) -> list[Part]:
-        self._buf += text
-        parts: list[Part] = []
-        while self._step(parts, final=False):
-            pass
-        return parts
-
-    def finish(self) -> list[Part]:
-        parts: list[Part] = []
-        while self._step(parts, final=True):
-            pass
-        self._finish(parts)
-        self._buf = ""
-        return parts
-
-    def _step(self, parts: list[Part], final: bool) -> bool:
-        """One move; False when the text so far is all used (or held back)."""
-        raise NotImplementedError
-
-    def _finish(self, parts: list[Part]) -> None:
-        """At the end of output: what is left in the buffer."""
-        raise NotImplementedError
-
-    def _emit(self, parts: list[Part], kind: str, text: str) -> None:
-        if not text:
-            return
-        if parts and parts[-1].kind == kind:
-            parts[-1].text += text
-        else:
-            parts.append(Part(kind, text=text))
-
-    def _emit_until(self, parts: list[Part], kind: str, markers: Iterable[str], final: bool
-                    ) -> tuple[int, str | None]:
-        """The first of `markers` in the buffer, or, with none there, the buffer out as
-        `kind` but for a tail that may still begin one."""
-        at, marker = first(self._buf, markers)
-        if marker is None:
-            keep = 0 if final else partial_tail(self._buf, markers)
-            self._emit(parts, kind, self._buf[: len(self._buf) - keep])
-            self._buf = self._buf[len(self._buf) - keep:]
-        return at, marker
 
 
 @dataclass
@@ -86,6 +44,23 @@ class Block:
     swallow: tuple[str, ...] = ()  # dropped right after the block (a stray `</tool_call>`)
     complete_at_end: bool = True  # at the end of output an unclosed block may still read
     to_end: bool = False  # the block runs to the end of the output (`<|python_tag|>`)
+    # The block's text so far -> (name, call id, where its JSON arguments start) once its
+    # head is whole, None until then; Malformed: this call's arguments cannot stream.
+    head: Callable[[str], tuple[str, str, int] | None] | None = None
+
+
+def json_head(pattern: re.Pattern, tools: Tools, new_id: Callable[[], str] = new_call_id
+              ) -> Callable[[str], tuple[str, str, int] | None]:
+    """A `Block.head` out of a pattern whose match ends where the arguments start, with
+    groups `name` and, optionally, `id`."""
+
+    def head(text: str) -> tuple[str, str, int] | None:
+        m = pattern.match(text)
+        if m is None:
+            return None
+        return tools.check(m["name"]), m.groupdict().get("id") or new_id(), m.end()
+
+    return head
 
 
 @dataclass
@@ -100,6 +75,9 @@ class _Open:
     head: str = ""  # close None: the text before the JSON starts (a name, `[ARGS]`)
     json: JsonEnd | None = None
     checked: bool = False
+    args: JsonEnd | None = None  # streamed arguments: where they end
+    args_state: str = "head"  # head (not started) | open | done | whole (will not stream)
+    name: str = ""  # the streamed call's
 
     def text(self) -> str:
         return "".join(self.pieces)
@@ -124,9 +102,11 @@ class Syntax:
 class Parser(StepParser):
     """Content, reasoning between the syntax's two markers, and its blocks of calls."""
 
-    def __init__(self, syntax: Syntax, *, in_reasoning: bool = False) -> None:
+    def __init__(self, syntax: Syntax, *, in_reasoning: bool = False,
+                 stream_args: bool = False) -> None:
         super().__init__()
         self.syntax = syntax
+        self.stream_args = stream_args
         self.blocks = syntax.blocks
         self._state = "reasoning" if in_reasoning and syntax.reasoning else "content"
         self._open: _Open | None = None
@@ -227,11 +207,13 @@ class Parser(StepParser):
         except Malformed:
             return self._not_a_block(o, parts, new)
         if end is None:
+            self._stream_args(o, parts, new)
             o.add(new)
             if o.size > MAX_BLOCK_CHARS:
                 return self._not_a_block(o, parts, "")
             return False
         body_end, rest_at = end  # in the block's text with `new` appended
+        self._stream_args(o, parts, new[: max(0, body_end - o.size)])
         whole = o.text() + new
         self._end_block(o, parts, whole[:body_end], whole[body_end:rest_at])
         self._buf = whole[rest_at:]
@@ -265,12 +247,55 @@ class Parser(StepParser):
         end = o.json.feed(new)
         return None if end is None else (o.size + end,) * 2
 
+    def _stream_args(self, o: _Open, parts: list[Part], new: str) -> None:
+        """Sends what `new` (the block's next text, up to its end) adds to the arguments
+        of a call whose head has been read."""
+        if not self.stream_args or o.block.head is None or o.args_state in ("done", "whole"):
+            return
+        if o.args_state == "head":
+            if o.size > MAX_HEADER_CHARS:
+                o.args_state = "whole"
+                return
+            seen = o.text() + new  # short: a name and a marker or two
+            try:
+                head = o.block.head(seen)
+            except Malformed:
+                head, o.args_state = None, "whole"
+            if head is None:
+                return
+            o.name, call_id, at = head
+            new = seen[at:].lstrip()
+            if not new:
+                return
+            args = JsonEnd()
+            try:
+                if new[0] != "{":  # arguments as a string, or a list
+                    raise Malformed("not an object")
+                end = args.feed(new)
+            except Malformed:  # they go whole (and read as words)
+                o.args_state = "whole"
+                return
+            o.args, o.args_state = args, "open"
+            self.tool_calls += 1
+            parts.append(Part("call_start", name=o.name, call_id=call_id))
+        else:
+            try:
+                end = o.args.feed(new)
+            except Malformed:  # nested past the bound: the arguments end here
+                end, o.args_state = 0, "done"
+        if end is not None:
+            new, o.args_state = new[:end], "done"
+        self._emit(parts, "call_args", new)
+
     def _end_block(self, o: _Open, parts: list[Part], body: str, close: str,
                    at_end: bool = False) -> None:
         b = o.block
         self._open = None
         self._state = "content"
         self._after = True
+        if o.args is not None:
+            self._end_streamed(o, parts, body)
+            return
         raw = body if b.keep_open else b.open + body
         try:
             if at_end and not b.complete_at_end:
@@ -288,7 +313,25 @@ class Parser(StepParser):
         self.tool_calls += len(calls)
         parts.extend(calls)
 
+    def _end_streamed(self, o: _Open, parts: list[Part], body: str) -> None:
+        """A block whose first call went out as it came: the calls after it (a block of
+        several) go whole; a block that no longer reads stays as the call was written."""
+        try:
+            calls = o.block.parse(body)
+        except Exception:  # Malformed, or a parser bug
+            calls = []
+        if o.args_state != "done" or not calls or calls[0].name != o.name:
+            log.warning("a streamed %s call ended without reading as one (cut short, or "
+                        "its arguments malformed); it stands as written", o.name)
+            return
+        self.tool_calls += len(calls) - 1
+        parts.extend(calls[1:])
+
     def _not_a_block(self, o: _Open, parts: list[Part], new: str) -> bool:
+        if o.args is not None:  # a streamed call cannot turn back into words: it ends,
+            self._end_block(o, parts, o.text(), "")  # and what is left is read again
+            self._buf = new
+            return True
         text = o.text() + new
         raw = text if o.block.keep_open else o.block.open + text
         self._open = None
@@ -334,25 +377,3 @@ def _json_start(buf: str, after: tuple[str, ...]) -> int:
         return -1
     at, marker = min(hits)
     return at + len(marker)
-
-
-def first(buf: str, markers: Iterable[str], start: int = 0) -> tuple[int, str | None]:
-    """The first of `markers` in `buf` from `start` (the longest where two start there)."""
-    best: tuple[int, str | None] = (-1, None)
-    for m in markers:
-        at = buf.find(m, start)
-        if at >= 0 and (best[1] is None or at < best[0] or (at == best[0] and len(m) > len(
-                best[1]))):
-            best = (at, m)
-    return best
-
-
-def partial_tail(buf: str, markers: Iterable[str]) -> int:
-    """How many characters at the end of `buf` may begin one of `markers`."""
-    best = 0
-    for m in markers:
-        for n in range(min(len(m) - 1, len(buf)), best, -1):
-            if buf.endswith(m[:n]):
-                best = n
-                break
-    return best
