@@ -23,7 +23,7 @@ import pytest
 import requests
 from openai import APIError, OpenAI
 
-from cortex.testing.faults import Cut, Delay, FaultProxy, Reply, Stall, http_reply
+from cortex.testing.faults import Cut, Delay, FaultProxy, Raw, Stall, http_reply
 from cortex.testing.processes import (
     FLEET_NEURON,
     SERVICE_ERRORS,
@@ -320,10 +320,10 @@ BAD_REPLIES = {
     "500-html": (http_reply(500, b"<html>Internal Server Error</html>", "text/html"), False,
                  "envelope"),
     "503-not-json": (http_reply(503, b"busy", "text/plain"), False, "envelope"),
-    "not-http": (Reply(b"\x00\xffSSH-2.0-garbage\r\n\r\n"), False, "envelope"),
-    "closed-at-once": (Reply(b""), False, "envelope"),
+    "not-http": (Raw(b"\x00\xffSSH-2.0-garbage\r\n\r\n"), False, "envelope"),
+    "closed-at-once": (Raw(b""), False, "envelope"),
     "truncated-body": (http_reply(200, b'{"id": "chatcmpl-', length=400), False, "envelope"),
-    "not-http-stream": (Reply(b"garbage\r\n\r\n"), True, "envelope"),
+    "not-http-stream": (Raw(b"garbage\r\n\r\n"), True, "envelope"),
     "garbage-events": (http_reply(200, b"data: {not json\n\n", "text/event-stream"), True,
                        "event"),
     "cut-between-events": (Cut(after_events=3), True, "event"),

@@ -8,46 +8,46 @@ import logging
 import pytest
 
 from cortex.core.errors import BadRequest, TooManyRequests, Unavailable
-from cortex.neuron.admission import Admission, Held
+from cortex.neuron.admission import Admission, Occupancy
 from cortex.neuron.config import AdmissionConfig
 from cortex.neuron.slots import FreeSlot, choose
 
 LIMITS = AdmissionConfig(max_in_flight=0, max_queue_depth=2, max_per_principal=2)
 
-# (case, slots, held, embed, principal) -> (error type or None, code, counted rejection)
+# (case, slots, occ, embed, principal) -> (error type or None, code, counted rejection)
 ADMISSION = [
-    ("a free slot", 2, Held(), False, "a", None, None, None),
-    ("slots full, queue has room", 2, Held(running=2, queued=1), False, "", None, None, None),
-    ("slots and queue full", 2, Held(running=2, queued=2), False, "",
+    ("a free slot", 2, Occupancy(), False, "a", None, None, None),
+    ("slots full, queue has room", 2, Occupancy(running=2, queued=1), False, "", None, None, None),
+    ("slots and queue full", 2, Occupancy(running=2, queued=2), False, "",
      Unavailable, "rate_limit_exceeded", "queue_full"),
     # A free slot is one more place: the queue may hold depth + free.
-    ("queue full but a slot free", 2, Held(running=1, queued=2), False, "", None, None, None),
-    ("unloading", 2, Held(closed=True), False, "", Unavailable, "model_unloading", None),
-    ("unloading beats a full queue", 2, Held(closed=True, running=2, queued=9), False, "",
+    ("queue full but a slot free", 2, Occupancy(running=1, queued=2), False, "", None, None, None),
+    ("unloading", 2, Occupancy(closed=True), False, "", Unavailable, "model_unloading", None),
+    ("unloading beats a full queue", 2, Occupancy(closed=True, running=2, queued=9), False, "",
      Unavailable, "model_unloading", None),
-    ("chat on an embeddings-only model", 0, Held(), False, "",
+    ("chat on an embeddings-only model", 0, Occupancy(), False, "",
      BadRequest, "model_embeddings_only", None),
-    ("embedding on an embeddings-only model", 0, Held(), True, "", None, None, None),
-    ("the account's third request", 2, Held(by_principal=2), False, "a",
+    ("embedding on an embeddings-only model", 0, Occupancy(), True, "", None, None, None),
+    ("the account's third request", 2, Occupancy(by_principal=2), False, "a",
      TooManyRequests, "rate_limit_exceeded", "per_principal"),
-    ("no account: no per-account cap", 2, Held(by_principal=5), False, "", None, None, None),
+    ("no account: no per-account cap", 2, Occupancy(by_principal=5), False, "", None, None, None),
     ("a full queue is refused before the account's cap", 2,
-     Held(running=2, queued=2, by_principal=2), False, "a",
+     Occupancy(running=2, queued=2, by_principal=2), False, "a",
      Unavailable, "rate_limit_exceeded", "queue_full"),
-    ("embeddings queue: none running, depth + 1", 2, Held(embeds_queued=2), True, "",
+    ("embeddings queue: none running, depth + 1", 2, Occupancy(embeds_queued=2), True, "",
      None, None, None),
-    ("embeddings queue full", 2, Held(embedding=True, embeds_queued=2), True, "",
+    ("embeddings queue full", 2, Occupancy(embedding=True, embeds_queued=2), True, "",
      Unavailable, "rate_limit_exceeded", "queue_full"),
-    ("embeddings ignore the chat queue", 2, Held(running=2, queued=2), True, "",
+    ("embeddings ignore the chat queue", 2, Occupancy(running=2, queued=2), True, "",
      None, None, None),
 ]
 
 
-@pytest.mark.parametrize("case, slots, held, embed, principal, error, code, reason", ADMISSION,
+@pytest.mark.parametrize("case, slots, occ, embed, principal, error, code, reason", ADMISSION,
                          ids=[row[0] for row in ADMISSION])
-def test_admission(case, slots, held, embed, principal, error, code, reason):
+def test_admission(case, slots, occ, embed, principal, error, code, reason):
     adm = Admission("m", LIMITS, slots)
-    got = adm.refusal(held, embed=embed, principal=principal)
+    got = adm.refusal(occ, embed=embed, principal=principal)
     if error is None:
         assert got is None
         return
@@ -58,8 +58,8 @@ def test_admission(case, slots, held, embed, principal, error, code, reason):
 def test_max_in_flight_below_the_slots_caps_the_free_places():
     adm = Admission("m", AdmissionConfig(max_in_flight=1, max_queue_depth=1), slots=4)
     assert adm.max_in_flight == 1
-    assert adm.refusal(Held(running=1, queued=0), embed=False, principal="") is None
-    assert adm.refusal(Held(running=1, queued=1), embed=False, principal="") is not None
+    assert adm.refusal(Occupancy(running=1, queued=0), embed=False, principal="") is None
+    assert adm.refusal(Occupancy(running=1, queued=1), embed=False, principal="") is not None
     assert adm.retry_after(queued=3) == 8
 
 

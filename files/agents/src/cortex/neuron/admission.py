@@ -1,6 +1,6 @@
 """Admission: whether a model takes one more request now, and the refusal if not.
 
-A pure rule over what the scheduler holds (`Held`), so that it is read, tested (a table in
+A pure rule over what the scheduler holds (`Occupancy`), so that it is read, tested (a table in
 test_neuron_admission.py) and changed in one place; the scheduler calls it under its lock.
 Chat requests: up to `max_in_flight` on slots, then a queue of `max_queue_depth`.
 Embedding requests need no slot: one runs between steps while the next wait in a queue of
@@ -19,7 +19,7 @@ PER_JOB_SECS = 2.0  # a rough time per request ahead, for Retry-After
 
 
 @dataclass(frozen=True)
-class Held:
+class Occupancy:
     """What the model holds when a request arrives."""
 
     closed: bool = False  # being unloaded
@@ -37,32 +37,32 @@ class Admission:
         self.slots = slots
         self.max_in_flight = min(limits.max_in_flight or slots, slots)
 
-    def refusal(self, held: Held, *, embed: bool, principal: str) -> ApiError | None:
+    def refusal(self, occ: Occupancy, *, embed: bool, principal: str) -> ApiError | None:
         """None: admit it; else the error to answer with (its `code`, and for a full
         queue or account the reason counted in rejections: see `reason`)."""
         limits = self.limits
-        if held.closed:
+        if occ.closed:
             return Unavailable(f"model {self.model_id} is being unloaded",
                                code="model_unloading", retry_after=2)
         if embed:
-            full = held.embeds_queued >= limits.max_queue_depth + (not held.embedding)
+            full = occ.embeds_queued >= limits.max_queue_depth + (not occ.embedding)
         else:
             if not self.slots:
                 return BadRequest(f"model {self.model_id} is loaded for embeddings only; "
                                   "load it without embeddings_only to chat with it",
                                   code="model_embeddings_only", param="model")
-            free = max(0, self.max_in_flight - held.running)
-            full = held.queued >= limits.max_queue_depth + free
+            free = max(0, self.max_in_flight - occ.running)
+            full = occ.queued >= limits.max_queue_depth + free
         if full:
-            in_flight = held.running + held.embedding
+            in_flight = occ.running + occ.embedding
             return Unavailable(
                 f"model {self.model_id} is busy: {in_flight} running, "
-                f"{held.queued + held.embeds_queued} queued (max_queue_depth="
+                f"{occ.queued + occ.embeds_queued} queued (max_queue_depth="
                 f"{limits.max_queue_depth}); retry shortly",
-                code="rate_limit_exceeded", retry_after=self.retry_after(held.queued))
-        if principal and held.by_principal >= limits.max_per_principal:
+                code="rate_limit_exceeded", retry_after=self.retry_after(occ.queued))
+        if principal and occ.by_principal >= limits.max_per_principal:
             return TooManyRequests(
-                f"account {principal!r} already has {held.by_principal} requests on "
+                f"account {principal!r} already has {occ.by_principal} requests on "
                 f"{self.model_id} (max_per_principal={limits.max_per_principal})",
                 code="rate_limit_exceeded", retry_after=1)
         return None

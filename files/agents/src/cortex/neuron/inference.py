@@ -92,7 +92,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
-    reply = Reply(loaded, chat=chat, prompt=prompt, stream=stream)
+    reply = ReplyBuilder(loaded, chat=chat, prompt=prompt, stream=stream)
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:
         return _stream(neuron, reply, waiter, endpoint, caller.hung_up)
@@ -129,7 +129,7 @@ def _client_left(loaded: Loaded, job: Job) -> None:
                        code="client_closed", status=499)
 
 
-def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
+def _stream(neuron: Neuron, reply: ReplyBuilder, waiter: Waiter, endpoint: str,
             watch: Callable[[], bool] | None = None) -> Iterator[bytes]:
     status = "200"
     coalesce = neuron.cfg.stream_interval_ms / 1000
@@ -190,7 +190,7 @@ def _stream(neuron: Neuron, reply: Reply, waiter: Waiter, endpoint: str,
         neuron.metrics.requests.labels(reply.loaded.id, endpoint, status).inc()
 
 
-class Reply:
+class ReplyBuilder:
     """Builds OpenAI-shaped replies (whole or chunked) from the model's text."""
 
     def __init__(self, loaded: Loaded, *, chat: bool, prompt: Prompt, stream: bool = False

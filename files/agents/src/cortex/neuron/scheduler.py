@@ -23,7 +23,7 @@ from typing import Any
 
 from cortex.core.errors import ApiError
 from cortex.neuron import slots as slot_rule
-from cortex.neuron.admission import Admission, Held
+from cortex.neuron.admission import Admission, Occupancy
 from cortex.neuron.config import AdmissionConfig
 from cortex.neuron.engines import LoadedModel
 from cortex.neuron.engines.base import Sequence, TokenEvent
@@ -66,7 +66,7 @@ class _Run:
         self.seq: Sequence | None = None
         self.text = TextStream(job.stop)
         self.produced = 0
-        self.started = time.monotonic()
+        self.admitted_at = time.monotonic()  # when it got its slot
         self.first_at: float | None = None
 
 
@@ -132,11 +132,12 @@ class ModelScheduler:
         embed = isinstance(job, EmbedJob)
         with self._cond:
             self.submitted_at = time.monotonic()  # (an if_idle unload reads it)
-            held = Held(closed=self._closed, running=len(self._active), queued=len(self._queue),
-                        embedding=self._embedding is not None, embeds_queued=len(self._embeds),
-                        by_principal=sum(1 for j in self._jobs() if j.principal == job.principal)
-                        if job.principal else 0)
-            refusal = self.admission.refusal(held, embed=embed, principal=job.principal)
+            occ = Occupancy(
+                closed=self._closed, running=len(self._active), queued=len(self._queue),
+                embedding=self._embedding is not None, embeds_queued=len(self._embeds),
+                by_principal=sum(1 for j in self._jobs() if j.principal == job.principal)
+                if job.principal else 0)
+            refusal = self.admission.refusal(occ, embed=embed, principal=job.principal)
             if refusal is not None:
                 reason = self.admission.reason(refusal)
                 if reason:
@@ -331,7 +332,7 @@ class ModelScheduler:
 
     def _begin(self, run: _Run) -> None:
         job = run.job
-        self.metrics.queue_wait.labels(self.model_id).observe(run.started - job.enqueued_at)
+        self.metrics.queue_wait.labels(self.model_id).observe(run.admitted_at - job.enqueued_at)
         job.started.set()
         try:
             run.seq = self.model.begin(run.slot, job.request)
@@ -420,7 +421,7 @@ class ModelScheduler:
         done = time.monotonic()
         req = job.request
         prefill_tokens = len(req.prompt_tokens) - cached
-        self.stats.record(prefill_tokens, run.first_at - run.started, run.produced,
+        self.stats.record(prefill_tokens, run.first_at - run.admitted_at, run.produced,
                           done - run.first_at)
         self.metrics.observe_generation(self.model_id, prompt=len(req.prompt_tokens),
                                         completion=run.produced,
@@ -430,8 +431,9 @@ class ModelScheduler:
         job.events.put(Done({
             "finish_reason": finish, "stop": run.text.stopped_by,
             "completion_tokens": run.produced, "prompt_tokens": len(req.prompt_tokens),
-            "cached_tokens": cached, "prefill_ms": round((run.first_at - run.started) * 1000, 2),
+            "cached_tokens": cached,
+            "prefill_ms": round((run.first_at - run.admitted_at) * 1000, 2),
             "decode_ms": round((done - run.first_at) * 1000, 2),
             "prefill_tokens": prefill_tokens,
-            "queue_ms": round((run.started - job.enqueued_at) * 1000, 2),
+            "queue_ms": round((run.admitted_at - job.enqueued_at) * 1000, 2),
         }))

@@ -42,19 +42,19 @@ class Cut:
 
 
 @dataclass
-class Reply:
+class Raw:
     """Answer with these raw bytes and close, without asking the neuron."""
 
     raw: bytes
 
 
 def http_reply(status: int, body: bytes, content_type: str = "application/json",
-               length: int | None = None) -> Reply:
+               length: int | None = None) -> Raw:
     """An HTTP/1.1 reply; `length` may claim more bytes than `body` has (a truncated reply)."""
     head = (f"HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body) if length is None else length}\r\n"
             "Connection: close\r\n\r\n")
-    return Reply(head.encode() + body)
+    return Raw(head.encode() + body)
 
 
 def inference_request(method: str, path: str) -> bool:
@@ -62,7 +62,7 @@ def inference_request(method: str, path: str) -> bool:
     return method == "POST" and path.startswith("/v1/")
 
 
-Fault = Delay | Stall | Cut | Reply
+Fault = Delay | Stall | Cut | Raw
 
 
 class FaultProxy:
@@ -125,7 +125,7 @@ class FaultProxy:
             with self._lock:
                 self.requests += matched
                 self.hits += fault is not None
-            if isinstance(fault, Reply):
+            if isinstance(fault, Raw):
                 client.sendall(fault.raw)
                 return
             if isinstance(fault, Delay):

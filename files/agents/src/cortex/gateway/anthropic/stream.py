@@ -32,7 +32,7 @@ class Converter:
         self.index = -1  # of the open block, or of the last one closed
         self.open: str | None = None  # "text" | "thinking" | "tool_use"
         self.tools: dict[int, int] = {}  # OpenAI tool_calls index → block index
-        self.held = ""  # trailing whitespace of the text so far
+        self.space = ""  # trailing whitespace of the text so far, held back
         self.started = False
         self.input_tokens = 0  # the whole prompt; the Anthropic usage splits off the cached
         self.cached_tokens = 0
@@ -106,8 +106,8 @@ class Converter:
         if not self.started:
             raise BadGateway("the neuron's stream ended before it began",
                              code="upstream_stream_error")
-        if self.open == "text" and self.held:  # the answer's own end, e.g. before a stop
-            yield self._delta({"type": "text_delta", "text": self.held})
+        if self.open == "text" and self.space:  # the answer's own end, e.g. before a stop
+            yield self._delta({"type": "text_delta", "text": self.space})
         yield from self._close()
         reason, sequence = translate.stop_reason(self.finish, self.matched)
         yield _event("message_delta", {
@@ -129,9 +129,9 @@ class Converter:
     def _text(self, text: str) -> Iterator[bytes]:
         # Whitespace is held until text follows it: models put newlines before and between
         # tool calls, which would otherwise end a text block or make one of their own.
-        text, self.held = self.held + text, ""
+        text, self.space = self.space + text, ""
         body = text.rstrip()
-        self.held = text[len(body):]
+        self.space = text[len(body):]
         if not body:
             return
         if self.open != "text":
@@ -162,7 +162,7 @@ class Converter:
                                              "index": self.index, "content_block": block})
 
     def _close(self) -> Iterator[bytes]:
-        self.held = ""
+        self.space = ""
         if self.open is not None:
             self.open = None
             yield _event("content_block_stop", {"type": "content_block_stop",

@@ -44,7 +44,7 @@ class Converter:
         self.item: dict[str, Any] | None = None  # the open item
         self.text = ""  # the open item's text (message, reasoning) or arguments (call)
         self.calls: dict[int, str] = {}  # chat tool_calls index → call item id
-        self.held = ""  # trailing whitespace of the message text so far
+        self.space = ""  # trailing whitespace of the message text so far, held back
         self.usage: dict[str, Any] | None = None
         self.finish: str | None = None
         self.chunks = 0
@@ -107,8 +107,8 @@ class Converter:
 
     def _end(self) -> Iterator[dict[str, Any]]:
         cut = self.finish == "length"
-        if self.item is not None and self.item["type"] == "message" and self.held:
-            yield self._text_delta(self.held)  # the answer's own end, e.g. before a stop
+        if self.item is not None and self.item["type"] == "message" and self.space:
+            yield self._text_delta(self.space)  # the answer's own end, e.g. before a stop
         yield from self._close("incomplete" if cut else "completed")
         response = dict(self.response, output=list(self.output),
                         usage=reply.usage(self.usage))
@@ -139,15 +139,15 @@ class Converter:
     def _text(self, text: str) -> Iterator[dict[str, Any]]:
         # Whitespace is held until text follows it: models put newlines before and between
         # tool calls, which would otherwise make a message of their own.
-        text = self.held + text
+        text = self.space + text
         body = text.rstrip()
         if not body:
-            self.held = text
+            self.space = text
             return
         if self.item is None or self.item["type"] != "message":
             yield from self._open(reply.message_item(reply.new_id("msg"), None, "in_progress"))
             yield self._part("response.content_part.added", reply.text_part(""))
-        self.held = text[len(body):]
+        self.space = text[len(body):]
         yield self._text_delta(body)
 
     def _text_delta(self, text: str) -> dict[str, Any]:
@@ -182,7 +182,7 @@ class Converter:
                           item=item)
 
     def _close(self, status: str) -> Iterator[dict[str, Any]]:
-        self.held = ""
+        self.space = ""
         if self.item is None:
             return
         kind = self.item["type"]
