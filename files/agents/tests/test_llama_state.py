@@ -10,10 +10,10 @@ import llama_cpp
 import pytest
 
 from cortex.neuron.engines import llama_state
-from cortex.neuron.engines.base import GenerationRequest
 from cortex.neuron.engines.llama_cpp import LlamaCppEngine
 from cortex.neuron.engines.llama_sessions import _get
 from cortex.neuron.engines.llama_state import LayoutError
+from cortex.testing.decode import greedy
 
 B = 16
 LIGHTHOUSE = (
@@ -21,17 +21,6 @@ LIGHTHOUSE = (
     "one hundred and twelve steps, trims the wick, polishes the lens and writes the weather "
     "in a leather logbook. Her brother Jonas brings bread, lamp oil and letters on Thursdays "
     "if the sea allows. Last winter a fishing boat ran aground on the northern reef. Tonight")
-
-
-def _greedy(model, slot: int, prompt: list[int], n: int = 12, partition: str = ""
-            ) -> tuple[list[int], int]:
-    seq = model.begin(slot, GenerationRequest(prompt_tokens=prompt, max_tokens=n,
-                                              temperature=0, partition=partition))
-    out: list[int] = []
-    while len(out) < n:
-        out += [ev.token for _, ev in model.step([seq])]
-    model.end(seq)
-    return out, seq.cached_tokens
 
 
 @pytest.fixture(params=["flash", "no-flash"])
@@ -62,15 +51,15 @@ def _cold_split(model, slot: int, prompt: list[int], at: int) -> list[int]:
     follow: a reference prefilled whole is not the same computation.)"""
     model._cache[slot].clear()
     llama_cpp.llama_memory_seq_rm(model._mem, slot, -1, -1)
-    _greedy(model, slot, prompt[:at], n=1, partition="cold")  # (the one sampled: not fed)
-    out, cached = _greedy(model, slot, prompt, partition="cold")
+    greedy(model, slot, prompt[:at], n=1, partition="cold")  # (the one sampled: not fed)
+    out, cached = greedy(model, slot, prompt, n=12, partition="cold")
     assert cached == at
     return out
 
 
 def test_blocks_put_back_into_another_slot_continue_as_the_cold_prompt(model):
     prompt = model.tokenize(LIGHTHOUSE, add_bos=True)
-    _greedy(model, 1, prompt)
+    greedy(model, 1, prompt, n=12)
     state = llama_state.parse(_get(model._ctx.ctx, 1), 1)
     assert state.cells == len(model._cache[1])
     no_flash = model.load_params["flash_attn"] == llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -82,7 +71,7 @@ def test_blocks_put_back_into_another_slot_continue_as_the_cold_prompt(model):
     src = ctypes.cast(ctypes.c_char_p(blob), ctypes.POINTER(ctypes.c_uint8))
     assert llama_cpp.llama_state_seq_set_data(model._ctx.ctx, src, len(blob), 2) == len(blob)
     model._cache[2][:] = prompt[:blocks * B]  # what the slot's KV now holds
-    warm, cached = _greedy(model, 2, prompt)
+    warm, cached = greedy(model, 2, prompt, n=12)
     assert cached == blocks * B and warm == cold
     # The assembled blob is what llama.cpp itself writes for that sequence.
     model._cache[2][:] = prompt[:blocks * B]
@@ -91,7 +80,7 @@ def test_blocks_put_back_into_another_slot_continue_as_the_cold_prompt(model):
 
 
 def test_a_blob_off_the_layout_is_refused(model):
-    _greedy(model, 0, model.tokenize("Hello there, how are you?", add_bos=True), n=2)
+    greedy(model, 0, model.tokenize("Hello there, how are you?", add_bos=True), n=2)
     blob = _get(model._ctx.ctx, 0)
     llama_state.parse(blob, 0)
     with pytest.raises(LayoutError, match="past the layout"):

@@ -11,9 +11,9 @@ import pytest
 
 from cortex.gateway.config import ModelEntry
 from cortex.neuron.config import AdmissionConfig, CacheConfig
-from cortex.neuron.engines.base import GenerationRequest
 from cortex.neuron.engines.llama_cpp import LlamaCppEngine
 from cortex.neuron.session_cache import BLOCK_TOKENS, SessionCache
+from cortex.testing.decode import greedy
 from cortex.testing.waiting import wait_for
 
 HELLO = "file:tiny-hello"
@@ -188,17 +188,6 @@ def test_a_restored_prompt_continues_as_the_cold_one(smollm2_file: Path, tmp_pat
         assert at == restored and warm == cold
     finally:
         model.close()
-
-
-def greedy(model, slot: int, prompt: list[int], n: int = 16, partition: str = ""
-           ) -> tuple[list[int], int]:
-    seq = model.begin(slot, GenerationRequest(prompt_tokens=prompt, max_tokens=n,
-                                              temperature=0, partition=partition))
-    out: list[int] = []
-    while len(out) < n:
-        out += [ev.token for _, ev in model.step([seq])]
-    model.end(seq)
-    return out, seq.cached_tokens
 
 
 @pytest.mark.smollm2

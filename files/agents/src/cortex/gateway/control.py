@@ -40,6 +40,13 @@ def _gw() -> Gateway:
     return current_app.extensions["gateway"]
 
 
+def _admin() -> Gateway:
+    """The gateway, for a request presenting an admin key (else 401/403)."""
+    gw = _gw()
+    gw.auth.require_admin(bearer_token())
+    return gw
+
+
 @bp.get("/")
 def index() -> Any:
     # The data plane's routes, then this app's GET routes that take no argument (admin
@@ -91,8 +98,7 @@ def stored_response(response_id: str) -> Any:
 # -- admin -------------------------------------------------------------------------------
 @bp.get("/admin/nodes")
 def admin_nodes() -> Any:
-    gw = _gw()
-    gw.auth.require_admin(bearer_token())
+    gw = _admin()
     # Read the neurons now: another worker's drain, or a request that just ended, must show
     # at once to the operator (the modules wait on these states); admin reads are rare.
     gw.fleet.poll_all()
@@ -111,13 +117,9 @@ def admin_undrain(name: str) -> Any:
 
 
 def _set_drained(name: str, drained: bool) -> Any:
-    gw = _gw()
-    gw.auth.require_admin(bearer_token())
+    gw = _admin()
     node = gw.node(name)
-    status, body = gw.upstream.post_json(f"{node.endpoint}/drain", {"drained": drained}, read=10)
-    if status != 200:
-        raise neuron_error(status, body, name)
-    gw.fleet.refresh(node)
+    body = _node_call(gw, node, "/drain", {"drained": drained}, read=10)
     return json_response({"node": name, "drained": node.drained,
                           "in_flight": body.get("in_flight", 0)})
 
@@ -136,22 +138,17 @@ def admin_unload(name: str) -> Any:
 def admin_fleet() -> Any:
     """What `cortex top` shows: nodes, each model's replicas, queues and loads, and the
     scale events and routing counts of the worker that answers."""
-    gw = _gw()
-    gw.auth.require_admin(bearer_token())
+    gw = _admin()
     return json_response(gw.scaler.view())
 
 
 @bp.post("/admin/models/load")
 def admin_models_load() -> Any:
     """Load a model on `node`, or one more replica of it on the best node that has none."""
-    gw = _gw()
-    gw.auth.require_admin(bearer_token())
-    body = json_body()
-    entry = _catalogued(gw, body.get("model"))
-    name = body.get("node")
+    gw, entry, name = _fleet_model_request()
     if name is not None:
-        reply = _admin_model_call(str(name), "load")
-        gw.scaler.operator_did(entry.id, "up", str(name))
+        reply = _admin_model_call(name, "load")
+        gw.scaler.operator_did(entry.id, "up", name)
         return reply
     node, already = gw.scaler.add_replica(entry)
     return json_response({"status": "loaded", "model": entry.id, "node": node.name,
@@ -161,24 +158,26 @@ def admin_models_load() -> Any:
 @bp.post("/admin/models/unload")
 def admin_models_unload() -> Any:
     """Unload a model from `node`, or from every node that has it loaded."""
-    gw = _gw()
-    gw.auth.require_admin(bearer_token())
-    body = json_body()
-    entry = _catalogued(gw, body.get("model"))
-    name = body.get("node")
-    nodes = [gw.node(str(name))] if name is not None else [
+    gw, entry, name = _fleet_model_request()
+    nodes = [gw.node(name)] if name is not None else [
         n for n in gw.fleet.nodes.values() if n.loaded(entry.load_id)]
     done = []
     for node in nodes:
-        status, reply = gw.upstream.post_json(f"{node.endpoint}/models/unload",
-                                              {"model_id": entry.load_id}, read=60)
-        gw.fleet.refresh(node)
-        if status != 200:
-            raise neuron_error(status, reply, node.name)
+        _node_call(gw, node, "/models/unload", {"model_id": entry.load_id})
         done.append(node.name)
         gw.scaler.operator_did(entry.id, "down", node.name)
     return json_response({"status": "unloaded", "model": entry.id, "nodes": done,
                           "replicas_min": entry.replicas.min})
+
+
+def _fleet_model_request() -> tuple[Gateway, Any, str | None]:
+    """An admin's fleet-wide load or unload: the gateway, the catalogue entry the body's
+    `model` names, and the body's `node` (None: the gateway picks)."""
+    gw = _admin()
+    body = json_body()
+    entry = _catalogued(gw, body.get("model"))
+    name = body.get("node")
+    return gw, entry, None if name is None else str(name)
 
 
 def _catalogued(gw: Gateway, model: Any) -> Any:
@@ -195,8 +194,7 @@ def _catalogued(gw: Gateway, model: Any) -> Any:
 
 def _admin_model_call(name: str, action: str) -> Any:
     """Load or unload a model on one node; catalogue ids and aliases resolve to load ids."""
-    gw = _gw()
-    gw.auth.require_admin(bearer_token())
+    gw = _admin()
     node = gw.node(name)
     body = json_body()
     entry = gw.catalogue.resolve(str(body.get("model", "")))
@@ -206,8 +204,15 @@ def _admin_model_call(name: str, action: str) -> Any:
         call["harness"] = body.get("harness") or (entry.harness if entry else "")
         call["quant"] = body.get("quant") or (entry.quant if entry else "")
         read = gw.cfg.gateway.load_timeout_secs
-    status, reply = gw.upstream.post_json(f"{node.endpoint}/models/{action}", call, read=read)
+    return json_response(_node_call(gw, node, f"/models/{action}", call, read=read))
+
+
+def _node_call(gw: Gateway, node: Any, path: str, call: dict[str, Any], *,
+               read: float = 60.0) -> dict[str, Any]:
+    """POST `call` to a neuron for an admin, then read the neuron again (the change shows
+    at once); the neuron's refusal is the admin's error."""
+    status, reply = gw.upstream.post_json(f"{node.endpoint}{path}", call, read=read)
     gw.fleet.refresh(node)
     if status != 200:
-        raise neuron_error(status, reply, name)
-    return json_response(reply)
+        raise neuron_error(status, reply, node.name)
+    return reply
