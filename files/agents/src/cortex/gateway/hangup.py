@@ -17,26 +17,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+
+from cortex.core.peer import client_socket, hung_up
+
+# The peek is core.peer's, shared with the neuron; the relay reads it here.
+__all__ = ["Watch", "client_socket", "hung_up"]
 
 TICK_S = 0.5  # how often the watch looks again (a hang-up is seen within this)
-
-
-def client_socket(environ: dict[str, Any]) -> socket.socket | None:
-    """The client's connection, where the server tells it (gunicorn, werkzeug)."""
-    return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-
-
-def hung_up(sock: socket.socket) -> bool:
-    """Whether the client closed its connection: a peek that neither waits nor consumes."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except ValueError:
-        return False  # a TLS socket takes no flags: it cannot be told
-    except OSError:
-        return True
 
 
 class Watch:

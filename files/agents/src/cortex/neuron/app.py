@@ -6,9 +6,8 @@ Only this module reads `flask.request`: the modules below take what a request ca
 
 from __future__ import annotations
 
-import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
@@ -26,6 +25,7 @@ from cortex.core.http import (
     require_token,
     sse_response,
 )
+from cortex.core.peer import hang_up_check
 from cortex.core.validate import get_bool, get_number, get_str, invalid
 from cortex.neuron import embeddings, families, inference, status
 from cortex.neuron.composition import Neuron
@@ -225,26 +225,7 @@ def openai_models() -> Any:
 def _caller() -> Caller:
     return Caller(principal=request.headers.get(PRINCIPAL_HEADER, ""),
                   routed=bool(request.headers.get(ROUTED_HEADER)),
-                  hung_up=_hung_up(request.environ))
-
-
-def _hung_up(environ: dict[str, Any]) -> Callable[[], bool] | None:
-    """Whether the client closed its side of the connection: a peek that neither waits nor
-    consumes (the request body has been read; a closed side reads as end of file)."""
-    sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
-    if sock is None:
-        return None
-
-    def gone() -> bool:
-        try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except (BlockingIOError, InterruptedError):
-            return False  # open, nothing sent
-        except ValueError:
-            return False  # a TLS socket takes no flags: it cannot be told
-        except OSError:
-            return True  # reset
-    return gone
+                  hung_up=hang_up_check(request.environ))
 
 
 def _reply(out: dict | Iterator[bytes]) -> Response:
