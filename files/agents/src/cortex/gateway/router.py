@@ -137,7 +137,7 @@ class Router:
                               retry_after=30)
         for node in self.rank(entry, routable):
             try:
-                self._load_on(node, entry)
+                self.load_on(node, entry)
             except ApiError as exc:
                 if exc.code == "insufficient_vram":
                     log.info("%s refused %s: %s; trying the next node", node.name, entry.id,
@@ -191,7 +191,9 @@ class Router:
         return bool(entry.replicas.min) and len(
             self.fleet.replicas(entry.load_id)) <= entry.replicas.min
 
-    def _load_on(self, node: Node, entry: ModelEntry, *, lower_only: bool = False) -> None:
+    def load_on(self, node: Node, entry: ModelEntry, *, lower_only: bool = False) -> None:
+        """Load `entry` on `node`, evicting what it may to make room (`lower_only`: only
+        models of a lower priority, the scaler's rule); the neuron's refusal is raised."""
         need = entry.vram_mb or 0
         for attempt in range(8):
             if need and node.vram_free_mb < need:

@@ -210,7 +210,7 @@ class Scaler:
         errors = []
         for node in self.candidates(entry):
             try:
-                self.router._load_on(node, entry, lower_only=True)
+                self.router.load_on(node, entry, lower_only=True)
             except (ApiError, UpstreamError) as exc:
                 errors.append(f"{node.name}: {exc}")
                 log.info("scale-up of %s on %s failed: %s", entry.id, node.name, exc)
@@ -254,7 +254,7 @@ class Scaler:
         errors = []
         for node in self.router.rank(entry, nodes):
             try:
-                self.router._load_on(node, entry)
+                self.router.load_on(node, entry)
             except (ApiError, UpstreamError) as exc:
                 if getattr(exc, "code", "") != "insufficient_vram" and isinstance(
                         exc, ApiError):
