@@ -7,6 +7,7 @@ retried by the gateway into a 502), and an empty prompt reached llama.cpp with n
 from __future__ import annotations
 
 import pytest
+import requests
 
 from cortex.gateway.config import ModelEntry
 from cortex.testing.openapi_check import Contract
@@ -125,3 +126,25 @@ def test_a_number_past_a_double_anywhere_is_a_400_naming_it(pair):
             Contract(package).check(r)
 
     check()
+
+
+def test_a_streamed_response_starts_as_its_document_says(pair):
+    # The long fuzz run (issue 19 Evidence): response.created and response.in_progress
+    # carry "usage": null (as OpenAI's do), which the document called an object.
+    _, gw = pair
+    r = gw.post("/v1/responses", {"model": "tiny-hello", "input": "Hi", "stream": True,
+                                  "max_output_tokens": 4})
+    assert r.status_code == 200 and '"usage":null' in r.text, r.text[:300]
+    Contract("cortex.gateway").check(r)
+
+
+@pytest.mark.parametrize("path", ["/admin/models/load", "/admin/models/unload"])
+def test_the_fleet_admin_routes_document_their_415(pair, gateway_factory, path):
+    # The long fuzz run: a body without a Content-Type is a 415 there too (undocumented).
+    n, _ = pair
+    admin_key = "sk-admin-fuzz-regressions"
+    gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-hello")], admin_keys=[admin_key])
+    r = requests.post(gw.url + path, data=b"{}",
+                      headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    Contract("cortex.gateway").check(r)
