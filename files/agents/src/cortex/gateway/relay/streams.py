@@ -10,6 +10,7 @@ leaves the stream read on for a little (`DRAIN_BYTES`, `DRAIN_S`) for its usage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -34,22 +35,17 @@ def relay(ex: Exchange) -> Iterator[bytes]:
     """The neuron's SSE bytes as they come, a run of whole events at a time."""
     scanner, reading = Scanner(), ex.reading
     pieces = _pieces(ex)
-    try:
-        for piece in pieces:
-            run = scanner.feed(piece)
-            if run:
-                reading.take(run)
-                yield run
-        if not reading.done:
-            raise HttpError("the stream ended without [DONE]")
-    except (HttpError, OSError) as exc:
-        yield sse_event(_broke(ex, exc).body())
-    except GeneratorExit:  # the client went away: still bill what the neuron generated
-        ex.code = "client_closed"
-        _drain(ex, pieces, scanner, reading)
-        raise
-    finally:
-        ex.end()
+    with _billed_however_it_ends(ex, pieces, scanner, reading):
+        try:
+            for piece in pieces:
+                run = scanner.feed(piece)
+                if run:
+                    reading.take(run)
+                    yield run
+            if not reading.done:
+                raise HttpError("the stream ended without [DONE]")
+        except (HttpError, OSError) as exc:
+            yield sse_event(_broke(ex, exc).body())
 
 
 def chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
@@ -57,24 +53,35 @@ def chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
     broken stream raises ApiError (502)."""
     scanner, reading = Scanner(), ex.reading
     pieces = _pieces(ex)
+    with _billed_however_it_ends(ex, pieces, scanner, reading):
+        try:
+            for piece in pieces:
+                run = scanner.feed(piece)
+                for event in events(run) if run else ():
+                    data = data_of(event)
+                    if data is None:
+                        yield None
+                    elif data == DONE:
+                        reading.done = True
+                    else:
+                        chunk = fastjson.loads(data)
+                        reading.chunk(chunk)
+                        yield chunk
+            if not reading.done:
+                raise HttpError("the stream ended without [DONE]")
+        except (HttpError, OSError, ValueError) as exc:
+            raise _broke(ex, exc) from None
+
+
+@contextlib.contextmanager
+def _billed_however_it_ends(ex: Exchange, pieces: Iterator[bytes], scanner: Scanner,
+                            reading: Reading) -> Iterator[None]:
+    """Around a stream's relaying: a client that goes away (the server closes the
+    generator) still gets billed what the neuron generated (`_drain`), and the exchange
+    ends however the stream does."""
     try:
-        for piece in pieces:
-            run = scanner.feed(piece)
-            for event in events(run) if run else ():
-                data = data_of(event)
-                if data is None:
-                    yield None
-                elif data == DONE:
-                    reading.done = True
-                else:
-                    chunk = fastjson.loads(data)
-                    reading.chunk(chunk)
-                    yield chunk
-        if not reading.done:
-            raise HttpError("the stream ended without [DONE]")
-    except (HttpError, OSError, ValueError) as exc:
-        raise _broke(ex, exc) from None
-    except GeneratorExit:  # the client went away: still bill what the neuron generated
+        yield
+    except GeneratorExit:
         ex.code = "client_closed"
         _drain(ex, pieces, scanner, reading)
         raise
