@@ -1,8 +1,8 @@
-"""LAYERS.md against the tree: the module map cannot drift.
+"""LAYERS.md and docs/architecture.md against the tree: the module map cannot drift.
 
-Every module the import contracts layer (.importlinter) is named in LAYERS.md, and every
-module LAYERS.md names exists. A module moved or renamed fails here until LAYERS.md
-follows it.
+Every module the import contracts layer (.importlinter) is named in LAYERS.md; every module
+LAYERS.md names, and every source file docs/architecture.md names, exists. A module moved
+or renamed fails here until both documents follow it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 AGENTS = REPO / "files" / "agents"
 SOURCE = Path(cortex.__file__).parent
 LAYERS_MD = AGENTS / "LAYERS.md"
+ARCHITECTURE_MD = REPO / "docs" / "architecture.md"
 TICKED = re.compile(r"`([^`\s]+)`")
 
 
@@ -75,3 +76,14 @@ def test_every_module_in_layers_md_exists(package):
     gone = [n for n in names if n != "cortex.core" and not _exists(SOURCE / package, n)]
     assert not gone, f"LAYERS.md's {package} table names modules that do not exist: {gone}"
 
+
+def test_every_source_file_architecture_md_names_exists():
+    roots = [SOURCE, AGENTS / "tests", REPO / "bench", REPO / "scripts"]
+    files = [p.relative_to(REPO).as_posix() for root in roots for p in root.rglob("*")]
+    named = {t for t in TICKED.findall(ARCHITECTURE_MD.read_text())
+             if t.endswith((".py", "/")) and not t.startswith(("/", "."))}
+    assert len(named) > 20  # (the document was read)
+    gone = sorted(t for t in named if not (REPO / t).exists()
+                  and not any(f.endswith("/" + t.rstrip("/")) or f == t.rstrip("/")
+                             for f in files))
+    assert not gone, f"docs/architecture.md names files that do not exist: {gone}"
