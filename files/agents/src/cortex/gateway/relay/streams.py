@@ -33,12 +33,10 @@ DRAIN_BYTES, DRAIN_S = 1 << 18, 2.0
 
 def relay(ex: Exchange) -> Iterator[bytes]:
     """The neuron's SSE bytes as they come, a run of whole events at a time."""
-    scanner, reading = Scanner(), ex.reading
-    pieces = _pieces(ex)
-    with _billed_however_it_ends(ex, pieces, scanner, reading):
+    reading = ex.reading
+    with _runs(ex) as runs:
         try:
-            for piece in pieces:
-                run = scanner.feed(piece)
+            for run in runs:
                 if run:
                     reading.take(run)
                     yield run
@@ -51,12 +49,10 @@ def relay(ex: Exchange) -> Iterator[bytes]:
 def chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
     """The neuron's SSE chunks, parsed, for a converter; None stands for a keep-alive. A
     broken stream raises ApiError (502)."""
-    scanner, reading = Scanner(), ex.reading
-    pieces = _pieces(ex)
-    with _billed_however_it_ends(ex, pieces, scanner, reading):
+    reading = ex.reading
+    with _runs(ex) as runs:
         try:
-            for piece in pieces:
-                run = scanner.feed(piece)
+            for run in runs:
                 for event in events(run) if run else ():
                     data = data_of(event)
                     if data is None:
@@ -74,16 +70,17 @@ def chunks(ex: Exchange) -> Iterator[dict[str, Any] | None]:
 
 
 @contextlib.contextmanager
-def _billed_however_it_ends(ex: Exchange, pieces: Iterator[bytes], scanner: Scanner,
-                            reading: Reading) -> Iterator[None]:
-    """Around a stream's relaying: a client that goes away (the server closes the
-    generator) still gets billed what the neuron generated (`_drain`), and the exchange
-    ends however the stream does."""
+def _runs(ex: Exchange) -> Iterator[Iterator[bytes]]:
+    """The stream's runs of whole events (the one scanner's), for a relay's loop; around
+    it, one rule for how the stream ends: a client that goes away (the server closes the
+    generator) is still billed what the neuron generated (`_drain`), and the exchange ends
+    however the stream does."""
+    scanner, pieces = Scanner(), _pieces(ex)
     try:
-        yield
+        yield (scanner.feed(piece) for piece in pieces)
     except GeneratorExit:
         ex.code = "client_closed"
-        _drain(ex, pieces, scanner, reading)
+        _drain(ex, pieces, scanner, ex.reading)
         raise
     finally:
         ex.end()
