@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,9 @@ class Soak:
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     capped: set[str] = field(default_factory=set)  # keys with a cap
+    # Read the neurons' counts now (before a kill -9, which loses what they counted since
+    # the ledger's last scrape: billed, but no longer counted as generated).
+    count_now: Callable[[], None] = lambda: None
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -225,6 +229,7 @@ def inject(s: Soak, rng: random.Random, every: float, deadline: float,
         elif n is None:
             pass
         elif kind == "kill":
+            s.count_now()
             n.kill()
             time.sleep(rng.uniform(0.5, 2.0))
             n.restart()
@@ -382,6 +387,7 @@ def main() -> None:
     s = Soak(gw, neurons, proxy, models, capped={k["key"] for k in keys if "hard_cap" in k})
     rss = Rss([gw, *neurons.values()], args.warmup, args.minutes * 30)
     ledger = soak_ledger.Ledger(neurons, {k["key"]: k["account_id"] for k in keys})
+    s.count_now = ledger.scrape
     alive: dict[int, bool] = {}
     try:
         gw.wait_ready(timeout=60)

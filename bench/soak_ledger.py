@@ -28,8 +28,15 @@ class Ledger:
     last: dict[tuple[str, str], float] = field(default_factory=dict)
     resets: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # One scrape at a time (the soak also scrapes before a kill): a scrape read earlier
+    # but applied later would look like a restart.
+    scraping: threading.Lock = field(default_factory=threading.Lock)
 
     def scrape(self) -> None:
+        with self.scraping:
+            self._scrape()
+
+    def _scrape(self) -> None:
         for name, n in self.neurons.items():
             try:
                 text = n.metrics()
