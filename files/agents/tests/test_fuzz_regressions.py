@@ -139,12 +139,18 @@ def test_a_streamed_response_starts_as_its_document_says(pair):
 
 
 @pytest.mark.parametrize("path", ["/admin/models/load", "/admin/models/unload"])
-def test_the_fleet_admin_routes_document_their_415(pair, gateway_factory, path):
-    # The long fuzz run: a body without a Content-Type is a 415 there too (undocumented).
+def test_the_fleet_admin_routes_document_their_415_and_422(pair, gateway_factory, path):
+    # The long fuzz runs: a body without a Content-Type is a 415 there too, and unload's
+    # 422 for a body that is not an object (both undocumented).
     n, _ = pair
     admin_key = "sk-admin-fuzz-regressions"
     gw = gateway_factory({"n1": n}, [ModelEntry(id="tiny-hello")], admin_keys=[admin_key])
     r = requests.post(gw.url + path, data=b"{}",
                       headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    Contract("cortex.gateway").check(r)
+    # And a body that is JSON but not an object is a 422 both document.
+    r = requests.post(gw.url + path, json=[None, None],
+                      headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request_body"
     Contract("cortex.gateway").check(r)
