@@ -51,7 +51,10 @@ def test_a_burst_spreads_over_the_replicas(pair):
     # finish told them apart, so the burst went 2 + 2 (not 4 + 0 to the first by name).
     assert (len(n1.hits(CHAT)), len(n2.hits(CHAT))) == (2, 2)
     assert counted(gw, "cortex_routing_total", model="standin", reason="least_busy") == 4
-    # All finished: the count is back to the poll's, and ties go by name again.
+    # All finished: the count is back to the poll's (once a poll no longer sees the
+    # requests the stand-ins held), and ties go by name again.
+    wait_for(lambda: not any(m.busy for n in gw.gw.fleet.nodes.values()
+                             for m in n.models.values()), "a poll with both idle", 10)
     assert gw.chat("standin").headers["X-Cortex-Node"] == "n1"
 
 

@@ -10,6 +10,7 @@ and test_faults.py.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -193,6 +194,21 @@ def test_a_burst_spreads(nodes, count, expected):
     for name in went:  # as they finish, the count goes back to the poll's
         in_flight.done(name, "file:m")
     assert first_choice(nodes, in_flight=in_flight) == expected[0]
+
+
+def test_what_a_poll_counted_is_not_counted_again():
+    """A replica's load is the poll's count plus what this worker sent since that poll
+    began: counting twice what the neuron had already reported made a session's home look
+    twice as busy as it was, and its own concurrent turns spilled (bench/fleet_agents.py)."""
+    in_flight, a = InFlight(), node("a", models=(model("file:m"),))
+    first, _ = in_flight.add("a", "file:m"), in_flight.add("a", "file:m")
+    assert in_flight.load(a, "file:m") == 2  # no poll has seen them: ours on top of 0
+    a.models["file:m"].in_flight, a.counted_at = 2, time.time()  # a poll that saw both
+    assert in_flight.load(a, "file:m") == 2
+    in_flight.add("a", "file:m")  # sent after that poll began
+    assert in_flight.load(a, "file:m") == 3
+    in_flight.done("a", "file:m", first)
+    assert in_flight.of("a", "file:m") == 2 and in_flight.load(a, "file:m") == 3
 
 
 # -- victims: what may make room, least recently used first --------------------------------------

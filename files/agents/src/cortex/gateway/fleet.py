@@ -74,6 +74,7 @@ class Node:
     prompt_tokens: int = 0  # since the neuron started, all models: its cache's hit ratio
     cached_tokens: int = 0
     last_ok: float = 0.0
+    counted_at: float = 0.0  # when the poll whose busy counts `models` holds began
     # Polls overlap (the poller's and a refresh after a load): the one started last wins.
     polls_started: int = 0
     applied_poll: int = 0
@@ -139,11 +140,11 @@ class Fleet:
 
     def poll(self, node: Node) -> None:
         node.polls_started += 1
-        seq = node.polls_started
+        seq, started = node.polls_started, time.time()
         try:
             health = self.upstream.get_json(f"{node.endpoint}/health")
             models = self.upstream.get_json(f"{node.endpoint}/models")
-            self.apply(node, health, models, seq)
+            self.apply(node, health, models, seq, started)
             return
         except (UpstreamError, ValueError, TypeError, KeyError, AttributeError) as exc:
             # A 200 that is not the neuron API (garbage, a proxy's page) is a failed poll.
@@ -154,7 +155,8 @@ class Fleet:
             node.healthy = node.healthy and node.failures < FAILURES_UNHEALTHY
             node.polled = True
 
-    def apply(self, node: Node, health: dict, models: list, seq: int) -> None:
+    def apply(self, node: Node, health: dict, models: list, seq: int,
+              started: float = 0.0) -> None:
         """Take a poll's answers; raises (changing nothing) if they are not the neuron API."""
         if not isinstance(health, dict) or not isinstance(models, list):
             raise ValueError("the answer is not the neuron API (/health must be an object, "
@@ -182,6 +184,7 @@ class Fleet:
         if not node.healthy and node.polled:
             log.info("neuron %s is healthy", node.name)
         node.models = fresh
+        node.counted_at = started  # (InFlight.load adds only what was sent after it)
         node.devices = devices
         node.activation = activation
         cache = health.get("cache")

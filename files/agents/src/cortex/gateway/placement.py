@@ -16,6 +16,7 @@ owner of the rule; the composition root gives one to the dispatcher.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,25 +55,38 @@ class InFlight:
     """Requests this worker has sent to each (node, model) and not yet seen finish."""
 
     def __init__(self) -> None:
-        self._sent: dict[tuple[str, str], int] = {}
+        # (node, model) -> when each request still in flight was sent (time.time())
+        self._sent: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
 
-    def add(self, node: str, load_id: str) -> None:
+    def add(self, node: str, load_id: str) -> float:
+        """A request sent: its send time, the token to give `done`."""
+        at = time.time()
         with self._lock:
-            self._sent[(node, load_id)] = self._sent.get((node, load_id), 0) + 1
+            self._sent.setdefault((node, load_id), []).append(at)
+        return at
 
-    def done(self, node: str, load_id: str) -> None:
+    def done(self, node: str, load_id: str, sent: float | None = None) -> None:
+        """The request sent at `sent` (None: the oldest) has finished."""
         with self._lock:
-            left = self._sent.get((node, load_id), 0) - 1
-            if left > 0:
-                self._sent[(node, load_id)] = left
+            times = self._sent.get((node, load_id))
+            if not times:
+                return
+            if sent is not None and sent in times:
+                times.remove(sent)
             else:
-                self._sent.pop((node, load_id), None)
+                times.pop(0)
+            if not times:
+                del self._sent[(node, load_id)]
 
-    def of(self, node: str, load_id: str) -> int:
-        return self._sent.get((node, load_id), 0)
+    def of(self, node: str, load_id: str, after: float = 0.0) -> int:
+        """Requests in flight to `node`, those sent after `after` only if given."""
+        times = self._sent.get((node, load_id), ())
+        return sum(1 for t in list(times) if t > after) if after else len(times)
 
     def load(self, node: Node, load_id: str) -> int:
-        """The replica's load: its neuron's last report plus what we sent it since."""
+        """The replica's load: its neuron's last report plus what we sent it since that
+        poll began (what we sent before it, the neuron counted already: counted twice, a
+        session's own concurrent turns made its home look twice as busy and spill)."""
         m = node.loaded(load_id)
-        return (m.busy if m is not None else 0) + self.of(node.name, load_id)
+        return (m.busy if m is not None else 0) + self.of(node.name, load_id, node.counted_at)

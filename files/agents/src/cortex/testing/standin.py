@@ -50,6 +50,7 @@ class StandIn:
         self.gate.set()
         self.full = False  # refuse chat requests as a neuron whose queue is full does
         self.in_flight = 0
+        self.live = 0  # chat requests inside the stand-in now (held at the gate, say)
         self.queue_depth = 0  # what /health says of every loaded model (set by a test)
         self.last_used: dict[str, float] = {}  # a model's last use (absent: just now)
         self.loading: set[str] = set()
@@ -137,7 +138,13 @@ class StandIn:
                                "(max_queue_depth=2); retry shortly",
                     "type": "service_unavailable", "code": "rate_limit_exceeded"}}),
                     status=503, mimetype="application/json", headers={"Retry-After": "3"})
-            self.gate.wait(30)
+            with self.lock:
+                self.live += 1  # (reported in /health beside the in_flight a test sets)
+            try:
+                self.gate.wait(30)
+            finally:
+                with self.lock:
+                    self.live -= 1
             if self.chat_status != 200:
                 return {"error": {"message": "the stand-in failed on this request",
                                   "type": "server_error", "code": "internal_error"}
@@ -221,10 +228,11 @@ class StandIn:
                     "slots": {"busy": sim.in_flight, "total": self.cost.slots},
                     "max_in_flight": self.cost.slots,
                     "max_queue_depth": self.cost.max_queue_depth}
-        out = {"id": model, "in_flight": self.in_flight, "queue_depth": self.queue_depth,
+        running = self.in_flight + self.live
+        out = {"id": model, "in_flight": running, "queue_depth": self.queue_depth,
                "last_used": self.last_used.get(model, time.time())}
         if self.slots:
-            out.update(slots={"busy": min(self.in_flight, self.slots), "total": self.slots},
+            out.update(slots={"busy": min(running, self.slots), "total": self.slots},
                        max_in_flight=self.slots, max_queue_depth=self.max_queue_depth)
         return out
 

@@ -174,7 +174,7 @@ class Dispatcher:
         whose status 503 means full, anything else unreachable or gone). A non-streaming
         request is watched meanwhile: one stopped comes back with `stopped` set."""
         load_id = req.model.load_id
-        self.in_flight.add(node.name, load_id)  # before the send: a burst sees it at once
+        sent = self.in_flight.add(node.name, load_id)  # before the send: a burst sees it
         self.router.routed(node, load_id)
         sent_at = time.monotonic()
         watch = None if req.stream else Stopping(req.client, self.read_timeout)
@@ -184,7 +184,7 @@ class Dispatcher:
                 read=None if watch is None else self.read_timeout + WAIT_S,
                 stop=None if watch is None else watch.stop)
         except UpstreamError as exc:
-            self.in_flight.done(node.name, load_id)
+            self.in_flight.done(node.name, load_id, sent)
             stopped = watch.reason() if watch is not None else ""
             if stopped:  # it had the request; it said nothing of what it generated
                 self._failed(req, node, "upstream_timeout" if stopped == "deadline"
@@ -202,7 +202,7 @@ class Dispatcher:
             return BadGateway(f"{node.name} could not be reached",
                               code="upstream_connection_error")
         ex = Exchange(node, req.model, response, sent_at - tab.started,
-                      lambda: self.in_flight.done(node.name, load_id))
+                      lambda: self.in_flight.done(node.name, load_id, sent))
         ex.stopped = watch.reason() if watch is not None else ""
         if response.status != 503 or ex.stopped:
             self.metrics.target(req.model.public_id, node.name).requests.inc()
