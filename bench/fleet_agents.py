@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -42,7 +41,7 @@ from agent_sessions import CLAUDE_CODE, Session, Shape, Turn, kinds, run_session
 from figures import pct
 
 from cortex.testing.costmodel import CostModel
-from cortex.testing.processes import GatewayServer, NeuronServer, metric
+from cortex.testing.processes import GatewayServer, NeuronServer, metric, started
 from cortex.testing.smollm2 import smollm2_path
 from cortex.testing.standin import StandIn
 from cortex.testing.waiting import wait_for
@@ -333,16 +332,6 @@ def dump(path: Path, sessions: list[Session]) -> None:
     path.write_text(json.dumps([vars(t) for s in sessions for t in s.turns]))
 
 
-@contextlib.contextmanager
-def started(*services: Any) -> Any:
-    try:
-        for s in services:
-            s.start()
-        yield
-    finally:
-        for s in services:
-            with contextlib.suppress(Exception):
-                s.stop()
 
 
 def main() -> None:
