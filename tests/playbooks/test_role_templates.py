@@ -76,7 +76,7 @@ def test_the_roles_config_files_pass_the_services_check(ansible, tmp_path, case)
         for line in (out / unit).read_text().splitlines():
             if not line.strip() or line.startswith(("#", "[")):
                 continue
-            key, _, value = line.partition("=")
+            key, value = line.split("=", 1) if "=" in line else (line, "")
             assert re.fullmatch(r"[A-Z][A-Za-z]+", key), (unit, line)
             if key in PATHS:
                 assert all(re.fullmatch(r"-?/[^=]*", p) for p in value.split()), (unit, line)
