@@ -17,16 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cortex.neuron.config import SamplingDefaults
+
+SAMPLING = SamplingDefaults()
+
 
 @dataclass
 class GenerationRequest:
     prompt_tokens: list[int]
     max_tokens: int
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    # Sampling a caller leaves out: the neuron's defaults, whose one owner is the config.
+    temperature: float = SAMPLING.temperature
+    top_p: float = SAMPLING.top_p
+    top_k: int = SAMPLING.top_k
+    min_p: float = SAMPLING.min_p
+    repeat_penalty: float = SAMPLING.repeat_penalty
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
