@@ -345,7 +345,7 @@ def main() -> None:
     p.add_argument("--burst-secs", type=float, default=40,
                    help="real: how long the burst's clients keep sending")
     p.add_argument("--sessions", type=int, help="default: 6 real, 200 simulated")
-    p.add_argument("--turns", type=int, help="default: 4 real, 12 simulated")
+    p.add_argument("--turns", type=int, help="default: 6 real, 12 simulated")
     p.add_argument("--scale", type=float, default=16, help="real: sizes divided by this")
     p.add_argument("--hosts", type=int, default=8)
     p.add_argument("--initial", type=int, default=2, help="simulated: replicas at start")
@@ -363,7 +363,7 @@ def main() -> None:
     if not set(args.policies) <= set(POLICIES):
         p.error(f"--policies: choose from {', '.join(POLICIES)}")
     args.sessions = args.sessions or (200 if args.simulate else 6)
-    args.turns = args.turns or (12 if args.simulate else 4)
+    args.turns = args.turns or (12 if args.simulate else 6)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the stand-ins' access log
     if args.abs_slots is not None:
         BALANCE["balance_abs_slots"] = args.abs_slots

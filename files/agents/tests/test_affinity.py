@@ -23,6 +23,7 @@ from cortex.gateway.affinity import (
     SPILL,
     Balance,
     Key,
+    LastServed,
     Replica,
     affinity_key,
     order,
@@ -294,6 +295,66 @@ def test_the_order_to_try_is_the_choice_then_the_keys_preference():
         (FIRST, AFFINITY), (SECOND, SPILL), (THIRD, SPILL)]
     assert [(r.name, why) for r, why in order(None, [rep("b", 2), rep("a", 1)])] == [
         ("a", LEAST_BUSY), ("b", SPILL)]
+
+
+# -- where a session lives: its last replica, else its rendezvous order ---------------------
+LAST = [
+    ("served last on its third choice: stays there", [rep(FIRST, 0), rep(SECOND, 0),
+                                                       rep(THIRD, 1)], THIRD, THIRD, AFFINITY),
+    ("...unless that one is much busier: the next in its order", [
+        rep(FIRST, 0), rep(SECOND, 0), rep(THIRD, 3)], THIRD, FIRST, SPILL),
+    ("...or full", [rep(FIRST, 5), rep(SECOND, 5), rep(THIRD, 6)], THIRD, FIRST, SPILL),
+    ("its last replica gone (not among them): its rendezvous order", [
+        rep(FIRST, 0), rep(SECOND, 0)], THIRD, FIRST, AFFINITY),
+]
+
+
+@pytest.mark.parametrize("replicas, last, expected, reason", [row[1:] for row in LAST],
+                         ids=[row[0] for row in LAST])
+def test_place_a_session_served_before(replicas, last, expected, reason):
+    chosen, why = order(S, replicas, last=last)[0]
+    assert (chosen.name, why) == (expected, reason)
+
+
+def test_a_tag_names_a_session_of_one_account_and_hides_its_key():
+    key = Key("h:7d1f0c0e-session", AFFINITY)
+    a, b = key.tagged("acct-a"), key.tagged("acct-b")
+    assert a.tag != b.tag and a.tag == key.tagged("acct-a").tag
+    assert len(a.tag) == 16 and "7d1f" not in a.tag and a.value == key.value
+
+
+def test_last_served_is_the_newest_of_this_worker_and_the_neurons_lists():
+    from cortex.gateway.fleet import ModelOnNode, Node
+
+    def node(name: str, **sessions: float) -> Node:
+        n = Node(name, f"http://{name}")
+        n.models["file:m"] = ModelOnNode("file:m", "loaded", sessions=sessions)
+        return n
+
+    nodes = [node("a", t1=10.0), node("b", t1=20.0, t2=5.0), node("c")]
+    last = LastServed(keep=2)
+    assert last.where("file:m", "t1", nodes) == "b"  # the newest neuron list
+    assert last.where("file:m", "t9", nodes) is None  # none served it
+    last.record("file:m", "t1", "c", 15.0)
+    assert last.where("file:m", "t1", nodes) == "b"  # b's list is newer than our record
+    last.record("file:m", "t1", "c", 25.0)
+    assert last.where("file:m", "t1", nodes) == "c"
+    assert last.where("file:m", "t1", nodes[:2]) == "b"  # c gone: the next newest
+    assert last.where("file:other", "t1", nodes) is None  # another model's session
+    last.record("file:m", "t2", "a", 1.0)  # older than b's list: b
+    assert last.where("file:m", "t2", nodes) == "b"
+    last.record("file:m", "t3", "a", 1.0)
+    last.record("file:m", "t4", "a", 1.0)  # keeps the newest 2: t1 forgotten
+    assert last.where("file:m", "t1", nodes) == "b"
+
+
+def test_a_neurons_session_list_is_read_leniently():
+    from cortex.core.recent_sessions import read_report
+
+    tag = "0123456789abcdef"
+    assert read_report({tag: 2.5, "not a tag": 1, "f" * 16: -1, "e" * 16: "x"}, 100.0) == {
+        tag: 97.5}
+    assert read_report(["a list"], 100.0) == {} and read_report(None, 1.0) == {}
 
 
 @pytest.mark.parametrize("routing, message", [

@@ -192,6 +192,16 @@ def test_auth_token_guards_everything_but_health(neuron_factory):
     err(n.get("/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
     ok = n.get("/models", headers={"Authorization": "Bearer s3cret"})
     assert ok.status_code == 200
+    # /health is public; which sessions a model served, only with the token.
+    auth = {"Authorization": "Bearer s3cret"}
+    assert n.post("/models/load", {"model_id": "file:tiny-hello"}, headers=auth).ok
+    assert n.post("/v1/chat/completions", {"model": "file:tiny-hello", "max_tokens": 1,
+                  "messages": [{"role": "user", "content": "Hi"}]},
+                  headers=auth | {"X-Helexa-Session": "5e55" * 4}).ok
+    (public,) = n.get("/health").json()["models"]
+    assert "sessions" not in public and public["id"] == "file:tiny-hello"
+    (private,) = n.get("/health", headers=auth).json()["models"]
+    assert private["sessions"].keys() == {"5e55" * 4}
 
 
 def test_chat_template_errors_are_400(neuron, models_dir):

@@ -82,6 +82,31 @@ def test_health_lists_models_with_figures(neuron):
     assert h["devices"][0]["vram_used_mb"] >= m["vram_used_mb"] > 0
 
 
+def test_health_lists_the_sessions_a_model_served_newest_last(neuron):
+    """Gateways name a request's session in X-Helexa-Session; /health lists the tags with
+    their age, so that every gateway sends a session's next turn where its prompt is."""
+    neuron.load("file:tiny-hello")
+    tags = ["a" * 16, "b" * 16, "c" * 32]
+    for tag in [*tags, tags[0]]:
+        r = neuron.post("/v1/chat/completions", {"model": "file:tiny-hello", "max_tokens": 2,
+                        "messages": [{"role": "user", "content": "Hi"}]},
+                        headers={"X-Helexa-Session": tag})
+        assert r.status_code == 200, r.text
+    # Not a tag (a client's raw session id, say): served, and not listed.
+    for bad in ("my-session", "A" * 16, "a" * 65):
+        r = neuron.post("/v1/chat/completions", {"model": "file:tiny-hello", "max_tokens": 2,
+                        "messages": [{"role": "user", "content": "Hi"}]},
+                        headers={"X-Helexa-Session": bad})
+        assert r.status_code == 200, r.text
+    (m,) = neuron.get("/health").json()["models"]
+    assert list(m["sessions"]) == [tags[1], tags[2], tags[0]]  # newest last
+    assert all(0 <= age < 30 for age in m["sessions"].values())
+    assert m["sessions"][tags[0]] <= m["sessions"][tags[2]] <= m["sessions"][tags[1]]
+    neuron.post("/models/unload", {"model_id": "file:tiny-hello"})
+    neuron.load("file:tiny-hello")  # a new load holds no session
+    assert neuron.get("/health").json()["models"][0]["sessions"] == {}
+
+
 def test_prewarm_activation(neuron_factory):
     from cortex.neuron.config import DefaultModel
 

@@ -149,6 +149,7 @@ class Probe:  # what a placement policy reads of a request
     path: str = "/v1/chat/completions"
     body: dict = field(default_factory=dict)
     headers: dict = field(default_factory=dict)
+    session: None = None  # (the least_busy policy reads none)
 
 
 def first_choice(nodes: list[Node], exclude: set[str] = frozenset(),

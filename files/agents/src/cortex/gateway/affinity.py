@@ -2,23 +2,32 @@
 
 A replica that served a session's last turn holds its prompt in its cache; the next turn
 sent there skips that prefill (seconds on a GPU for a 20k-token agent prompt, minutes on
-a CPU). Everything here is pure: the same request and the same replica set give the same
-answer on every gateway worker and host, with nothing shared between them.
+a CPU). Every gateway worker and host comes to the same answer with nothing shared between
+them: from the request, the replica set, and what the neurons report.
 
 - `affinity_key`: what identifies a session, in this order: the session headers agent
   clients send (Claude Code, Codex, OpenCode), Codex's `prompt_cache_key`, the OpenAI
   `user` / Anthropic `metadata.user_id`, else a hash over the request's prefix up to its
   first user message (stable across a session's turns, different between sessions).
-- `rendezvous`: the replicas in a key's order of preference (highest random weight).
-  Adding a replica moves only the keys it now wins (1/(n+1) of them, all to it); removing
-  one moves only the keys it held. Nothing moves between the replicas that stay.
-- `place`: the key's first replica that is neither full nor much busier than the least
-  busy one (SGLang's router's imbalance test, in slots).
+  Neurons know a session by its `tag` (a hash of the account and the key) only.
+- Where a session lives: the replica that served it last, as this worker saw it or as
+  the neurons list it (core.recent_sessions, in /health): a session moves only when that
+  replica is full, much busier than the least busy one, or gone; never because a replica
+  was added. A session no replica has served (a new one, or one long idle) goes to:
+- `rendezvous`: the replicas in the key's order of preference (highest random weight), so
+  that every worker puts a new session on the same replica without telling the others,
+  and sessions spread evenly over the replicas there are.
+- `place`: the first of those (its last replica, then the key's order) that is neither
+  full nor much busier than the least busy one (SGLang's router's imbalance test, in
+  slots).
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +60,13 @@ _VOLATILE_PREFIX = "x-anthropic-billing-header:"
 class Key:
     value: str
     reason: str  # AFFINITY (the client said which session) or PREFIX (we worked it out)
+    tag: str = ""  # its name to neurons (`tagged`); "" until then
+
+    def tagged(self, account: str) -> Key:
+        """With its tag: a hash of the account and the key, so that two tenants' sessions
+        never share one and a client's session id never leaves the gateway."""
+        digest = hashlib.blake2b(f"{account}\x1f{self.value}".encode(), digest_size=8)
+        return Key(self.value, self.reason, digest.hexdigest())
 
 
 def affinity_key(headers: Mapping[str, str], body: Mapping[str, Any]) -> Key | None:
@@ -168,36 +184,78 @@ class Balance:
                 and chosen.load > self.rel * least.load)
 
 
-def order(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance()
-          ) -> list[tuple[Replica, str]]:
+def order(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance(),
+          last: str | None = None) -> list[tuple[Replica, str]]:
     """Every replica in the order to try them (the next when one refuses as full), each
     with its reason: `place`'s choice first, then the key's order of preference (no key:
     the least busy first; full ones last), as spills."""
-    chosen, reason = place(key, replicas, balance)
+    chosen, reason = place(key, replicas, balance, last)
     if key is None:
         rest = sorted(replicas, key=lambda r: (r.load, r.name))
     else:
-        by_name = {r.name: r for r in replicas}
-        rest = [by_name[n] for n in rendezvous(key.value, by_name)]
+        rest = _preference(key, replicas, last)
     rest.sort(key=lambda r: r.full)  # (a stable sort: the preference stays within each)
     return [(chosen, reason)] + [(r, SPILL) for r in rest if r is not chosen]
 
 
-def place(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance()
-          ) -> tuple[Replica, str]:
-    """The replica for a request with `key` (None: no key, or the least_busy policy), and
-    the reason (one of REASONS). `replicas` must not be empty."""
+def place(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance(),
+          last: str | None = None) -> tuple[Replica, str]:
+    """The replica for a request with `key` (None: no key, or the least_busy policy) whose
+    session was served last on `last` (None: on none of `replicas`), and the reason (one
+    of REASONS). `replicas` must not be empty."""
     least = min(replicas, key=lambda r: (r.load, r.name))
     if key is None or len(replicas) == 1:
         return (least, LEAST_BUSY) if key is None else (least, key.reason)
-    by_name = {r.name: r for r in replicas}
-    ranked = [by_name[n] for n in rendezvous(key.value, by_name)]
-    # The first in the key's order that is neither full nor much busier than the least
-    # busy: a session that spills keeps spilling to the same second home (whose cache then
-    # holds it too), where SGLang's router sends it to whichever replica is least busy.
+    ranked = _preference(key, replicas, last)
+    # The first in that order that is neither full nor much busier than the least busy: a
+    # session that spills goes to the same second home on every worker; served there, it
+    # lives there from then on (its prompt is cached there now).
     chosen = next((r for r in ranked if not r.full and not balance.imbalanced(r, least)),
                   least)
     return chosen, (key.reason if chosen is ranked[0] else SPILL)
+
+
+def _preference(key: Key, replicas: Sequence[Replica], last: str | None) -> list[Replica]:
+    """The session's last replica, then the rest in the key's rendezvous order."""
+    by_name = {r.name: r for r in replicas}
+    names = rendezvous(key.value, by_name)
+    if last in by_name:
+        names.remove(last)
+        names.insert(0, last)
+    return [by_name[n] for n in names]
+
+
+class LastServed:
+    """Where this worker saw each session served last: (model, tag) -> (node, when), the
+    newest `keep`. The neurons' lists say the same for every worker, a poll later."""
+
+    def __init__(self, keep: int = 16384) -> None:
+        self._at: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def record(self, load_id: str, tag: str, node: str, at: float) -> None:
+        with self._lock:
+            old = self._at.get((load_id, tag))
+            if old is None or at >= old[1]:
+                self._at[(load_id, tag)] = (node, at)
+            self._at.move_to_end((load_id, tag))
+            if len(self._at) > self._keep:
+                self._at.popitem(last=False)
+
+    def where(self, load_id: str, tag: str, replicas: Sequence[Node]) -> str | None:
+        """The replica among `replicas` that served the session last (by this worker's
+        record or its neuron's list, whichever is newer), if any did."""
+        node, at = self._at.get((load_id, tag), (None, float("-inf")))
+        names = {n.name for n in replicas}
+        best = node if node in names else None
+        best_at = at if best else float("-inf")
+        for n in replicas:
+            m = n.loaded(load_id)
+            seen = m.sessions.get(tag) if m is not None else None
+            if seen is not None and seen > best_at:
+                best, best_at = n.name, seen
+        return best
 
 
 class Affinity:
@@ -209,20 +267,34 @@ class Affinity:
     def __init__(self, in_flight: InFlight, balance: Balance = Balance(), *,
                  sticky: bool = True) -> None:
         self.in_flight, self.balance, self.sticky = in_flight, balance, sticky
+        self.last = LastServed()
+
+    def session(self, request: Request, account: str) -> Key | None:
+        """The request's session, tagged for `account` (None: not sticky, an embedding, or
+        nothing identifies one). The caller keeps it on the request for `order`."""
+        if not self.sticky or request.path.endswith("/embeddings"):
+            return None  # (an embedding has no session: whichever replica is least busy)
+        key = affinity_key(request.headers, request.body)
+        return key.tagged(account) if key is not None else None
 
     def order(self, request: Request, replicas: list[Node]) -> list[Choice]:
         load_id = request.model.load_id
-        # An embedding has no session: whichever replica is least busy.
-        key = (affinity_key(request.headers, request.body)
-               if self.sticky and not request.path.endswith("/embeddings") else None)
+        key = request.session
         by_name, loads = {}, []
         for n in replicas:
             m = n.loaded(load_id)
             by_name[n.name] = n
             loads.append(Replica(n.name, self.in_flight.load(n, load_id),
                                  max(m.slots, 1) if m else 1, m.capacity if m else 0))
+        last = self.last.where(load_id, key.tag, replicas) if key is not None else None
         return [Choice(by_name[r.name], reason)
-                for r, reason in order(key, loads, self.balance)]
+                for r, reason in order(key, loads, self.balance, last)]
+
+    def served(self, request: Request, node: Node) -> None:
+        """`node` took the request (its neuron admitted it): its session lives there now."""
+        key = request.session
+        if key is not None:
+            self.last.record(request.model.load_id, key.tag, node.name, time.time())
 
 
 POLICIES = ("affinity", "least_busy")

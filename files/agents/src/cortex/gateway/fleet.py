@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cortex.core.recent_sessions import read_report
 from cortex.gateway.config import NeuronEntry
 from cortex.gateway.upstream import Upstream, UpstreamError
 
@@ -37,6 +38,9 @@ class ModelOnNode:
     slots: int = 0  # sequences it decodes at once (0: the neuron did not say)
     capacity: int = 0  # running + queued at which the neuron refuses more (0: not said)
     queue_wait: float = 0.0  # seconds its oldest queued request has waited
+    # Sessions it served lately: tag -> when (time.time()), as its neuron listed them
+    # (core.recent_sessions): where affinity sends their next turns.
+    sessions: dict[str, float] = field(default_factory=dict)
 
     @property
     def busy(self) -> int:
@@ -143,8 +147,9 @@ class Fleet:
         seq, started = node.polls_started, time.time()
         try:
             health = self.upstream.get_json(f"{node.endpoint}/health")
+            heard = time.time()  # (what its session list's ages count back from)
             models = self.upstream.get_json(f"{node.endpoint}/models")
-            self.apply(node, health, models, seq, started)
+            self.apply(node, health, models, seq, started, heard)
             return
         except (UpstreamError, ValueError, TypeError, KeyError, AttributeError) as exc:
             # A 200 that is not the neuron API (garbage, a proxy's page) is a failed poll.
@@ -156,13 +161,14 @@ class Fleet:
             node.polled = True
 
     def apply(self, node: Node, health: dict, models: list, seq: int,
-              started: float = 0.0) -> None:
+              started: float = 0.0, heard: float = 0.0) -> None:
         """Take a poll's answers; raises (changing nothing) if they are not the neuron API."""
         if not isinstance(health, dict) or not isinstance(models, list):
             raise ValueError("the answer is not the neuron API (/health must be an object, "
                              "/models a list)")
         live = {m["id"]: m for m in health.get("models", [])}
         fresh: dict[str, ModelOnNode] = {}
+        now = heard or time.time()
         for m in models:
             h = live.get(m["id"], {})
             fresh[str(m["id"])] = ModelOnNode(
@@ -173,7 +179,7 @@ class Fleet:
                 tok_s_prefill=float(h.get("tok_s_prefill", 0.0)),
                 tok_s_decode=float(h.get("tok_s_decode", 0.0)),
                 rejections={str(k): int(v) for k, v in h.get("rejections", {}).items()},
-                info=m, **_admission(h))
+                sessions=read_report(h.get("sessions"), now), info=m, **_admission(h))
         devices, activation = health.get("devices", []), health.get("activation", {})
         if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices) \
                 or not isinstance(activation, dict):

@@ -5,9 +5,10 @@ what this worker has sent it and not yet seen finish (`InFlight`): the poll is u
 poll interval old, so without our own count every request of a burst would see the same
 "least busy" replica and all of them would go there.
 
-The policy is one object with one method, `order`: given the request and the model's
-replicas (`Fleet.replicas`, routable with the model loaded), the replicas to try, best
-first, each with the rule that put it there (`cortex_routing_total{reason}`). The relay's
+The policy is one object: `session` reads the request's session once (kept on the
+request); `order`, given the request and the model's replicas (`Fleet.replicas`, routable
+with the model loaded), gives the replicas to try, best first, each with the rule that put
+it there (`cortex_routing_total{reason}`); `served` hears which replica took it. The relay's
 `Dispatcher` tries them in that order, moving on when a replica refuses as full. The
 policies (`[routing] policy`: affinity, least_busy) are affinity.py's `Affinity`, the one
 owner of the rule; the composition root gives one to the dispatcher.
@@ -43,11 +44,20 @@ class Request(Protocol):
     model: ModelRef
     body: dict[str, Any]
     headers: dict[str, str]  # the client's end-to-end headers, lower-cased
+    session: Any  # what the policy's `session` made of it (affinity.Key), set before `order`
 
 
 class Placement(Protocol):
+    def session(self, request: Request, account: str) -> Any:
+        """The request's session, for `account` (None: none), read once per request."""
+        ...
+
     def order(self, request: Request, replicas: list[Node]) -> list[Choice]:
         """`replicas` (not empty) in the order to try them, each with its reason."""
+        ...
+
+    def served(self, request: Request, node: Node) -> None:
+        """`node` admitted the request."""
         ...
 
 

@@ -15,8 +15,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wsgi import ClosingIterator
 
 import cortex
-from cortex.core import openapi
-from cortex.core.errors import BadRequest, Unavailable
+from cortex.core import openapi, recent_sessions
+from cortex.core.errors import BadRequest, Unauthorized, Unavailable
 from cortex.core.http import (
     error_response,
     install_error_handlers,
@@ -117,7 +117,14 @@ def discovery() -> Any:
 
 @bp.get("/health")
 def health() -> Any:
-    return json_response(status.health(_neuron()))
+    # Public, for load balancers' checks; which sessions each model served, only for a
+    # caller with the token (the gateways).
+    n = _neuron()
+    try:
+        require_token(n.cfg.auth_token)
+    except Unauthorized:
+        return json_response(status.health(n, sessions=False))
+    return json_response(status.health(n))
 
 
 @bp.get("/models")
@@ -225,6 +232,7 @@ def openai_models() -> Any:
 def _caller() -> Caller:
     return Caller(principal=request.headers.get(PRINCIPAL_HEADER, ""),
                   routed=bool(request.headers.get(ROUTED_HEADER)),
+                  session=request.headers.get(recent_sessions.HEADER, ""),
                   hung_up=hang_up_check(request.environ))
 
 

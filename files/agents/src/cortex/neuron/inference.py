@@ -37,6 +37,7 @@ class Caller:
 
     principal: str = ""  # the account a gateway sent it for: the prompt cache's partition
     routed: bool = False  # a gateway routed it (refused while drained, so it goes elsewhere)
+    session: str = ""  # the gateway's tag for its session (core.recent_sessions), if any
     # Whether the client has closed its side of the connection (the web layer peeks at the
     # socket); None where that cannot be known.
     hung_up: Callable[[], bool] | None = None
@@ -92,6 +93,7 @@ def handle(neuron: Neuron, body: dict, caller: Caller, *, chat: bool
     except ApiError as exc:
         neuron.metrics.requests.labels(loaded.id, endpoint, str(exc.status)).inc()
         raise
+    loaded.sessions.served(caller.session)  # (gateways send its next turn here: /health)
     reply = ReplyBuilder(loaded, chat=chat, prompt=prompt, stream=stream)
     waiter = Waiter(loaded, job, neuron.cfg.admission.max_wait_secs)
     if stream:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cortex.core.errors import ApiError, BadRequest, NotFound, PreflightError, Unavailable
+from cortex.core.recent_sessions import RecentSessions
 from cortex.neuron import families, gguf_header
 from cortex.neuron.config import DefaultModel, NeuronConfig
 from cortex.neuron.engines import LoadedModel, get_engine
@@ -77,6 +78,7 @@ class Loaded:
     embeddings_need_mb: int = 0  # its estimate
     family: families.Family = field(default_factory=lambda: families.FAMILIES["generic"])
     chat_format_set: bool = False  # named by the load request, not read off the template
+    sessions: RecentSessions = field(default_factory=RecentSessions)  # served lately (/health)
     _leases: int = 0
     _prompt_at: float = 0.0  # when a request's prompt was last rendered (monotonic)
     _closing: bool = False

@@ -36,7 +36,8 @@ def discovery(n: Neuron) -> dict[str, Any]:
     return body
 
 
-def health(n: Neuron) -> dict[str, Any]:
+def health(n: Neuron, *, sessions: bool = True) -> dict[str, Any]:
+    """`sessions`: list the session tags each model served (core.recent_sessions)."""
     reg = n.registry
     progress = reg.load_progress()
     models = []
@@ -53,6 +54,7 @@ def health(n: Neuron) -> dict[str, Any]:
             "tok_s_decode": round(sched.stats.tok_s_decode, 1),
             "last_used": round(sched.stats.last_used, 3), "vram_used_mb": m.vram_mb,
             "rejections": dict(sched.stats.rejections),
+            **({"sessions": m.sessions.report()} if sessions else {}),
             **n.metrics.totals(m.id),
         })
     return {

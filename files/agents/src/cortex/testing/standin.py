@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from cortex.core.recent_sessions import HEADER, RecentSessions
 from cortex.testing.costmodel import CostModel, Full, SimReplica
 from cortex.testing.served import Served
 
@@ -54,7 +55,9 @@ class StandIn:
         self.queue_depth = 0  # what /health says of every loaded model (set by a test)
         self.last_used: dict[str, float] = {}  # a model's last use (absent: just now)
         self.loading: set[str] = set()
+        self.sessions: dict[str, RecentSessions] = {}  # per model: tags of chats it took
         self.drained = False
+        self.polls = 0  # /health reads (a gateway's worker polls each node once a round)
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
         self.served = Served(self._app(), host=host)
@@ -73,6 +76,7 @@ class StandIn:
 
         @app.get("/health")
         def health() -> Any:
+            self.polls += 1
             return {"status": "ok", "drained": self.drained,
                     "devices": [{"index": 0, "name": "cpu", "kind": "cpu",
                                  "vram_total_mb": 16000, "vram_free_mb": self.vram_free_mb}],
@@ -112,6 +116,7 @@ class StandIn:
             if not self.loaded.get(body["model_id"]):
                 return {"error": {"message": "not loaded", "code": "model_not_found"}}, 404
             self.loaded[body["model_id"]] = False
+            self.sessions.pop(body["model_id"], None)  # (a new load holds no session)
             sim = self.sims.pop(body["model_id"], None)
             if sim is not None:
                 sim.stop()
@@ -130,6 +135,12 @@ class StandIn:
         @app.post("/v1/chat/completions")
         def chat() -> Any:
             body = self._record()
+            if self.drained and request.headers.get("X-Helexa-Routed"):
+                # As a neuron: a gateway whose view is a poll old goes elsewhere.
+                return Response(json.dumps({"error": {
+                    "message": "this neuron is drained", "type": "service_unavailable",
+                    "code": "node_drained"}}), status=503, mimetype="application/json",
+                    headers={"Retry-After": "1"})
             if self.cost is not None:
                 return self._simulated(body)
             if self.full:
@@ -138,6 +149,7 @@ class StandIn:
                                "(max_queue_depth=2); retry shortly",
                     "type": "service_unavailable", "code": "rate_limit_exceeded"}}),
                     status=503, mimetype="application/json", headers={"Retry-After": "3"})
+            self._served(body)
             with self.lock:
                 self.live += 1  # (reported in /health beside the in_flight a test sets)
             try:
@@ -193,6 +205,7 @@ class StandIn:
                 "message": "the stand-in's queue is full", "type": "server_error",
                 "code": "rate_limit_exceeded"}}), status=503, mimetype="application/json",
                 headers={"Retry-After": "1"})
+        self._served(body)
         chunk = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
                  "model": body["model"]}
 
@@ -220,7 +233,18 @@ class StandIn:
 
         return Response(events(), mimetype="text/event-stream")
 
+    def _served(self, body: dict[str, Any]) -> None:
+        """A chat request taken: its session tag, listed in /health as a neuron lists it."""
+        with self.lock:
+            seen = self.sessions.setdefault(body["model"], RecentSessions())
+        seen.served(request.headers.get(HEADER))
+
     def _health(self, model: str) -> dict[str, Any]:
+        out = self._load(model)
+        seen = self.sessions.get(model)
+        return out | {"sessions": seen.report()} if seen is not None else out
+
+    def _load(self, model: str) -> dict[str, Any]:
         sim = self.sims.get(model)
         if sim is not None:
             return {"id": model, "in_flight": sim.in_flight, "queue_depth": sim.queue_depth,

@@ -33,8 +33,9 @@ from collections.abc import Collection, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cortex.core import fastjson
+from cortex.core import fastjson, recent_sessions
 from cortex.core.errors import ApiError, BadGateway, BadRequest, GatewayTimeout
+from cortex.gateway.affinity import Key
 from cortex.gateway.auth import Principal
 from cortex.gateway.catalogue import ModelRef
 from cortex.gateway.fleet import Fleet, Node
@@ -67,6 +68,7 @@ class Outbound:
     headers: dict[str, str]
     principal: Principal
     client: Any = None  # the client's socket: watched while a whole reply is awaited
+    session: Key | None = None  # its session (the placement policy's reading), if any
     stream: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,13 +100,17 @@ class Dispatcher:
         """The replica `req` would try first, if its model is loaded anywhere (for a call
         that must not load a model, such as counting tokens)."""
         replicas = self.fleet.replicas(req.model.load_id)
-        return self.placement.order(req, replicas)[0].node if replicas else None
+        if not replicas:
+            return None
+        req.session = self.placement.session(req, req.principal.account_id)
+        return self.placement.order(req, replicas)[0].node
 
     # -- the decision ----------------------------------------------------------------------
     def _dispatch(self, req: Outbound, tab: Tab, progress: bool
                   ) -> Generator[Waiting | Exchange, None, None]:
         check_context(req.model, req.body)
         payload = fastjson.dumps(dict(req.body, model=req.model.load_id))
+        req.session = self.placement.session(req, req.principal.account_id)
         headers = self._headers(req)
         tried: set[str] = set()
         failure: ApiError | None = None  # unreachable or gone: one more try elsewhere
@@ -127,6 +133,8 @@ class Dispatcher:
                 if isinstance(attempt, Exchange):
                     reason = SPILL if full is not None else choice.reason
                     self.metrics.routing(req.model.public_id, reason).inc()
+                    if attempt.status == 200:
+                        self.placement.served(req, node)
                     tab.attach(attempt, req.body)
                     if attempt.stopped:  # its client left or its time ran out
                         err, unknown = settle_reply(attempt, attempt.stopped,
@@ -230,6 +238,8 @@ class Dispatcher:
             headers["X-Helexa-Key-Id"] = p.key_id
         headers["Content-Type"] = "application/json"
         headers["X-Helexa-Routed"] = "1"
+        if req.session is not None:  # (the neuron lists it in /health: where it lives)
+            headers[recent_sessions.HEADER] = req.session.tag
         return headers
 
 
