@@ -249,15 +249,17 @@ PLACE = [
      [rep(FIRST, 0), rep(SECOND, 0), rep(THIRD, 0)], FIRST, AFFINITY),
     ("its home busier but within a batch of the least busy: stays home", S,
      [rep(FIRST, 2), rep(SECOND, 0), rep(THIRD, 1)], FIRST, AFFINITY),
-    ("its home a whole batch busier than the least busy (and 1.5x): the next in its order "
-     "that is not", S, [rep(FIRST, 3), rep(SECOND, 1), rep(THIRD, 0)], SECOND, SPILL),
-    ("...and when that one is too, the one after", S,
-     [rep(FIRST, 3), rep(SECOND, 3), rep(THIRD, 0)], THIRD, SPILL),
+    ("its home a whole batch busier than the least busy (and 1.5x): the least busy", S,
+     [rep(FIRST, 3), rep(SECOND, 1), rep(THIRD, 0)], THIRD, SPILL),
+    ("...ties between the least busy: the key's order", S,
+     [rep(FIRST, 4), rep(THIRD, 1), rep(SECOND, 1)], SECOND, SPILL),
     ("a difference of more than a batch but under 1.5x: stays home", S,
      [rep(FIRST, 5, capacity=9), rep(SECOND, 4, capacity=9), rep(THIRD, 4, capacity=9)],
      FIRST, AFFINITY),
-    ("its home full: the next replica in its order", S,
+    ("its home full: the least busy of the others (ties: its order)", S,
      [rep(FIRST, 6), rep(SECOND, 5), rep(THIRD, 5)], SECOND, SPILL),
+    ("...not a full one, however idle it says it is", S,
+     [rep(FIRST, 6), rep(SECOND, 5), rep(THIRD, 2, capacity=2)], SECOND, SPILL),
     ("every replica full: the least busy (whose neuron may still refuse)", S,
      [rep(FIRST, 7), rep(SECOND, 6), rep(THIRD, 8)], SECOND, SPILL),
     ("capacity not known: never full", S,
@@ -289,7 +291,7 @@ def test_the_balance_thresholds_are_settings():
 def test_the_order_to_try_is_the_choice_then_the_keys_preference():
     replicas = [rep(FIRST, 6), rep(SECOND, 1), rep(THIRD, 0)]  # home full
     assert [(r.name, why) for r, why in order(S, replicas)] == [
-        (SECOND, SPILL), (THIRD, SPILL), (FIRST, SPILL)]  # the full one last
+        (THIRD, SPILL), (SECOND, SPILL), (FIRST, SPILL)]  # the full one last
     idle = [rep(n, 0) for n in ORDER]
     assert [(r.name, why) for r, why in order(S, idle)] == [
         (FIRST, AFFINITY), (SECOND, SPILL), (THIRD, SPILL)]

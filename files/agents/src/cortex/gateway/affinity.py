@@ -17,9 +17,9 @@ them: from the request, the replica set, and what the neurons report.
 - `rendezvous`: the replicas in the key's order of preference (highest random weight), so
   that every worker puts a new session on the same replica without telling the others,
   and sessions spread evenly over the replicas there are.
-- `place`: the first of those (its last replica, then the key's order) that is neither
-  full nor much busier than the least busy one (SGLang's router's imbalance test, in
-  slots).
+- `place`: that replica (its last, else the key's first), unless it is full or much
+  busier than the least busy one (SGLang's router's imbalance test, in slots): then the
+  least busy one that is not full, as a spill.
 """
 
 from __future__ import annotations
@@ -207,12 +207,15 @@ def place(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balan
     if key is None or len(replicas) == 1:
         return (least, LEAST_BUSY) if key is None else (least, key.reason)
     ranked = _preference(key, replicas, last)
-    # The first in that order that is neither full nor much busier than the least busy: a
-    # session that spills goes to the same second home on every worker; served there, it
-    # lives there from then on (its prompt is cached there now).
-    chosen = next((r for r in ranked if not r.full and not balance.imbalanced(r, least)),
-                  least)
-    return chosen, (key.reason if chosen is ranked[0] else SPILL)
+    home = ranked[0]
+    if not home.full and not balance.imbalanced(home, least):
+        return home, key.reason
+    # Spill as SGLang's router does: to the least busy replica that is not full (ties: the
+    # key's order, so that workers that see the same loads agree). Served there, the
+    # session lives there from then on (its prompt is cached there now): a spill also
+    # evens out where sessions live.
+    chosen = min((r for r in ranked if not r.full), key=lambda r: r.load, default=least)
+    return chosen, SPILL
 
 
 def _preference(key: Key, replicas: Sequence[Replica], last: str | None) -> list[Replica]:
