@@ -17,7 +17,7 @@ neuron stand-in with a cost model (cortex.testing.costmodel), 200 sessions: toke
 TTFT, hit ratio and replicas over time for each policy. The cost models are in COSTS
 (what they were measured or published from is beside each).
 
-    .venv/bin/python bench/fleet_agents.py                 # real, ~7 minutes on 2 cores
+    .venv/bin/python bench/fleet_agents.py                 # real, ~4 minutes on 2 cores
     .venv/bin/python bench/fleet_agents.py --simulate      # ~4 minutes
 """
 
