@@ -76,7 +76,8 @@ class StandIn:
 
         @app.get("/health")
         def health() -> Any:
-            self.polls += 1
+            with self.lock:
+                self.polls += 1
             return {"status": "ok", "drained": self.drained,
                     "devices": [{"index": 0, "name": "cpu", "kind": "cpu",
                                  "vram_total_mb": 16000, "vram_free_mb": self.vram_free_mb}],
