@@ -324,3 +324,22 @@ def test_a_failed_reload_keeps_the_last_good_config(gateway_process):
     for _ in range(5):
         assert status("sk-b") == 401 and status("sk-a") == 404
     assert "reload failed, keeping the last good configuration" in gw.log.read_text()
+
+
+
+def test_a_worker_stopped_while_it_builds_the_app_stops_cleanly():
+    """`systemctl reload` right after a start (a deploy's restart, then its reload) stops
+    workers still building the app. Their exit hooks once failed on the app not being
+    there yet: the exception surfaced inside the build, a boot error, and gunicorn's
+    master stopped, the gateway with it (seen once in CI under load)."""
+    import signal
+    from types import SimpleNamespace
+
+    from cortex.gateway.serve import Master
+    from cortex.gateway.worker import GatewayWorker
+
+    worker = object.__new__(GatewayWorker)  # as gunicorn has it before load_wsgi: no .wsgi
+    worker.alive = True
+    worker.handle_exit(signal.SIGTERM, None)
+    assert worker.alive is False
+    Master.worker_exit(object.__new__(Master), SimpleNamespace(), worker)  # nothing to flush

@@ -136,7 +136,8 @@ class Master:
 
     def worker_exit(self, server: Any, worker: Any) -> None:
         """As a worker ends: what its metrics buffer still holds goes to the files."""
-        gw = getattr(worker.wsgi, "extensions", {}).get("gateway")
+        # (a worker stopped while it built the app has none)
+        gw = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("gateway")
         if gw is not None:
             gw.metrics.flush()
 

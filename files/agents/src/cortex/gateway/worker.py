@@ -16,7 +16,10 @@ class GatewayWorker(GeventWorker):
         # A graceful stop (SIGTERM: a restart, or a reload's old workers) waits for open
         # requests; a dashboard's event stream never ends by itself, so end it now.
         super().handle_exit(sig, frame)
-        live = getattr(self.wsgi, "extensions", {}).get("cortex_ui")
+        # A reload right after a start stops workers still building the app: no app yet.
+        # (An exception here would surface inside that build, a boot error that stops
+        # gunicorn's master and with it the gateway.)
+        live = getattr(getattr(self, "wsgi", None), "extensions", {}).get("cortex_ui")
         if live is not None:
             import gevent
 
