@@ -350,6 +350,17 @@ def test_last_served_is_the_newest_of_this_worker_and_the_neurons_lists():
     assert last.where("file:m", "t1", nodes) == "b"
 
 
+def test_newest_keeps_the_keys_set_last_newest_last():
+    from cortex.core.recent_sessions import Newest
+
+    n: Newest[str, int] = Newest(keep=3)
+    for k in "abcd":  # a falls out
+        n.put(k, ord(k))
+    n.put("b", 0)  # set again: newest
+    assert n.newest(10) == [("c", 99), ("d", 100), ("b", 0)]
+    assert n.newest(2) == [("d", 100), ("b", 0)] and n.get("a") is None
+
+
 def test_a_neurons_session_list_is_read_leniently():
     from cortex.core.recent_sessions import read_report
 

@@ -13,11 +13,15 @@ One owner of the format: the tag's shape, the list's length, and reading a list 
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 HEADER = "X-Helexa-Session"
 _TAG = re.compile(r"[0-9a-f]{16,64}")
@@ -31,32 +35,47 @@ def valid(tag: str | None) -> bool:
     return bool(tag) and _TAG.fullmatch(tag) is not None
 
 
-class RecentSessions:
-    """A model's recently served session tags (thread-safe: request threads write, the
-    /health reader lists)."""
+class Newest(Generic[K, V]):
+    """A bounded map that keeps the `keep` keys set most recently, newest last
+    (thread-safe). One shape for both ends: a neuron's tags, a gateway worker's record."""
 
-    def __init__(self, keep: int = KEEP) -> None:
-        self._at: OrderedDict[str, float] = OrderedDict()  # tag -> when served (monotonic)
+    def __init__(self, keep: int) -> None:
+        self._items: OrderedDict[K, V] = OrderedDict()
         self._keep = keep
         self._lock = threading.Lock()
 
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            if len(self._items) > self._keep:
+                self._items.popitem(last=False)
+
+    def get(self, key: K) -> V | None:
+        return self._items.get(key)
+
+    def newest(self, limit: int) -> list[tuple[K, V]]:
+        """The `limit` keys set last, with their values, newest last."""
+        with self._lock:
+            out = list(itertools.islice(reversed(self._items.items()), limit))
+        return out[::-1]
+
+
+class RecentSessions:
+    """A model's recently served session tags (request threads write, /health lists)."""
+
+    def __init__(self, keep: int = KEEP) -> None:
+        self._at: Newest[str, float] = Newest(keep)  # tag -> when served (monotonic)
+
     def served(self, tag: str | None) -> None:
         """A request of session `tag` was admitted (an invalid or absent tag: nothing)."""
-        if not valid(tag):
-            return
-        with self._lock:
-            self._at[tag] = time.monotonic()
-            self._at.move_to_end(tag)
-            if len(self._at) > self._keep:
-                self._at.popitem(last=False)
+        if valid(tag):
+            self._at.put(tag, time.monotonic())
 
     def report(self, limit: int = REPORT) -> dict[str, float]:
         """The newest `limit` tags, each with the seconds since it was served."""
         now = time.monotonic()
-        with self._lock:
-            newest = list(self._at.items())[-limit:] if len(self._at) > limit \
-                else list(self._at.items())
-        return {tag: round(now - at, 2) for tag, at in newest}
+        return {tag: round(now - at, 2) for tag, at in self._at.newest(limit)}
 
 
 def read_report(raw: Any, now: float) -> dict[str, float]:

@@ -25,14 +25,13 @@ them: from the request, the replica set, and what the neurons report.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cortex.core import fastjson
+from cortex.core.recent_sessions import Newest
 from cortex.gateway.placement import COLD, LEAST_BUSY, SPILL, Choice, InFlight, Request
 
 if TYPE_CHECKING:
@@ -187,26 +186,28 @@ class Balance:
 def order(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance(),
           last: str | None = None) -> list[tuple[Replica, str]]:
     """Every replica in the order to try them (the next when one refuses as full), each
-    with its reason: `place`'s choice first, then the key's order of preference (no key:
-    the least busy first; full ones last), as spills."""
-    chosen, reason = place(key, replicas, balance, last)
-    if key is None:
-        rest = sorted(replicas, key=lambda r: (r.load, r.name))
-    else:
-        rest = _preference(key, replicas, last)
-    rest.sort(key=lambda r: r.full)  # (a stable sort: the preference stays within each)
+    with its reason: the choice (`place`) first, then the key's order of preference (no
+    key: the least busy first; full ones last), as spills. `last`: the replica that
+    served the session last (None: none of `replicas`). `replicas` must not be empty."""
+    ranked = (_preference(key, replicas, last) if key is not None
+              else sorted(replicas, key=lambda r: (r.load, r.name)))
+    chosen, reason = _choose(key, ranked, balance)
+    rest = sorted(ranked, key=lambda r: r.full)  # (stable: the preference stays within each)
     return [(chosen, reason)] + [(r, SPILL) for r in rest if r is not chosen]
 
 
 def place(key: Key | None, replicas: Sequence[Replica], balance: Balance = Balance(),
           last: str | None = None) -> tuple[Replica, str]:
-    """The replica for a request with `key` (None: no key, or the least_busy policy) whose
-    session was served last on `last` (None: on none of `replicas`), and the reason (one
-    of REASONS). `replicas` must not be empty."""
-    least = min(replicas, key=lambda r: (r.load, r.name))
-    if key is None or len(replicas) == 1:
+    """The replica for a request with `key` (None: no key, or the least_busy policy), and
+    the reason (one of REASONS): `order`'s first."""
+    return order(key, replicas, balance, last)[0]
+
+
+def _choose(key: Key | None, ranked: list[Replica], balance: Balance
+            ) -> tuple[Replica, str]:
+    least = min(ranked, key=lambda r: (r.load, r.name))
+    if key is None or len(ranked) == 1:
         return (least, LEAST_BUSY) if key is None else (least, key.reason)
-    ranked = _preference(key, replicas, last)
     home = ranked[0]
     if not home.full and not balance.imbalanced(home, least):
         return home, key.reason
@@ -233,23 +234,15 @@ class LastServed:
     newest `keep`. The neurons' lists say the same for every worker, a poll later."""
 
     def __init__(self, keep: int = 16384) -> None:
-        self._at: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
-        self._keep = keep
-        self._lock = threading.Lock()
+        self._at: Newest[tuple[str, str], tuple[str, float]] = Newest(keep)
 
     def record(self, load_id: str, tag: str, node: str, at: float) -> None:
-        with self._lock:
-            old = self._at.get((load_id, tag))
-            if old is None or at >= old[1]:
-                self._at[(load_id, tag)] = (node, at)
-            self._at.move_to_end((load_id, tag))
-            if len(self._at) > self._keep:
-                self._at.popitem(last=False)
+        self._at.put((load_id, tag), (node, at))
 
     def where(self, load_id: str, tag: str, replicas: Sequence[Node]) -> str | None:
         """The replica among `replicas` that served the session last (by this worker's
         record or its neuron's list, whichever is newer), if any did."""
-        node, at = self._at.get((load_id, tag), (None, float("-inf")))
+        node, at = self._at.get((load_id, tag)) or (None, float("-inf"))
         names = {n.name for n in replicas}
         best = node if node in names else None
         best_at = at if best else float("-inf")
