@@ -138,18 +138,13 @@ class StandIn:
             body = self._record()
             if self.drained and request.headers.get("X-Helexa-Routed"):
                 # As a neuron: a gateway whose view is a poll old goes elsewhere.
-                return Response(json.dumps({"error": {
-                    "message": "this neuron is drained", "type": "service_unavailable",
-                    "code": "node_drained"}}), status=503, mimetype="application/json",
-                    headers={"Retry-After": "1"})
+                return unavailable("this neuron is drained", "node_drained")
             if self.cost is not None:
                 return self._simulated(body)
             if self.full:
-                return Response(json.dumps({"error": {
-                    "message": "model file:standin is busy: 2 running, 2 queued "
-                               "(max_queue_depth=2); retry shortly",
-                    "type": "service_unavailable", "code": "rate_limit_exceeded"}}),
-                    status=503, mimetype="application/json", headers={"Retry-After": "3"})
+                return unavailable("model file:standin is busy: 2 running, 2 queued "
+                                   "(max_queue_depth=2); retry shortly",
+                                   "rate_limit_exceeded", retry_after=3)
             self._served(body)
             with self.lock:
                 self.live += 1  # (reported in /health beside the in_flight a test sets)
@@ -202,10 +197,7 @@ class StandIn:
         try:
             job = sim.submit(render(body), int(body.get("max_tokens") or 16))
         except Full:
-            return Response(json.dumps({"error": {
-                "message": "the stand-in's queue is full", "type": "server_error",
-                "code": "rate_limit_exceeded"}}), status=503, mimetype="application/json",
-                headers={"Retry-After": "1"})
+            return unavailable("the stand-in's queue is full", "rate_limit_exceeded")
         self._served(body)
         chunk = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": 0,
                  "model": body["model"]}
@@ -241,11 +233,11 @@ class StandIn:
         seen.served(request.headers.get(HEADER))
 
     def _health(self, model: str) -> dict[str, Any]:
-        out = self._load(model)
+        out = self._figures(model)
         seen = self.sessions.get(model)
         return out | {"sessions": seen.report()} if seen is not None else out
 
-    def _load(self, model: str) -> dict[str, Any]:
+    def _figures(self, model: str) -> dict[str, Any]:
         sim = self.sims.get(model)
         if sim is not None:
             return {"id": model, "in_flight": sim.in_flight, "queue_depth": sim.queue_depth,
@@ -268,6 +260,14 @@ class StandIn:
         with self.lock:
             self.received.append((request.path, body))
         return body
+
+
+def unavailable(message: str, code: str, retry_after: int = 1) -> Response:
+    """A neuron's 503 refusal (its envelope and Retry-After)."""
+    return Response(json.dumps({"error": {"message": message, "type": "service_unavailable",
+                                          "code": code}}),
+                    status=503, mimetype="application/json",
+                    headers={"Retry-After": str(retry_after)})
 
 
 def render(body: dict[str, Any]) -> str:
