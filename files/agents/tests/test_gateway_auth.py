@@ -102,9 +102,13 @@ def test_balance_cap_is_insufficient_quota(neuron_hello, gateway_factory, tmp_pa
                    headers=h).status_code == 200
     r = gw.post("/v1/chat/completions", {"model": "tiny-hello", "messages": MSG}, headers=h)
     assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota"
-    gw.gw.metrics.flush()  # (collected through the registry, a flush comes first)
-    spend = gw.gw.metrics.spend.collect()[0].samples
-    assert any(s.labels == {"account": "acme", "key": "capped"} and s.value > 0 for s in spend)
+
+    def spent() -> bool:  # (the bill is settled as the server closes the reply: just after)
+        gw.gw.metrics.flush()  # (collected through the registry, a flush comes first)
+        return any(s.labels == {"account": "acme", "key": "capped"} and s.value > 0
+                   for s in gw.gw.metrics.spend.collect()[0].samples)
+
+    wait_for(spent, "the first request's spend counted", 10)
 
 
 def test_headers_stamped_and_spoofs_stripped(neuron_factory, gateway_factory, tmp_path):
