@@ -360,6 +360,12 @@ def test_reaper_spares_a_model_just_routed_to(two, gateway_factory):
     gw.gw.router.routed(gw.gw.fleet.nodes[node], "file:tiny-hello")  # one on its way there
     _stale_idle_view(gw, node, "file:tiny-hello")
     assert gw.gw.router.reap_idle() == []
+    # The reply was read before either end finished counting it (both count it done as
+    # the response closes): until they have, the model is busy and rightly stays.
+    scheduler = two[node].neuron.registry.models["file:tiny-hello"].scheduler
+    wait_for(lambda: scheduler.in_flight == 0, "the neuron to count the request done", 10)
+    wait_for(lambda: not gw.gw.router.in_flight.of(node, "file:tiny-hello"),
+             "the gateway to count the request done", 10)
     # Idle by the neuron's own account and not routed to: it goes.
     assert gw.gw.router.reap_idle(now=time.time() + 120) == [(node, "file:tiny-hello")]
 
