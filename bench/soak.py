@@ -22,8 +22,9 @@ error beyond the injected faults (target: none). Prints requests served, errors 
 latency P50/P99 inside and outside fault windows (the fault-free share is the baseline of
 the same run), the RSS of every process from after the warm-up to the end (target:
 growth < 5 %), and per key what the gateway billed against what the neurons read and
-generated for it (soak_ledger.py; target: equal within one request). A capped key's 429
-and a client's own hang-up are outcomes, not errors. Loopback only; asserts nothing.
+generated for it (soak_ledger.py; target: equal within one request). A capped key's 429,
+an answer cut short because its key's cap clamped `max_tokens`, and a client's own hang-up
+are outcomes, not errors. Loopback only; asserts nothing.
 
     .venv/bin/python bench/soak.py                    # 8 clients, 2 minutes, tiny models
     .venv/bin/python bench/soak.py --minutes 10 --clients 16 --smollm2
@@ -64,6 +65,7 @@ from cortex.testing.waiting import wait_for
 
 GRACE_S = 4.0  # after a fault ends, while the gateway polls its way back to the truth
 HANGUP_MAX_TOKENS = 400  # a request the client will hang up on asks for this much
+CUT_SHORT = "answer cut short"
 
 
 @dataclass
@@ -81,7 +83,10 @@ class Result:
     error: str = ""  # "" when the answer came whole and right
     node: str = ""
     key: str = ""
-    outcome: str = ""  # "capped" (its key's cap said 429), "hung up" (by the client)
+    # "capped" (its key's cap said 429), "clamped" (its key's cap cut the answer short),
+    # "hung up" (by the client)
+    outcome: str = ""
+    detail: str = ""  # what a wrong answer said, for the report
 
 
 @dataclass
@@ -133,6 +138,7 @@ def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random,
             if resp.status_code != 200:
                 try:
                     code = resp.json()["error"].get("code")
+                    r.detail = str(resp.json()["error"].get("message"))[:120]
                 except (ValueError, KeyError, TypeError, AttributeError):
                     code = "not-an-envelope"
                 r.error = f"HTTP {resp.status_code} {code}"
@@ -143,11 +149,14 @@ def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random,
                     pass  # a few events, then the client goes
                 r.outcome = "hung up"
             elif stream:
-                r.error = check_stream(resp, model)
+                r.error, r.detail = check_stream(resp, model)
             else:
-                text = resp.json()["choices"][0]["message"]["content"] or ""
-                r.error = check_text(text, model)
+                choice = resp.json()["choices"][0]
+                r.error, r.detail = check_text(choice["message"]["content"] or "", model,
+                                               choice.get("finish_reason"))
                 r.outcome = "hung up" if hang else ""  # (it answered before the hang-up)
+            if r.error == CUT_SHORT and key in s.capped:  # (its cap clamped max_tokens)
+                r.error, r.outcome = "", "clamped"
     except requests.Timeout:
         if hang:
             r.outcome = "hung up"
@@ -163,8 +172,8 @@ def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random,
     return r
 
 
-def check_stream(resp: requests.Response, model: Model) -> str:
-    text, done = [], False
+def check_stream(resp: requests.Response, model: Model) -> tuple[str, str]:
+    text, done, finish = [], False, None
     for line in resp.iter_lines():
         if not line.startswith(b"data: "):
             continue
@@ -175,20 +184,26 @@ def check_stream(resp: requests.Response, model: Model) -> str:
         try:
             chunk = json.loads(data)
         except ValueError:
-            return "stream: unparseable event"
+            return "stream: unparseable event", ""
         if "error" in chunk:
-            return f"stream error event {chunk['error'].get('code')}"
+            return f"stream error event {chunk['error'].get('code')}", ""
         for c in chunk.get("choices") or []:
             text.append((c.get("delta") or {}).get("content") or "")
+            finish = c.get("finish_reason") or finish
     if not done:
-        return "stream ended without [DONE]"
-    return check_text("".join(text), model)
+        return "stream ended without [DONE]", ""
+    return check_text("".join(text), model, finish)
 
 
-def check_text(text: str, model: Model) -> str:
-    if not text or not text.startswith(model.expect):
-        return "wrong answer"
-    return ""
+def check_text(text: str, model: Model, finish: str | None) -> tuple[str, str]:
+    """(error, what a wrong answer said). A right answer's start that stopped for length
+    is CUT_SHORT: right for a key whose cap clamped its max_tokens, else an error."""
+    if text and text.startswith(model.expect):
+        return "", ""
+    said = f"{model.name}: {text[:60]!r}, finish_reason {finish}"
+    if text and finish == "length" and model.expect.startswith(text):
+        return CUT_SHORT, said
+    return "wrong answer", said
 
 
 def client(s: Soak, i: int, seed: int, hangup: float) -> None:
@@ -266,6 +281,7 @@ def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool],
     outcomes = Counter(r.outcome for r in res if r.outcome and not r.error)
     print(f"requests: {len(res)} ({sum(r.stream for r in res)} streams), {len(ok)} served "
           f"whole and right, {outcomes['capped']} refused by their key's cap (429), "
+          f"{outcomes['clamped']} cut short by it, "
           f"{outcomes['hung up']} hung up on by their client, "
           f"{sum(bool(r.error) for r in res)} errors, "
           f"{len(ok) / max(1e-9, args.minutes * 60):.1f} ok/s")
@@ -285,6 +301,12 @@ def report(s: Soak, rss: Rss, args: argparse.Namespace, alive: dict[int, bool],
     print("errors beyond the injected faults:" + ("" if other else " none"))
     for err, n in other.most_common():
         print(f"  {n:5d}  {err}")
+    shown: Counter = Counter()
+    for r in res:  # a few of each kind, with what the answer said
+        if r.detail and r.error and shown[r.error] < 3:
+            shown[r.error] += 1
+            print(f"  {r.error} at t={r.start:6.1f} s, {r.key} on {r.node or '?'}"
+                  f"{' (stream)' if r.stream else ''}: {r.detail}")
     by_node = Counter(r.node for r in ok)
     print("served by:", ", ".join(f"{k or '?'} {v}" for k, v in sorted(by_node.items())))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -135,6 +136,53 @@ def test_headers_stamped_and_spoofs_stripped(neuron_factory, gateway_factory, tm
     assert r.status_code == 429  # still account "acme": the spoofed header was dropped
     n.post("/models/unload", {"model_id": "file:tiny-long"})
     t.join()
+
+
+def test_an_account_at_a_replicas_limit_goes_to_another(neuron_factory, gateway_factory,
+                                                        tmp_path):
+    # max_per_principal is each replica's: a 429 for it passes the request on, as a full
+    # replica's 503 does; the client hears it only when every replica said so.
+    from cortex.neuron.config import AdmissionConfig
+
+    one_each = AdmissionConfig(max_per_principal=1)
+    ns = {f"n{i}": neuron_factory(n_ctx=65536, admission=one_each) for i in (1, 2)}
+    for n in ns.values():
+        n.load("file:tiny-long")
+    gw = gateway_factory(ns, [ModelEntry(id="tiny-long")], poll_interval_secs=3600,
+                         entitlements=keys(f"sqlite://{tmp_path}/s.db"))
+    headers = {"Authorization": "Bearer sk-free", "X-Claude-Code-Session-Id": "s1"}
+
+    def call(max_tokens: int) -> requests.Response:
+        return gw.post("/v1/chat/completions", {"model": "tiny-long", "messages": MSG,
+                                                "max_tokens": max_tokens}, headers=headers)
+
+    home = call(1).headers["X-Cortex-Node"]  # where session s1 now lives
+    other = ({"n1", "n2"} - {home}).pop()
+
+    def hold(name: str) -> threading.Thread:
+        """A long request of account acme on `name`, sent to it past the gateway."""
+        n = ns[name]
+        t = threading.Thread(target=n.post, args=("/v1/chat/completions", {
+            "model": "file:tiny-long", "messages": MSG, "max_tokens": 60000}),
+            kwargs={"headers": {"X-Helexa-Account-Id": "acme"}})
+        t.start()
+        scheduler = n.neuron.registry.models["file:tiny-long"].scheduler
+        wait_for(lambda: scheduler.in_flight == 1, f"acme's long request on {name}", 20)
+        return t
+
+    held = [hold(home)]
+    r = call(1)  # s1's home refuses acme (429): the other replica answers
+    assert r.status_code == 200 and r.headers["X-Cortex-Node"] == other
+    assert gw.gw.metrics.worker_routing.get("spill") == 1
+    held.append(hold(other))
+    r = call(1)  # both hold acme's one: the client hears the limit
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "max_per_principal" in r.json()["error"]["message"]
+    assert r.headers["Retry-After"]
+    for n in ns.values():
+        n.post("/models/unload", {"model_id": "file:tiny-long"})
+    for t in held:
+        t.join()
 
 
 def test_neuron_token_on_every_call(neuron_factory, gateway_factory):

@@ -9,9 +9,10 @@
 3. none loaded: a cold load (`Router.load`, single-flighted), heard as `Waiting` ticks by
    a caller that asked for `progress` (a stream, which can say so to its client);
 4. send to the first choice. Before the first byte of an answer reaches the client:
-   - a replica that refuses as full (a 503: queue full, slots taken, unloading) hands the
-     request to the next choice (`spill`); only when every replica has refused does the
-     client get that 503, with its Retry-After;
+   - a replica that refuses as full (a 503: queue full, slots taken, unloading), or as
+     full for this account (a 429: it holds `max_per_principal` requests there), hands
+     the request to the next choice (`spill`); only when every replica has refused does
+     the client get the last refusal, with its Retry-After;
    - a transport failure (cannot connect, closed with no reply) or a drained or stopping
      neuron is tried once more elsewhere, with a cold load if no replica is left;
    - a neuron that had the request and gave no reply in time is a 504, never sent to a
@@ -51,8 +52,11 @@ from cortex.gateway.upstream import Upstream, UpstreamError
 log = logging.getLogger(__name__)
 
 # A neuron's 503 codes that say it takes no requests at all now (try once elsewhere, as a
-# transport failure); any other 503 is a replica too full to take this one (spill).
+# transport failure); any other 503 is a replica too full to take this one (spill), and
+# its one 429 a replica where this account holds all it may (spill: the limit is a
+# replica's, so that one account cannot take all of its slots).
 GONE = frozenset({"node_drained", "shutting_down"})
+FULL = frozenset({429, 503})
 TICK_SECS = 1.0  # how often a request waiting on a cold load hears of it
 
 
@@ -124,7 +128,8 @@ class Dispatcher:
                     raise
                 raise _unreachable(req, failure) from None
             if not choices:  # every replica refused as full
-                self.metrics.replicas_full(req.model.public_id).inc()
+                if full.status == 503:  # (not this account's limit)
+                    self.metrics.replicas_full(req.model.public_id).inc()
                 raise full
             for choice in choices:
                 node = choice.node
@@ -144,7 +149,7 @@ class Dispatcher:
                         raise err
                     yield attempt
                     return
-                if attempt.status == 503 and attempt.code not in GONE:
+                if attempt.status in FULL and attempt.code not in GONE:
                     full = attempt  # too full: the next choice may take it
                     continue
                 if failure is not None:
@@ -179,8 +184,9 @@ class Dispatcher:
     def _try(self, req: Outbound, node: Node, payload: bytes, headers: dict[str, str],
              tab: Tab) -> Exchange | ApiError:
         """Send to `node`: its answer, or why the request may go elsewhere (an ApiError
-        whose status 503 means full, anything else unreachable or gone). A non-streaming
-        request is watched meanwhile: one stopped comes back with `stopped` set."""
+        whose status 429 or 503 means full, anything else unreachable or gone). A
+        non-streaming request is watched meanwhile: one stopped comes back with `stopped`
+        set."""
         load_id = req.model.load_id
         sent = self.in_flight.add(node.name, load_id)  # before the send: a burst sees it
         self.router.routed(node, load_id)
@@ -212,7 +218,7 @@ class Dispatcher:
         ex = Exchange(node, req.model, response, sent_at - tab.started,
                       lambda: self.in_flight.done(node.name, load_id, sent))
         ex.stopped = watch.reason() if watch is not None else ""
-        if response.status != 503 or ex.stopped:
+        if response.status not in FULL or ex.stopped:
             self.metrics.target(req.model.public_id, node.name).requests.inc()
             return ex
         # Nothing reached the client yet: a replica that did no work passes the request on.
