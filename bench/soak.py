@@ -86,7 +86,7 @@ class Result:
     # "capped" (its key's cap said 429), "clamped" (its key's cap cut the answer short),
     # "hung up" (by the client)
     outcome: str = ""
-    detail: str = ""  # what a wrong answer said, for the report
+    detail: str = ""  # what the answer said (an error's message, a wrong text), for the report
 
 
 @dataclass
