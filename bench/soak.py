@@ -137,8 +137,8 @@ def one_request(s: Soak, http: requests.Session, key: str, rng: random.Random,
             r.node = resp.headers.get("X-Cortex-Node", "")
             if resp.status_code != 200:
                 try:
-                    code = resp.json()["error"].get("code")
-                    r.detail = str(resp.json()["error"].get("message"))[:120]
+                    err = resp.json()["error"]
+                    code, r.detail = err.get("code"), str(err.get("message"))[:120]
                 except (ValueError, KeyError, TypeError, AttributeError):
                     code = "not-an-envelope"
                 r.error = f"HTTP {resp.status_code} {code}"

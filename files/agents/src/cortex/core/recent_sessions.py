@@ -52,7 +52,7 @@ class Newest(Generic[K, V]):
                 self._items.popitem(last=False)
 
     def get(self, key: K) -> V | None:
-        return self._items.get(key)
+        return self._items.get(key)  # (one lookup, atomic under the GIL: no lock)
 
     def newest(self, limit: int) -> list[tuple[K, V]]:
         """The `limit` keys set last, with their values, newest last."""
